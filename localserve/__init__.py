@@ -1,0 +1,31 @@
+"""localserve: from a fine-tuned model to a quantized, checked model served by Ollama or vLLM.
+
+The public Python API. Names are imported lazily so `import localserve` stays fast and a missing
+optional extra only matters when its feature is used.
+
+    from localserve import export, ExportSpec
+    result = export(ExportSpec(adapter="examples/demo-adapter", quants=("Q4_K_M",)))
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_API = {
+    "ExportSpec": "localserve.spec",
+    "ExportResult": "localserve.export",
+    "export": "localserve.export",
+    "LocalserveError": "localserve.errors",
+    "embedded_base": "localserve.models.embedded",
+}
+
+__all__ = sorted(_API)
+
+
+def __getattr__(name: str):
+    if name in _API:
+        return getattr(importlib.import_module(_API[name]), name)
+    raise AttributeError(f"module 'localserve' has no attribute {name!r}")

@@ -1,0 +1,110 @@
+"""Files are complete or absent: atomic writes, hashing, disk-space checks."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+from .errors import DiskSpaceError
+
+CHUNK = 1 << 20
+
+
+def sha256_file(path: str | os.PathLike, progress=None) -> str:
+    """Hex sha256 of a file, streamed; `progress(n_bytes)` is called per chunk when given."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+            if progress:
+                progress(len(chunk))
+    return h.hexdigest()
+
+
+def sha256_tree(path: str | os.PathLike) -> str:
+    """sha256 over a folder's regular files (relative name + content), or of a single file."""
+    p = Path(path)
+    if p.is_file():
+        return sha256_file(p)
+    h = hashlib.sha256()
+    for f in sorted(q for q in p.rglob("*") if q.is_file()):
+        h.update(f.relative_to(p).as_posix().encode() + b"\0")
+        h.update(sha256_file(f).encode() + b"\n")
+    return h.hexdigest()
+
+
+@contextlib.contextmanager
+def atomic_path(dest: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
+    """Yield a temp path beside `dest`; rename it onto `dest` only if the block succeeds.
+
+    The temp name starts with '.' and ends with '.partial' so nothing mistakes it for a result;
+    it is removed on any failure, including KeyboardInterrupt.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=f"{suffix}.partial", dir=dest.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, dest)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp_path.unlink()
+        raise
+
+
+@contextlib.contextmanager
+def atomic_dir(dest: str | os.PathLike) -> Iterator[Path]:
+    """Like `atomic_path` for a folder: built in a temp folder, renamed into place at the end."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent))
+    try:
+        yield tmp
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_text(dest: str | os.PathLike, text: str) -> Path:
+    with atomic_path(dest) as tmp:
+        # newline="" keeps LF-only output on every platform (Modelfiles must not carry CR).
+        with open(tmp, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+    return Path(dest)
+
+
+def write_json(dest: str | os.PathLike, data: Any) -> Path:
+    return write_text(dest, json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def require_free_space(folder: str | os.PathLike, needed_bytes: int, what: str) -> None:
+    folder = Path(folder)
+    probe = folder
+    while not probe.exists():
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if free < needed_bytes:
+        raise DiskSpaceError(
+            f"not enough free disk in {probe} for {what}: need {human_bytes(needed_bytes)}, "
+            f"{human_bytes(free)} free",
+            "free some space or pass --out on a larger disk",
+        )
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1000
+    raise AssertionError("unreachable")
