@@ -1,0 +1,50 @@
+"""Register an export folder with a running Ollama through its HTTP API."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..progress import step
+from .client import OllamaServer
+from .layers import read_export
+from .names import parse_name
+
+
+@dataclass(frozen=True)
+class RegisterResult:
+    name: str  # as Ollama displays it, e.g. "demo:q4_k_m"
+    host: str
+    server_version: str
+    create_form: str  # "json" (>= 0.5.5) or "modelfile" (older servers)
+    quant: str
+    gguf: Path
+    model_digest: str  # sha256 of the uploaded GGUF (HEAD may store a rewritten copy, spec §5)
+    uploaded: bool  # False when the server already had the GGUF blob
+    manifest_digest: str | None  # the /api/tags digest after create
+
+
+def default_name(export_name: str, quant: str) -> str:
+    """`<export name>:<quant>`, e.g. demo:q4_k_m; `promote` points `demo:latest` at one of them."""
+    return f"{export_name}:{quant.lower()}"
+
+
+def register(output_dir: Path, name: str | None = None, host: str | None = None,
+             quant: str | None = None) -> RegisterResult:
+    """Upload the export's GGUF (if the server lacks it) and create the model from localserve.json.
+
+    `name` defaults to `<export name>:<quant>`; `quant` picks an artifact (default: the first listed).
+    """
+    info = read_export(output_dir)
+    artifact = info.artifact(quant)
+    gguf = info.gguf_path(artifact)
+    model_name = parse_name(name or default_name(info.name, artifact.quant)).display
+    with OllamaServer(host) as server:
+        version = server.version()
+        step(f"registering {model_name} with Ollama {version} at {server.host}")
+        digest = f"sha256:{artifact.sha256.lower()}" if artifact.sha256 else None
+        blob = server.push_blob(gguf, digest)
+        form = server.create(model_name, artifact.file.split("/")[-1], blob.digest, info.recipe)
+        manifest_digest = server.manifest_digest(model_name)
+    return RegisterResult(model_name, server.host, version, form, artifact.quant, gguf, blob.digest,
+                          blob.uploaded, manifest_digest)
