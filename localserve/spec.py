@@ -1,0 +1,98 @@
+"""Immutable, validated specs: one per operation, written next to every artifact it produced."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import InputError
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,79}$")
+
+
+@dataclass(frozen=True)
+class ExportSpec:
+    """Everything `localserve export` needs; validated once in `__post_init__`.
+
+    `quants` holds llama.cpp type names in their canonical spelling (see
+    `localserve.llamacpp.quantize.QUANT_TYPES`); any case is accepted on the way in.
+    """
+
+    adapter: Path
+    quants: tuple[str, ...] = ("Q4_K_M",)
+    base: Path | None = None
+    name: str | None = None
+    out: Path | None = None
+    keep_intermediate: bool = False
+    allow_pickle: bool = False
+    trust_remote_code: bool = False
+    smoke: bool = True
+    register: bool = True
+    ollama_host: str | None = None
+    # chat template (see localserve.chat)
+    template_family: str | None = None
+    template_file: Path | None = None
+    force: bool = False
+    modelfile: Path | None = None
+    ollama_template: str = "go"
+    system: str | None = None
+    # quality gate (see localserve.quality)
+    imatrix_data: Path | None = None
+    max_kl: float | None = None
+    max_size: int | None = None
+
+    def __post_init__(self) -> None:
+        from .llamacpp.quantize import canonical_quants
+
+        set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
+        set_("adapter", Path(self.adapter))
+        for key in ("base", "out", "template_file", "modelfile", "imatrix_data"):
+            value = getattr(self, key)
+            if value is not None:
+                set_(key, Path(value))
+        if isinstance(self.quants, str):
+            set_("quants", tuple(q for q in self.quants.split(",")))
+        set_("quants", canonical_quants(self.quants, have_imatrix=self.imatrix_data is not None))
+        name = self.name or _default_name(self.adapter)
+        if not _NAME_RE.match(name):
+            raise InputError(f"invalid model name {name!r}",
+                             "use letters, digits, '_', '.', '-' (1-80 characters, not starting with '.' or '-')")
+        set_("name", name)
+        if self.ollama_template not in ("go", "native"):
+            raise InputError(f"--ollama-template must be 'go' or 'native', not {self.ollama_template!r}")
+        if self.max_kl is not None and self.max_kl <= 0:
+            raise InputError(f"--max-kl must be positive, not {self.max_kl}")
+
+    @property
+    def out_dir(self) -> Path:
+        return self.out if self.out is not None else Path("exports") / str(self.name)
+
+    def to_json(self) -> dict[str, Any]:
+        def plain(v: Any) -> Any:
+            if isinstance(v, Path):
+                return str(v.resolve())
+            if isinstance(v, tuple):
+                return list(v)
+            return v
+
+        return {f.name: plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+
+def _default_name(adapter: Path) -> str:
+    raw = Path(adapter).resolve().name or "model"
+    cleaned = re.sub(r"[^A-Za-z0-9_.-]+", "-", raw).strip(".-") or "model"
+    return cleaned[:80]
+
+
+def parse_size(text: str) -> int:
+    """'4GB', '500MB', '1.5G', '123' -> bytes (SI units, as disk sizes are quoted)."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([KMGT]?)(i?)B?\s*", text, re.IGNORECASE)
+    if not m:
+        raise InputError(f"cannot read size {text!r}", "write it like 4GB, 750MB or 1.5G")
+    number, prefix, binary = float(m.group(1)), m.group(2).upper(), m.group(3)
+    base = 1024 if binary else 1000
+    return int(number * base ** " KMGT".index(prefix or " "))
+
