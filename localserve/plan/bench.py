@@ -1,0 +1,250 @@
+"""`localserve bench`: measure a model on this machine and store the numbers where planning finds them.
+
+Targets:
+- `llama.cpp`: in-process with llama-cpp-python (see localserve/llamacpp/bench.py);
+- `ollama`, `vllm`: a server on loopback, through its OpenAI-compatible
+  `/v1/chat/completions` with streaming, so TTFT is the arrival of the first content chunk.
+
+Results go to `<model>.bench.json` (one entry per target) and, when the model sits in an export
+folder, under "bench" in the sibling `localserve.json` (other keys untouched). Both writes are
+atomic. Every request is bounded (prompt length, new tokens, timeout) and goes to loopback only.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import datetime as dt
+import ipaddress
+import json
+import os
+import platform
+import socket
+import statistics
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError, ToolError, UnknownName
+from ..fsutil import write_json
+from ..progress import step
+
+TARGETS = ("llama.cpp", "ollama", "vllm")
+DEFAULT_URLS = {"ollama": "http://127.0.0.1:11434", "vllm": "http://127.0.0.1:8000"}
+MAX_PROMPT_TOKENS = 4096
+MAX_NEW_TOKENS = 1024
+MAX_REQUESTS = 32
+
+
+@dataclass(frozen=True)
+class BenchSpec:
+    model: Path
+    target: str = "llama.cpp"
+    concurrency: int = 4
+    prompt_tokens: int = 128
+    max_tokens: int = 64
+    url: str | None = None  # for ollama/vllm; loopback only
+    served_name: str | None = None  # the model's name on the server (default: from localserve.json or the file)
+    timeout_s: float = 120.0
+    n_threads: int | None = None
+    store: bool = True
+
+    def __post_init__(self):
+        object.__setattr__(self, "model", Path(self.model))
+        if self.target not in TARGETS:
+            raise UnknownName("bench target", self.target, TARGETS)
+        for label, value, top in (("--concurrency", self.concurrency, MAX_REQUESTS),
+                                  ("--prompt-tokens", self.prompt_tokens, MAX_PROMPT_TOKENS),
+                                  ("--max-tokens", self.max_tokens, MAX_NEW_TOKENS)):
+            if not 1 <= value <= top:
+                raise InputError(f"{label} must be between 1 and {top}, not {value}", "requests are bounded")
+        if self.max_tokens < 2:
+            raise InputError("--max-tokens must be at least 2 to time decoding")
+        if self.target == "llama.cpp" and not (self.model.is_file() and self.model.suffix.lower() == ".gguf"):
+            raise InputError(f"{self.model} is not a .gguf file", "bench --target llama.cpp needs a GGUF")
+        if self.target != "llama.cpp":
+            object.__setattr__(self, "url", _loopback_url(self.url or DEFAULT_URLS[self.target]))
+
+
+def _loopback_url(url: str) -> str:
+    parsed = urllib.parse.urlparse(url if "://" in url else f"http://{url}")
+    host = parsed.hostname or ""
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
+    except socket.gaierror:
+        raise InputError(f"cannot resolve the bench server host {host!r}", "use http://127.0.0.1:PORT") from None
+    if not addresses or not all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses):
+        raise InputError(f"bench only talks to loopback servers, and {host!r} is not one",
+                         "run the server on this machine and pass --url http://127.0.0.1:PORT")
+    return f"{parsed.scheme or 'http'}://{parsed.netloc}".rstrip("/")
+
+
+def _machine(n_threads: int | None) -> dict[str, Any]:
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"platform": platform.platform(), "cpu": cpu, "cpus": os.cpu_count(), "n_threads": n_threads,
+            "python": platform.python_version()}
+
+
+def bench(spec: BenchSpec) -> dict[str, Any]:
+    """Measure, store (unless spec.store is False) and return the result."""
+    step(f"benchmarking {spec.model.name} on {spec.target}: {spec.concurrency} requests of "
+         f"{spec.prompt_tokens} prompt + {spec.max_tokens} new tokens")
+    if spec.target == "llama.cpp":
+        from ..llamacpp.bench import measure
+
+        raw = measure(spec.model, prompt_tokens=spec.prompt_tokens, max_tokens=spec.max_tokens,
+                      requests=spec.concurrency, n_threads=spec.n_threads)
+    else:
+        raw = _measure_http(spec)
+    result = {
+        "target": spec.target,
+        "model_file": spec.model.name,
+        "model_size": spec.model.stat().st_size if spec.model.is_file() else None,
+        "measured_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": _machine(raw.get("settings", {}).get("n_threads", spec.n_threads)),
+        **raw,
+    }
+    if spec.target != "llama.cpp":
+        result["url"] = spec.url
+    if spec.store:
+        result["stored_in"] = [str(p) for p in store(spec.model, result)]
+    return result
+
+
+def bench_path(model: Path) -> Path:
+    return model.with_name(model.name + ".bench.json") if model.is_file() else model / "bench.json"
+
+
+def load_bench(model: Path) -> dict[str, Any]:
+    """The stored measurements of a model ({target: result}), or {} when it was never benchmarked."""
+    path = bench_path(Path(model))
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def store(model: Path, result: dict[str, Any]) -> list[Path]:
+    """Write the result next to the model and into the sibling localserve.json (if there is one)."""
+    written = []
+    path = bench_path(model)
+    data = load_bench(model)
+    data[result["target"]] = result
+    written.append(write_json(path, data))
+    lineage = model.parent / "localserve.json" if model.is_file() else model / "localserve.json"
+    if lineage.is_file():
+        try:
+            meta = json.loads(lineage.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise InputError(f"{lineage} is not valid JSON ({e}); bench results were not added to it",
+                             f"results are in {path}") from None
+        meta.setdefault("bench", {}).setdefault(model.name, {})[result["target"]] = result
+        written.append(write_json(lineage, meta))
+    return written
+
+
+# ------------------------------------------------------------------------------------------- HTTP
+
+def _served_name(spec: BenchSpec) -> str:
+    if spec.served_name:
+        return spec.served_name
+    lineage = spec.model.parent / "localserve.json" if spec.model.is_file() else spec.model / "localserve.json"
+    if lineage.is_file():
+        name = json.loads(lineage.read_text(encoding="utf-8")).get("name")
+        if name:
+            return name
+    return spec.model.stem
+
+
+def _stream_chat(spec: BenchSpec, model: str, prompt: str) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "model": model, "stream": True, "max_tokens": spec.max_tokens, "temperature": 0,
+        "messages": [{"role": "user", "content": prompt}],
+        "stream_options": {"include_usage": True},
+    }
+    if spec.target == "vllm":
+        body["ignore_eos"] = True  # vLLM's extra sampling parameter: decode exactly max_tokens
+    request = urllib.request.Request(f"{spec.url}/v1/chat/completions", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"}, method="POST")
+    t0 = time.perf_counter()
+    first = last = None
+    chunks = 0
+    usage: dict[str, Any] = {}
+    try:
+        with urllib.request.urlopen(request, timeout=spec.timeout_s) as response:
+            for raw in response:
+                line = raw.decode("utf-8", "replace").strip()
+                if not line.startswith("data:"):
+                    continue
+                payload = line[5:].strip()
+                if payload == "[DONE]":
+                    break
+                event = json.loads(payload)
+                usage = event.get("usage") or usage
+                for choice in event.get("choices") or []:
+                    if (choice.get("delta") or {}).get("content"):
+                        now = time.perf_counter()
+                        first = first or now
+                        last = now
+                        chunks += 1
+                if time.perf_counter() - t0 > spec.timeout_s:
+                    raise ToolError(spec.target, f"request exceeded {spec.timeout_s:.0f} s")
+    except urllib.error.HTTPError as e:
+        detail = e.read().decode("utf-8", "replace")[:300]
+        raise ToolError(spec.target, f"POST {spec.url}/v1/chat/completions answered {e.code}", detail,
+                        hint=f"check that the server serves a model named {model!r} (--served-name)") from None
+    except (urllib.error.URLError, ConnectionError, TimeoutError, socket.timeout) as e:
+        raise ToolError(spec.target, f"cannot reach {spec.url}: {getattr(e, 'reason', e)}",
+                        hint=f"start the {spec.target} server on this machine, or pass --url") from None
+    if first is None:
+        raise ToolError(spec.target, f"{spec.url} streamed no content for model {model!r}")
+    generated = int(usage.get("completion_tokens") or chunks)
+    return {"ttft": first - t0, "decode": last - first, "generated": generated,
+            "prompt_tokens": usage.get("prompt_tokens"), "counted_from": "usage" if usage else "chunks"}
+
+
+def _measure_http(spec: BenchSpec) -> dict[str, Any]:
+    model = _served_name(spec)
+    words = " ".join(["river copper harvest report market shipping price review"] * (spec.prompt_tokens // 8 + 1))
+    prompt = lambda i: f"Request {i}. Summarise: " + " ".join(words.split()[: max(1, int(spec.prompt_tokens * 0.75))])  # noqa: E731
+    _stream_chat(spec, model, prompt(-1))  # warm-up: the server may load the model on first use
+    single = [_stream_chat(spec, model, prompt(i)) for i in range(2)]
+    t0 = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=spec.concurrency) as pool:
+        parallel = list(pool.map(lambda i: _stream_chat(spec, model, prompt(100 + i)), range(spec.concurrency)))
+    wall = time.perf_counter() - t0
+    decode = [(r["generated"] - 1) / r["decode"] for r in single if r["generated"] > 1 and r["decode"] > 0]
+    if not decode:
+        raise ToolError(spec.target, f"model {model!r} stopped after one token; cannot time decoding")
+    prompt_counts = [r["prompt_tokens"] for r in single if r["prompt_tokens"]]
+    ttft = statistics.median(r["ttft"] for r in single)
+    return {
+        "served_name": model,
+        "ttft_s": ttft,
+        "prompt_tokens_per_s": (statistics.median(prompt_counts) / ttft) if prompt_counts else None,
+        "decode_tokens_per_s": statistics.median(decode),
+        "concurrent": {
+            "requests": spec.concurrency,
+            "aggregate_output_tokens_per_s": sum(r["generated"] for r in parallel) / wall,
+            "wall_s": wall,
+            "how": f"{spec.concurrency} streaming requests sent at once from {spec.concurrency} threads; "
+                   "aggregate = all generated tokens / wall time",
+        },
+        "notes": ["prompt tokens/s over HTTP is prompt tokens / TTFT (includes queueing and the first "
+                  "decode step), a lower bound on the server's prompt processing rate",
+                  f"token counts from the server's usage report when sent, else one per content chunk "
+                  f"(here: {single[0]['counted_from']})"],
+        "settings": {"prompt_tokens": prompt_counts[0] if prompt_counts else None, "max_tokens": spec.max_tokens,
+                     "temperature": 0.0, "end_of_generation_suppressed": spec.target == "vllm"},
+    }

@@ -1,0 +1,278 @@
+"""What planning needs to know about a model: its architecture and its weight bytes per quant.
+
+Three inputs are understood:
+- a GGUF file: hyperparameters from its KV metadata (`<arch>.block_count`, ...), weight bytes
+  exact from its tensor table (each tensor's elements x its ggml type's bytes per block);
+- a Hugging Face folder (config.json): hyperparameters from the config, parameter counts from the
+  config's shapes, weight bytes = parameters x the chosen quant's bits per weight;
+- an export folder (localserve.json + GGUFs): every GGUF artifact it lists, exactly.
+
+Bits per weight always come from gguf's GGML_QUANT_SIZES (block size, bytes per block), never
+from a hand-written table.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import InputError, UnknownName
+
+# llama.cpp keeps 1-D tensors (norms, biases) in F32 whatever the quant.
+_ONE_D_TYPE = "F32"
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """Architecture hyperparameters, as read from GGUF metadata or an HF config."""
+
+    name: str
+    architecture: str
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    key_length: int  # per-head dimension of K
+    value_length: int  # per-head dimension of V
+    embedding_length: int
+    vocab_size: int
+    context_length: int | None
+    source: str  # the file the figures were read from
+
+
+@dataclass(frozen=True)
+class Weights:
+    """Weight bytes of one quant: per transformer layer, and the rest (embeddings, output head)."""
+
+    quant: str
+    layer_bytes: tuple[int, ...]
+    other_bytes: int
+    exact: bool  # True: summed from a GGUF's tensor table; False: parameters x bits per weight
+    how: str  # one line saying how the number was obtained
+    n_params: int = 0
+    file: str | None = None
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(self.layer_bytes) + self.other_bytes
+
+
+@dataclass(frozen=True)
+class PlannedModel:
+    shape: ModelShape
+    weights: tuple[Weights, ...]
+    # parameter count per tensor kind, for re-pricing at another quant: (n_elements, is_1d, layer or -1)
+    tensors: tuple[tuple[int, bool, int], ...] = field(default=(), repr=False)
+
+
+def _ggml():
+    import gguf
+
+    return gguf
+
+
+def quant_names() -> tuple[str, ...]:
+    """llama.cpp file-type names ('Q4_K_M', 'Q8_0', 'F16', ...) that map to a ggml type."""
+    gguf = _ggml()
+    names = []
+    for member in gguf.LlamaFileType.__members__:
+        name = re.sub(r"^(MOSTLY|ALL)_", "", member)
+        if name != "GUESSED" and _base_type_name(name) is not None:
+            names.append(name)
+    return tuple(names)
+
+
+def _base_type_name(quant: str) -> str | None:
+    """The ggml tensor type that carries most of a file type's weights: Q4_K_M -> Q4_K.
+
+    K-quant mixes (_S/_M/_L) keep some tensors (attn_v, ffn_down, output) at a higher type, so an
+    estimate from the base type is a lower bound; the plan says so.
+    """
+    gguf = _ggml()
+    types = gguf.GGMLQuantizationType.__members__
+    for candidate in (quant, re.sub(r"_(S|M|L|XS)$", "", quant)):
+        if candidate in types and types[candidate] in gguf.GGML_QUANT_SIZES:
+            return candidate
+    return None
+
+
+def bytes_for(n_elements: int, ggml_type: str) -> int:
+    """Bytes that `n_elements` weights take in a ggml type (rounded up to whole blocks)."""
+    gguf = _ggml()
+    block, type_size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[ggml_type]]
+    return -(-n_elements // block) * type_size
+
+
+def bits_per_weight(ggml_type: str) -> float:
+    gguf = _ggml()
+    block, type_size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[ggml_type]]
+    return type_size * 8 / block
+
+
+def canonical_quant(name: str) -> str:
+    valid = {q.upper(): q for q in quant_names()}
+    canon = valid.get(name.strip().upper())
+    if canon is None:
+        raise UnknownName("quant type", name, quant_names(), hint="pass --quant with one of these, comma-separated")
+    return canon
+
+
+def _estimate(quant: str, tensors, how: str) -> Weights:
+    base = _base_type_name(quant)
+    layers: dict[int, int] = {}
+    other = 0
+    n_params = 0
+    for n, is_1d, layer in tensors:
+        n_params += n
+        b = bytes_for(n, _ONE_D_TYPE if is_1d else base)
+        if layer >= 0:
+            layers[layer] = layers.get(layer, 0) + b
+        else:
+            other += b
+    mix = " (a K-quant mix: some tensors stay at a higher type, so the real file is larger)" \
+        if base != quant else ""
+    return Weights(quant=quant, layer_bytes=tuple(layers[i] for i in sorted(layers)), other_bytes=other,
+                   exact=False, n_params=n_params,
+                   how=f"{how}: {n_params:,} parameters x {bits_per_weight(base):.3g} bits ({base}){mix}, 1-D tensors F32")
+
+
+# ------------------------------------------------------------------------------------------- GGUF
+
+def _field(reader, key: str, default=None):
+    f = reader.fields.get(key)
+    if f is None:
+        return default
+    return f.contents()
+
+
+def read_gguf(path: Path) -> tuple[ModelShape, Weights, tuple[tuple[int, bool, int], ...]]:
+    """Shape and exact weight bytes of a GGUF file (header and tensor table only; data is mmapped)."""
+    gguf = _ggml()
+    try:
+        reader = gguf.GGUFReader(path)
+    except (ValueError, OSError) as e:
+        raise InputError(f"{path} is not a readable GGUF file: {e}", "pass a .gguf written by llama.cpp") from None
+    arch = _field(reader, "general.architecture")
+    if not arch:
+        raise InputError(f"{path} has no general.architecture", "pass a GGUF written by llama.cpp's converter")
+
+    def kv(key: str, default=None, required=True):
+        value = _field(reader, f"{arch}.{key}", default)
+        if value is None and required:
+            raise InputError(f"{path} lacks {arch}.{key}", "planning needs the architecture hyperparameters")
+        # per-layer arrays (e.g. head_count_kv of hybrid models): plan with the largest
+        return max(value) if isinstance(value, list) else value
+
+    n_heads = int(kv("attention.head_count"))
+    n_embd = int(kv("embedding_length"))
+    key_length = int(kv("attention.key_length", n_embd // n_heads))
+    tokens = _field(reader, "tokenizer.ggml.tokens") if "tokenizer.ggml.tokens" in reader.fields else None
+    vocab = kv("vocab_size", None, required=False) or (len(tokens) if tokens else 0)
+    shape = ModelShape(
+        name=str(_field(reader, "general.name") or path.stem), architecture=str(arch),
+        n_layers=int(kv("block_count")), n_heads=n_heads,
+        n_kv_heads=int(kv("attention.head_count_kv", n_heads)),
+        key_length=key_length, value_length=int(kv("attention.value_length", key_length)),
+        embedding_length=n_embd, vocab_size=int(vocab),
+        context_length=kv("context_length", None, required=False), source=str(path))
+
+    layers: dict[int, int] = {}
+    other = 0
+    elements = []
+    for t in reader.tensors:
+        m = re.match(r"blk\.(\d+)\.", t.name)
+        layer = int(m.group(1)) if m else -1
+        if layer >= 0:
+            layers[layer] = layers.get(layer, 0) + int(t.n_bytes)
+        else:
+            other += int(t.n_bytes)
+        elements.append((int(t.n_elements), len(t.shape) == 1, layer))
+    file_type = _field(reader, "general.file_type")
+    try:
+        quant = re.sub(r"^(MOSTLY|ALL)_", "", gguf.LlamaFileType(file_type).name) if file_type is not None else "?"
+    except ValueError:
+        quant = f"file_type {file_type}"
+    weights = Weights(quant=quant, layer_bytes=tuple(layers[i] for i in sorted(layers)), other_bytes=other,
+                      exact=True, n_params=sum(e[0] for e in elements), file=path.name,
+                      how=f"exact: sum of the {len(reader.tensors)} tensors' data sizes in {path.name}")
+    return shape, weights, tuple(elements)
+
+
+# ---------------------------------------------------------------------------------------- HF config
+
+def _hf_shape(config_path: Path) -> tuple[ModelShape, tuple[tuple[int, bool, int], ...]]:
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise InputError(f"cannot read {config_path}: {e}", "pass a Hugging Face model folder with a config.json") from None
+    text = config.get("text_config") or config  # multimodal configs nest the language model
+    try:
+        hidden = int(text["hidden_size"])
+        n_layers = int(text["num_hidden_layers"])
+        n_heads = int(text["num_attention_heads"])
+        inter = int(text["intermediate_size"])
+        vocab = int(text["vocab_size"])
+    except KeyError as e:
+        raise InputError(f"{config_path} lacks {e.args[0]}",
+                         "planning from a config needs hidden_size, num_hidden_layers, num_attention_heads, "
+                         "intermediate_size, vocab_size; convert to GGUF and plan the .gguf instead") from None
+    n_kv = int(text.get("num_key_value_heads") or n_heads)
+    head_dim = int(text.get("head_dim") or hidden // n_heads)
+    experts = int(text.get("num_local_experts") or text.get("num_experts") or 1)
+    shape = ModelShape(name=config_path.parent.name, architecture=str((config.get("architectures") or ["?"])[0]),
+                       n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv, key_length=head_dim,
+                       value_length=head_dim, embedding_length=hidden, vocab_size=vocab,
+                       context_length=text.get("max_position_embeddings"), source=str(config_path))
+    # A llama-style decoder block: q, k, v, o projections, a gated MLP (x experts), two norms.
+    bias = bool(text.get("attention_bias", False))
+    per_layer = [
+        (hidden * n_heads * head_dim, False), (hidden * n_kv * head_dim, False),
+        (hidden * n_kv * head_dim, False), (n_heads * head_dim * hidden, False),
+        (3 * hidden * inter * experts, False), (hidden, True), (hidden, True),
+    ]
+    if experts > 1:
+        per_layer.append((hidden * experts, False))
+    if bias:
+        per_layer += [(n_heads * head_dim, True), (n_kv * head_dim, True), (n_kv * head_dim, True)]
+    tensors = [(n, one_d, layer) for layer in range(n_layers) for n, one_d in per_layer]
+    tensors.append((vocab * hidden, False, -1))  # token embeddings
+    tensors.append((hidden, True, -1))  # final norm
+    if not text.get("tie_word_embeddings", config.get("tie_word_embeddings", False)):
+        tensors.append((vocab * hidden, False, -1))
+    return shape, tuple(tensors)
+
+
+# -------------------------------------------------------------------------------------------- entry
+
+def load_model(path: str | Path, quants: tuple[str, ...] = ()) -> PlannedModel:
+    """A GGUF, an HF folder or an export folder, with weights for each quant asked for.
+
+    For a GGUF (or an export folder) the file's own quant is exact; other quants asked for are
+    estimated from its tensors' element counts.
+    """
+    path = Path(path)
+    quants = tuple(canonical_quant(q) for q in quants)
+    if path.is_file() and path.suffix.lower() == ".gguf":
+        shape, exact, tensors = read_gguf(path)
+        weights = [exact] + [_estimate(q, tensors, f"estimated from {path.name}")
+                             for q in quants if q != exact.quant]
+        return PlannedModel(shape, tuple(weights), tensors)
+    if path.is_dir() and (path / "localserve.json").is_file():
+        meta = json.loads((path / "localserve.json").read_text(encoding="utf-8"))
+        files = [path / a["file"] for a in meta.get("artifacts", []) if (path / a.get("file", "")).is_file()]
+        if files:
+            results = [read_gguf(f) for f in files]
+            shape, _, tensors = results[0]
+            have = {w.quant for _, w, _ in results}
+            weights = [w for _, w, _ in results] + [_estimate(q, tensors, f"estimated from {files[0].name}")
+                                                    for q in quants if q not in have]
+            return PlannedModel(shape, tuple(weights), tensors)
+    if path.is_dir() and (path / "config.json").is_file():
+        shape, tensors = _hf_shape(path / "config.json")
+        weights = [_estimate(q, tensors, "from config.json") for q in (quants or ("Q4_K_M",))]
+        return PlannedModel(shape, tuple(weights), tensors)
+    if path.is_file() and path.name == "config.json":
+        return load_model(path.parent, quants)
+    raise InputError(f"{path} is neither a .gguf file, an export folder nor a Hugging Face model folder",
+                     "pass a .gguf, a folder written by `localserve export`, or a folder with config.json")
