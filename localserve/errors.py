@@ -74,6 +74,10 @@ class SetupError(LocalserveError):
     """A required component is not installed (the converter, Go, an optional extra)."""
 
 
+class QualityBoundNotMet(LocalserveError):
+    """No measured quant (or not the requested one) meets --max-kl / --max-size; the message shows the table."""
+
+
 class SmokeTestFailed(LocalserveError):
     """The exported model produced nothing, or never stopped, in llama.cpp."""
 
