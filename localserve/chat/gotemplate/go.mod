@@ -1,0 +1,3 @@
+module localserve/gotemplate
+
+go 1.19
