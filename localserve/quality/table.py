@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import asdict, dataclass, field, fields
 
 from ..errors import InputError, QualityBoundNotMet
@@ -118,20 +117,13 @@ def check_quant(table: QualityTable, label_or_file: str, max_kl: float | None = 
     return row
 
 
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb": 1e9, "t": 1e12, "tb": 1e12,
-          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40, "ki": 2**10, "mi": 2**20, "gi": 2**30}
-
-
 def parse_size(value: int | float | str) -> int:
-    """Bytes from `4GB`, `4.5 GB`, `800MB`, `2GiB` or a plain number (SI units, like `human_bytes`)."""
+    """Bytes from a number or a size text like `4GB` (the same reading as `export --max-size`)."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return int(value)
-    m = _SIZE.match(str(value))
-    unit = (m.group(2) or "").lower() if m else None
-    if m is None or unit not in _UNITS:
-        raise InputError(f"cannot read {value!r} as a size", "write it like 4GB, 800MB or 2GiB")
-    return int(float(m.group(1)) * _UNITS[unit])
+    from ..spec import parse_size as parse_size_text
+
+    return parse_size_text(str(value))
 
 
 def _misses(row: QualityRow, max_kl: float | None, max_size: int | None) -> list[str]:

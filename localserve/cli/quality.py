@@ -1,0 +1,44 @@
+"""`localserve quality`: what each quant costs, measured on this model and text."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+
+@click.command("quality")
+@click.argument("ggufs", nargs=-1, required=True, type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@click.option("--reference", required=True, type=click.Path(path_type=Path, exists=True),
+              help="The unquantized model: an HF folder (run in fp32) or an F16 GGUF.")
+@click.option("--text", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="Plain text to measure on (default: the shipped corpus, ~2,700 tokens).")
+@click.option("--data", "data_jsonl", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="Chat JSONL (the fine-tune's data), rendered through the model's chat template.")
+@click.option("--ctx", "n_ctx", type=click.IntRange(min=16), default=512, show_default=True,
+              help="Tokens per evaluation window.")
+@click.option("--max-tokens", type=click.IntRange(min=16), help="Use at most this many tokens of the text.")
+@click.option("--chart", type=click.Path(path_type=Path, dir_okay=False),
+              help="Where to write the PNG chart (default: quality.png beside the first GGUF).")
+@click.option("--no-chart", is_flag=True, help="Do not write the chart.")
+@click.option("--json", "as_json", is_flag=True, help="Print the table as JSON.")
+def quality_command(ggufs: tuple[Path, ...], reference: Path, text: Path | None, data_jsonl: Path | None,
+                    n_ctx: int, max_tokens: int | None, chart: Path | None, no_chart: bool, as_json: bool) -> None:
+    """Measure GGUFS against --reference: size, bits per weight, perplexity, KL divergence, top-1."""
+    from ..quality import measure
+
+    table = measure(list(ggufs), reference, text=text, data_jsonl=data_jsonl, n_ctx=n_ctx, max_tokens=max_tokens)
+    chart_path = None if no_chart else table.write_chart(chart or ggufs[0].parent / "quality.png")
+    if as_json:
+        data = table.to_json()
+        if chart_path:
+            data["chart"] = str(chart_path)
+        click.echo(json.dumps(data, indent=2))
+        return
+    click.echo(table.format())
+    if chart_path:
+        click.echo(f"chart: {chart_path}")
+
+
+commands = [quality_command]
