@@ -15,15 +15,15 @@ _API = {
     "resolve_host": "localserve.ollama.client",
     "OllamaServer": "localserve.ollama.client",
     "ServerTooOld": "localserve.ollama.client",
-    "register": "localserve.ollama.register",
-    "RegisterResult": "localserve.ollama.register",
+    "register": "localserve.ollama.registration",
+    "RegisterResult": "localserve.ollama.registration",
     "parse_name": "localserve.ollama.names",
     "ModelStore": "localserve.ollama.store",
     "default_store_root": "localserve.ollama.store",
     "make_bundle": "localserve.ollama.bundle",
     "bundle_from_store": "localserve.ollama.bundle",
     "install_bundle": "localserve.ollama.bundle",
-    "verify": "localserve.ollama.verify",
+    "verify": "localserve.ollama.verification",
 }
 
 __all__ = sorted(_API)

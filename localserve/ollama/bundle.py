@@ -262,7 +262,7 @@ def install_bundle(bundle: Path, name: str | None = None, host: str | None = Non
     """Verify a bundle, then register it through the local Ollama API, or (`use_store`) write it
     straight into the on-disk store at `store_root` (default $OLLAMA_MODELS or ~/.ollama/models)."""
     from .client import OllamaServer, server_available
-    from .register import default_name, register
+    from .registration import default_name, register
     from .store import ModelStore
 
     if name:

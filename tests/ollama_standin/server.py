@@ -1,0 +1,1031 @@
+"""A loopback Ollama stand-in, written to /work/shared/ollama-spec.md and strict where Ollama is.
+
+No Ollama binary can run on our machines, so this is what localserve's Ollama code is tested
+against. It is a real HTTP server on 127.0.0.1 with a real on-disk store in Ollama's layout
+(spec §3), and it answers chat/generate/OpenAI requests by running the stored GGUF with
+llama-cpp-python, the prompt rendered from the stored TEMPLATE by the Go template engine.
+
+Version-dependent behaviour follows `Behaviour.version` (set per test):
+  < 0.5.5    create takes a Modelfile string (`FROM @sha256:…`); JSON bodies get
+             `path or Modelfile are required`.
+  >= 0.5.5   create takes JSON `files`/`template`/…; a Modelfile body gets
+             `neither 'from' or 'files' was specified`.
+  >= 0.31.2  create rewrites the GGUF through llama.cpp's quantizer in COPY mode, so the stored
+             model digest differs from the uploaded one.
+  < 0.32.7   the config blob carries `rootfs`.
+
+Deliberate deviation: decoding is always greedy (deterministic tests); the options Ollama would
+apply (including the OpenAI temperature/top_p override) are computed and recorded in
+`Standin.last_options`, and type-checked exactly as Ollama does.
+
+Nothing here is lenient where Ollama is strict: digest spelling, 200 vs 201, the Host header,
+file keys, parameter types at inference, config-less manifests vanishing from /api/tags.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import socket
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Iterator
+
+from . import modelfile as mf
+
+DIGEST_ROUTE = re.compile(r"^sha256[:-][0-9a-fA-F]{64}$")
+PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,79}$")
+M_MODEL = "application/vnd.ollama.image.model"
+M_ADAPTER = "application/vnd.ollama.image.adapter"
+M_TEMPLATE = "application/vnd.ollama.image.template"
+M_PROMPT = "application/vnd.ollama.image.prompt"
+M_SYSTEM = "application/vnd.ollama.image.system"
+M_PARAMS = "application/vnd.ollama.image.params"
+M_MESSAGES = "application/vnd.ollama.image.messages"
+M_LICENSE = "application/vnd.ollama.image.license"
+M_CONFIG = "application/vnd.docker.container.image.v1+json"
+M_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+
+OPT_INT = {"num_ctx", "num_batch", "num_gpu", "main_gpu", "num_thread", "num_keep", "seed", "num_predict",
+           "top_k", "repeat_last_n"}
+OPT_FLOAT = {"top_p", "min_p", "typical_p", "temperature", "repeat_penalty", "presence_penalty",
+             "frequency_penalty"}
+OPT_BOOL = {"use_mmap"}
+DEFAULTS = {"temperature": 0.8, "top_k": 40, "top_p": 0.9, "typical_p": 1.0, "repeat_last_n": 64,
+            "repeat_penalty": 1.0, "num_keep": 4, "seed": -1, "num_predict": -1, "num_batch": 512,
+            "num_ctx": 4096, "stop": []}
+
+
+def vtuple(v: str) -> tuple[int, int, int]:
+    m = re.match(r"^(\d+)\.(\d+)\.(\d+)", v)
+    assert m, v
+    return int(m.group(1)), int(m.group(2)), int(m.group(3))
+
+
+def go_json(value: Any, sort: bool = True) -> bytes:
+    text = json.dumps(value, sort_keys=sort, separators=(",", ":"), ensure_ascii=False)
+    for ch, esc in (("&", "\\u0026"), ("<", "\\u003c"), (">", "\\u003e")):
+        text = text.replace(ch, esc)
+    return (text + "\n").encode()
+
+
+def now_rfc3339(ts: float | None = None) -> str:
+    return datetime.fromtimestamp(ts if ts is not None else time.time(), timezone.utc).isoformat()
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+@dataclass
+class Behaviour:
+    version: str = "0.33.0-rc2"
+    # (status line after which the create stream fails, error text): a mid-stream failure under 200
+    create_fault: tuple[str, str] | None = None
+
+
+@dataclass
+class Name:
+    host: str
+    ns: str
+    model: str
+    tag: str
+
+    @classmethod
+    def parse(cls, s: str) -> "Name | None":
+        if not s:
+            return None
+        slash, colon = s.rfind("/"), s.rfind(":")
+        tag = "latest"
+        if colon > slash:
+            s, tag = s[:colon], s[colon + 1:]
+        parts = s.split("/")
+        if len(parts) > 3:
+            return None
+        host, ns = "registry.ollama.ai", "library"
+        if len(parts) == 3:
+            host, ns, model = parts
+        elif len(parts) == 2:
+            ns, model = parts
+        else:
+            model = parts[0]
+        if not all(PART.match(p) for p in (ns, model, tag)) or "." in ns:
+            return None
+        if not re.match(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,349}$", host):
+            return None
+        return cls(host, ns, model, tag)
+
+    def key(self):
+        return (self.host.lower(), self.ns.lower(), self.model.lower(), self.tag.lower())
+
+    def short(self) -> str:
+        if self.host != "registry.ollama.ai":
+            return f"{self.host}/{self.ns}/{self.model}:{self.tag}"
+        if self.ns != "library":
+            return f"{self.ns}/{self.model}:{self.tag}"
+        return f"{self.model}:{self.tag}"
+
+
+class Store:
+    """Ollama's layout: blobs/sha256-<hex>, manifests/<host>/<ns>/<model>/<tag>."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        (self.root / "blobs").mkdir(parents=True, exist_ok=True)
+        (self.root / "manifests").mkdir(parents=True, exist_ok=True)
+
+    def blob(self, digest: str) -> Path:
+        return self.root / "blobs" / digest.replace(":", "-")
+
+    def manifests(self) -> Iterator[tuple[Name, Path]]:
+        for p in sorted((self.root / "manifests").glob("*/*/*/*")):
+            if p.is_file():
+                h, ns, m, t = p.relative_to(self.root / "manifests").parts
+                n = Name.parse(f"{h}/{ns}/{m}:{t}")
+                if n:
+                    yield n, p
+
+    def find(self, name: Name) -> Path | None:
+        for n, p in self.manifests():
+            if n.key() == name.key():
+                return p
+        return None
+
+    def put_bytes(self, data: bytes) -> tuple[str, bool]:
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        path = self.blob(digest)
+        existed = path.exists()
+        if not existed:
+            path.write_bytes(data)
+            os.chmod(path, 0o644)
+        return digest, existed
+
+    def write_manifest(self, name: Name, config: dict, layers: list[dict]) -> None:
+        existing = self.find(name)
+        dest = existing or self.root / "manifests" / name.host / name.ns / name.model / name.tag
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        m = {"schemaVersion": 2, "mediaType": M_MANIFEST, "config": config, "layers": layers}
+        dest.write_bytes(go_json(m, sort=False))  # Ollama truncates and writes in place
+
+    def remove(self, name: Name) -> bool:
+        p = self.find(name)
+        if not p:
+            return False
+        mine = json.loads(p.read_bytes())
+        p.unlink()
+        used = set()
+        for _, q in self.manifests():
+            with contextlib.suppress(Exception):
+                o = json.loads(q.read_bytes())
+                used |= {o["config"]["digest"], *(layer["digest"] for layer in o["layers"])}
+        for d in {mine["config"]["digest"], *(layer["digest"] for layer in mine["layers"])} - used:
+            with contextlib.suppress(FileNotFoundError):
+                self.blob(d).unlink()
+        return True
+
+
+_FACTS: dict[str, dict[str, Any]] = {}
+
+
+def gguf_facts(path: Path) -> dict[str, Any]:
+    key = str(path)  # blobs are content-addressed
+    if key not in _FACTS:
+        _FACTS[key] = _gguf_facts(path)
+    return _FACTS[key]
+
+
+def _gguf_facts(path: Path) -> dict[str, Any]:
+    import gguf
+
+    r = gguf.GGUFReader(str(path), "r")
+    kv: dict[str, Any] = {}
+    for k, f in r.fields.items():
+        if k.startswith("GGUF."):
+            continue
+        if f.types and f.types[0] == gguf.GGUFValueType.ARRAY and len(f.data) > 5:
+            kv[k] = [None] * 6  # long arrays are shown as [] unless verbose; their content is not needed
+            continue
+        try:
+            v = f.contents()
+        except Exception:
+            continue
+        kv[k] = v
+    ft_field = r.fields.get("general.file_type")
+    ft = kv.get("general.file_type")
+    ftype = "unknown"
+    if isinstance(ft, int) and ft > 0 and ft_field.types[0] == gguf.GGUFValueType.UINT32:
+        with contextlib.suppress(ValueError):
+            ftype = gguf.LlamaFileType(ft).name.removeprefix("MOSTLY_")
+    count = sum(int(t.n_elements) for t in r.tensors)
+    return {"arch": kv.get("general.architecture") if isinstance(kv.get("general.architecture"), str) else "unknown",
+            "file_type": ftype, "params": count, "kv": kv, "type": kv.get("general.type")}
+
+
+def human_number(n: int) -> str:
+    if n >= 1_000_000_000:
+        x = n / 1e9
+        return f"{x:.0f}B" if x == int(x) else f"{x:.1f}B"
+    if n >= 1_000_000:
+        x = n / 1e6
+        return f"{x:.0f}M" if x == int(x) else f"{x:.2f}M"
+    if n >= 1000:
+        return f"{n / 1000:.0f}K"
+    return str(n)
+
+
+def valid_fs_path(p: str) -> bool:
+    """Go's io/fs.ValidPath."""
+    if p == ".":
+        return True
+    if not p or p.startswith("/") or p.endswith("/"):
+        return False
+    return all(el not in ("", ".", "..") for el in p.split("/"))
+
+
+class Engine:
+    """One llama.cpp model load per GGUF blob, shared by every test."""
+
+    def __init__(self):
+        self._models: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def get(self, path: Path, n_ctx: int):
+        with self._lock:
+            key = str(path)
+            if key not in self._models:
+                from llama_cpp import Llama
+
+                self._models[key] = (Llama(model_path=key, n_ctx=n_ctx, verbose=False, seed=0,
+                                           n_threads=2), threading.Lock())
+            return self._models[key]
+
+
+ENGINE = Engine()
+
+
+class Standin:
+    def __init__(self, models_dir: Path, behaviour: Behaviour | None = None):
+        self.store = Store(models_dir)
+        self.behaviour = behaviour or Behaviour()
+        self.requests: list[tuple[str, str, Any]] = []
+        self.pull_attempts: list[str] = []
+        self.last_options: dict[str, Any] = {}
+        self.hostname = socket.gethostname()
+        self._server: ThreadingHTTPServer | None = None
+
+    @property
+    def url(self) -> str:
+        assert self._server
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def start(self) -> "Standin":
+        standin = self
+
+        class Handler(_Handler):
+            owner = standin
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._server:
+            self._server.shutdown()
+            self._server.server_close()
+
+    @contextlib.contextmanager
+    def behaving(self, **kw) -> Iterator["Standin"]:
+        old = self.behaviour
+        self.behaviour = Behaviour(**{**old.__dict__, **kw})
+        try:
+            yield self
+        finally:
+            self.behaviour = old
+
+    @property
+    def version(self) -> tuple[int, int, int]:
+        return vtuple(self.behaviour.version)
+
+    # --- model resolution ------------------------------------------------------------------
+    def load(self, name_s: str, missing_status: int = 404) -> dict[str, Any]:
+        name = Name.parse(name_s)
+        if name is None:
+            raise ApiError(400, "model is required")
+        path = self.store.find(name)
+        if path is None:
+            raise ApiError(missing_status, f"model '{name_s}' not found")
+        m = json.loads(path.read_bytes())
+        out: dict[str, Any] = {"name": name, "manifest": m, "path": path, "template": None, "system": None,
+                               "params": {}, "messages": [], "model": None, "adapters": []}
+        for layer in m["layers"]:
+            blob = self.store.blob(layer["digest"])
+            mt = layer["mediaType"]
+            if mt == M_MODEL:
+                out["model"] = blob
+                continue
+            if mt == M_ADAPTER:
+                out["adapters"].append(blob)
+                continue
+            if not blob.exists():
+                raise ApiError(404, f"model '{name_s}' not found")
+            if mt in (M_TEMPLATE, M_PROMPT):
+                out["template"] = blob.read_text()
+            elif mt == M_SYSTEM:
+                out["system"] = blob.read_text()
+            elif mt == M_PARAMS:
+                out["params"] = json.loads(blob.read_bytes())
+            elif mt == M_MESSAGES:
+                out["messages"] = json.loads(blob.read_bytes())
+        cfg = self.store.blob(m["config"]["digest"])
+        out["config"] = json.loads(cfg.read_bytes()) if cfg.exists() else {}
+        return out
+
+    def tag_entry(self, name: Name, path: Path) -> dict[str, Any] | None:
+        data = path.read_bytes()
+        try:
+            m = json.loads(data)
+            cfg = json.loads(self.store.blob(m["config"]["digest"]).read_bytes())
+        except Exception:
+            return None  # config blob missing or invalid: dropped from the list (spec §3.5)
+        if self.version >= (0, 30, 0):
+            for layer in m["layers"]:
+                if layer["mediaType"] in (M_TEMPLATE, M_PROMPT):
+                    from localserve.chat.gotemplate import GoTemplateError, check_parses
+
+                    try:
+                        check_parses(self.store.blob(layer["digest"]).read_text())
+                    except (GoTemplateError, FileNotFoundError):
+                        return None
+        size = m["config"]["size"] + sum(layer["size"] for layer in m["layers"])
+        return {"name": name.short(), "model": name.short(),
+                "modified_at": now_rfc3339(path.stat().st_mtime), "size": size,
+                "digest": hashlib.sha256(data).hexdigest(),
+                "details": {"parent_model": "", "format": cfg.get("model_format", ""),
+                            "family": cfg.get("model_family", ""), "families": cfg.get("model_families"),
+                            "parameter_size": cfg.get("model_type", ""),
+                            "quantization_level": cfg.get("file_type", "")}}
+
+
+def check_options(opts: dict[str, Any]) -> dict[str, Any]:
+    """api.Options.FromMap: strict JSON types at every inference request."""
+    out = dict(DEFAULTS)
+    for k, v in opts.items():
+        if k == "stop":
+            if not isinstance(v, list) or not all(isinstance(s, str) for s in v):
+                raise ApiError(500, f'option "{k}" must be of type array')
+        elif k in OPT_INT:
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise ApiError(500, f'option "{k}" must be of type integer')
+            v = int(v)
+        elif k in OPT_FLOAT:
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise ApiError(500, f'option "{k}" must be of type float32')
+            v = float(v)
+        elif k in OPT_BOOL:
+            if not isinstance(v, bool):
+                raise ApiError(500, f'option "{k}" must be of type boolean')
+        else:
+            continue  # unknown keys only log a warning
+        out[k] = v
+    return out
+
+
+class _Handler(BaseHTTPRequestHandler):
+    owner: Standin
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args) -> None:  # keep pytest output clean
+        pass
+
+    # --- plumbing -------------------------------------------------------------------------
+    def _host_ok(self) -> bool:
+        host = (self.headers.get("Host") or "").strip()
+        if host.startswith("["):
+            name = host[1:host.find("]")]
+        else:
+            name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+        if not name:
+            return True
+        name = name.lower()
+        if name == "localhost" or name == self.owner.hostname.lower():
+            return True
+        if name.endswith((".localhost", ".local", ".internal")):
+            return True
+        with contextlib.suppress(ValueError):
+            import ipaddress
+
+            ipaddress.ip_address(name)
+            return True
+        return False
+
+    def _send(self, status: int, body: bytes = b"", ctype: str = "application/json; charset=utf-8") -> None:
+        self.send_response(status)
+        if body or status != 200 or ctype:
+            self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _json(self, status: int, obj: Any) -> None:
+        self._send(status, json.dumps(obj).encode())
+
+    def _error(self, status: int, message: str) -> None:
+        if self.path.startswith("/v1/"):
+            kind = {404: "not_found_error", 400: "invalid_request_error"}.get(status, "api_error")
+            self._json(status, {"error": {"message": message, "type": kind, "param": None, "code": None}})
+        else:
+            self._json(status, {"error": message})
+
+    def _start_stream(self, ctype: str) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+
+    def _chunk(self, data: bytes) -> None:
+        self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+        self.wfile.flush()
+
+    def _end_stream(self) -> None:
+        self.wfile.write(b"0\r\n\r\n")
+        self.wfile.flush()
+
+    def _stream(self, items: Iterator[dict], ndjson: bool = True, stream: bool = True) -> None:
+        """Ollama's streamResponse: the first item decides the status; later errors ride in-stream."""
+        it = iter(items)
+        try:
+            first = next(it)
+        except ApiError as e:
+            return self._error(e.status, e.message)
+        except StopIteration:
+            return self._json(200, {})
+        if not stream:
+            last = first
+            try:
+                for last in it:
+                    pass
+            except ApiError as e:
+                return self._error(e.status, e.message)
+            return self._json(200, last)
+        self._start_stream("application/x-ndjson")
+        self._chunk(json.dumps(first).encode() + b"\n")
+        try:
+            for item in it:
+                self._chunk(json.dumps(item).encode() + b"\n")
+        except ApiError as e:
+            self._chunk(json.dumps({"error": e.message}).encode() + b"\n")
+        self._end_stream()
+
+    def _body_bytes(self) -> bytes:
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            out = bytearray()
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    self.rfile.readline()
+                    return bytes(out)
+                out += self.rfile.read(size)
+                self.rfile.readline()
+        n = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(n) if n else b""
+
+    def _body(self) -> dict[str, Any]:
+        raw = self._body_bytes()
+        if not raw:
+            raise ApiError(400, "missing request body")
+        try:
+            body = json.loads(raw)
+        except ValueError as e:
+            raise ApiError(400, str(e)) from None
+        if not isinstance(body, dict):
+            raise ApiError(400, "invalid request body")
+        self.owner.requests.append((self.command, self.path, body))
+        return body
+
+    def _dispatch(self) -> None:
+        if not self._host_ok():
+            return self._send(403, b"", ctype="")
+        path = self.path.split("?", 1)[0]
+        routes = {
+            ("GET", "/"): self.root, ("HEAD", "/"): self.root,
+            ("GET", "/api/version"): self.version, ("HEAD", "/api/version"): self.version,
+            ("GET", "/api/tags"): self.tags, ("HEAD", "/api/tags"): self.tags,
+            ("POST", "/api/create"): self.create, ("POST", "/api/show"): self.show,
+            ("POST", "/api/copy"): self.copy, ("DELETE", "/api/delete"): self.delete,
+            ("POST", "/api/chat"): self.chat, ("POST", "/api/generate"): self.generate,
+            ("POST", "/v1/chat/completions"): self.openai_chat, ("GET", "/v1/models"): self.openai_models,
+        }
+        try:
+            if path.startswith("/api/blobs/"):
+                if self.command not in ("HEAD", "POST"):
+                    return self._send(405, b"")
+                return self.blob(path.removeprefix("/api/blobs/"))
+            handler = routes.get((self.command, path))
+            if handler is None:
+                self.owner.requests.append((self.command, path, None))
+                return self._send(404, b"404 page not found", "text/plain")
+            handler()
+        except ApiError as e:
+            self._error(e.status, e.message)
+
+    do_GET = do_HEAD = do_POST = do_DELETE = _dispatch
+
+    # --- endpoints ------------------------------------------------------------------------
+    def root(self) -> None:
+        self._send(200, b"Ollama is running", "text/plain; charset=utf-8")
+
+    def version(self) -> None:
+        self._json(200, {"version": self.owner.behaviour.version})
+
+    def blob(self, digest: str) -> None:
+        self.owner.requests.append((self.command, self.path, None))
+        if not DIGEST_ROUTE.match(digest):
+            if self.command == "POST":
+                self._body_bytes()
+            return self._send(400, b"") if self.command == "HEAD" else self._error(400, "invalid digest format")
+        store = self.owner.store
+        path = store.blob(digest[:6] + "-" + digest[7:])
+        if self.command == "HEAD":
+            return self._send(200 if path.exists() else 404, b"", "")
+        if path.exists():
+            # already stored: 200 without reading the body; the connection cannot be reused
+            self.close_connection = True
+            return self._send(200, b"", "")
+        fd, tmp = tempfile.mkstemp(dir=store.root / "blobs", prefix="sha256-upload-")
+        h = hashlib.sha256()
+        with os.fdopen(fd, "wb") as f:
+            if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                data = self._body_bytes()
+                h.update(data)
+                f.write(data)
+            else:
+                left = int(self.headers.get("Content-Length") or 0)
+                while left:
+                    chunk = self.rfile.read(min(left, 1 << 20))
+                    if not chunk:
+                        break
+                    h.update(chunk)
+                    f.write(chunk)
+                    left -= len(chunk)
+        got = "sha256:" + h.hexdigest()
+        real = store.blob(got)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, real)  # the upload stays stored under its real digest
+        if got != digest:
+            return self._error(400, f'digest mismatch, expected "{digest}", got "{got}"')
+        self._send(201, b"", "")
+
+    def tags(self) -> None:
+        entries = [e for n, p in self.owner.store.manifests() if (e := self.owner.tag_entry(n, p))]
+        entries.sort(key=lambda e: e["modified_at"], reverse=True)
+        self._json(200, {"models": entries})
+
+    def openai_models(self) -> None:
+        data = []
+        for n, p in self.owner.store.manifests():
+            if self.owner.tag_entry(n, p):
+                data.append({"id": n.short(), "object": "model", "created": int(p.stat().st_mtime),
+                             "owned_by": n.ns})
+        self._json(200, {"object": "list", "data": data or None})
+
+    def copy(self) -> None:
+        body = self._body()
+        src, dst = Name.parse(body.get("source", "")), Name.parse(body.get("destination", ""))
+        if src is None or dst is None:
+            raise ApiError(400, "invalid model name")
+        sp = self.owner.store.find(src)
+        if sp is None:
+            raise ApiError(404, f'model "{body["source"]}" not found')
+        dest = self.owner.store.find(dst) or self.owner.store.root / "manifests" / dst.host / dst.ns / dst.model / dst.tag
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(sp.read_bytes())
+        self._send(200, b"", "")
+
+    def delete(self) -> None:
+        body = self._body()
+        model = body.get("model") or body.get("name") or ""
+        n = Name.parse(model)
+        if n is None:
+            raise ApiError(400, f"name \"{model}\" is invalid")
+        if not self.owner.store.remove(n):
+            raise ApiError(404, f"model '{model}' not found")
+        self._send(200, b"", "")
+
+    def show(self) -> None:
+        body = self._body()
+        model = body.get("model") or body.get("name") or ""
+        m = self.owner.load(model)
+        cfg = m["config"]
+        params = m["params"]
+        lines = []
+        for k, v in params.items():
+            for item in (v if isinstance(v, list) else [v]):
+                lines.append(f"{k:<30} {json.dumps(item)}")
+        mf_lines = ['# Modelfile generated by "ollama show"', f"FROM {m['model']}"]
+        if m["template"]:
+            mf_lines.append(f'TEMPLATE "{m["template"]}"' if "\n" in m["template"] else f"TEMPLATE {m['template']}")
+        if m["system"]:
+            mf_lines.append(f"SYSTEM {m['system']}")
+        for k, v in params.items():
+            for item in (v if isinstance(v, list) else [v]):
+                mf_lines.append(f"PARAMETER {k} {item}")
+        for msg in m["messages"]:
+            mf_lines.append(f"MESSAGE {msg['role']} {msg['content']}")
+        facts = gguf_facts(m["model"]) if m["model"] and m["model"].exists() else {"kv": {}}
+        info = {k: v for k, v in facts["kv"].items()
+                if k not in ("general.name", "tokenizer.chat_template")
+                and not (isinstance(v, list) and len(v) > 5 and not body.get("verbose"))}
+        info = {k: ([] if isinstance(v, list) and len(v) > 5 else v) for k, v in info.items()}
+        caps = ["completion"] + (["tools"] if m["template"] and ".Tools" in m["template"] else [])
+        self._json(200, {
+            "modelfile": "\n".join(mf_lines) + "\n", "parameters": "\n".join(lines),
+            "template": m["template"] or "{{ .Prompt }}", "system": m["system"] or "",
+            "details": {"parent_model": "", "format": cfg.get("model_format", ""),
+                        "family": cfg.get("model_family", ""), "families": cfg.get("model_families"),
+                        "parameter_size": cfg.get("model_type", ""),
+                        "quantization_level": cfg.get("file_type", "")},
+            "messages": m["messages"] or None, "model_info": info, "capabilities": caps,
+            "modified_at": now_rfc3339(m["path"].stat().st_mtime)})
+
+    # --- create -----------------------------------------------------------------------------
+    def create(self) -> None:
+        body = self._body()
+        stream = body.get("stream", True)
+        if self.owner.version < (0, 5, 5):
+            items = self._create_legacy(body)
+        else:
+            items = self._create_json(body)
+        self._stream(self._faulted(items), stream=stream)
+
+    def _faulted(self, items: Iterator[dict]) -> Iterator[dict]:
+        fault = self.owner.behaviour.create_fault
+        for item in items:
+            yield item
+            if fault and item.get("status") == fault[0]:
+                raise ApiError(500, fault[1])
+
+    def _create_json(self, body: dict) -> Iterator[dict]:
+        model = body.get("model") or body.get("name") or ""
+        name = Name.parse(model)
+        if name is None:
+            raise ApiError(400, "invalid model name")
+        if body.get("from"):
+            yield from self._from_model(name, body)
+            return
+        files = body.get("files") or {}
+        if not files:
+            raise ApiError(400, "neither 'from' or 'files' was specified")
+        store = self.owner.store
+        layers: list[dict] = []
+        facts = None
+        for key, digest in files.items():
+            if not valid_fs_path(key):
+                raise ApiError(400, "file path must be relative")
+            if not digest:
+                raise ApiError(400, "invalid digest format")
+            blob = store.blob(digest)
+            if not blob.exists():
+                raise ApiError(500, f"open {blob}: no such file or directory")
+            with open(blob, "rb") as f:
+                magic = f.read(4)
+            if key.endswith(".gguf"):
+                if magic not in (b"GGUF", b"FUGG"):
+                    raise ApiError(400, "supplied file was not in GGUF format")
+            elif key.endswith(".safetensors"):
+                raise ApiError(400, "stand-in: safetensors conversion is not implemented")
+            elif magic not in (b"GGUF", b"FUGG"):
+                raise ApiError(400, "unknown type")
+        template = body.get("template")
+        if template:
+            from localserve.chat.gotemplate import GoTemplateError, check_parses
+
+            try:
+                check_parses(template)
+            except GoTemplateError as e:
+                raise ApiError(400, f"template error: {e.message}") from None
+        yield {"status": "parsing GGUF"}
+        for key, digest in files.items():
+            blob = store.blob(digest)
+            if self.owner.version >= (0, 31, 2):
+                digest, blob = yield from self._rewrite(blob)
+            facts = gguf_facts(blob)
+            mt = M_ADAPTER if facts["type"] == "adapter" else M_MODEL
+            layers.append({"mediaType": mt, "digest": digest, "size": blob.stat().st_size})
+        if self.owner.version >= (0, 30, 0):
+            yield {"status": "verifying conversion"}
+        for layer in layers:
+            yield {"status": f"using existing layer {layer['digest']}"}
+        yield from self._finish(name, facts, layers, template, body.get("system"),
+                                body.get("parameters"), body.get("messages"), body.get("license"))
+
+    def _rewrite(self, blob: Path):
+        """HEAD's `llama-quantize --allow-requantize in out COPY`: the stored model is a new file."""
+        import llama_cpp
+
+        store = self.owner.store
+        fd, tmp = tempfile.mkstemp(dir=store.root, prefix="validate-", suffix=".gguf")
+        os.close(fd)
+        size = blob.stat().st_size
+        yield {"status": "validating GGUF model", "digest": "0000000000000000000", "total": size, "completed": 0}
+        params = llama_cpp.llama_model_quantize_default_params()
+        params.only_copy = True
+        params.allow_requantize = True
+        rc = llama_cpp.llama_model_quantize(str(blob).encode(), tmp.encode(), params)
+        if rc != 0:
+            os.unlink(tmp)
+            raise ApiError(500, f"failed to validate GGUF with llama-quantize: exit {rc}")
+        yield {"status": "validating GGUF model", "digest": "0000000000000000000", "total": size, "completed": size}
+        data_digest = hashlib.sha256(Path(tmp).read_bytes()).hexdigest()
+        dest = store.blob("sha256:" + data_digest)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, dest)
+        return "sha256:" + data_digest, dest
+
+    def _from_model(self, name: Name, body: dict) -> Iterator[dict]:
+        src = Name.parse(body["from"])
+        if src is None or self.owner.store.find(src) is None:
+            # Ollama would pull it from the registry: an air-gapped failure
+            self.owner.pull_attempts.append(body["from"])
+            yield {"status": "pulling manifest"}
+            raise ApiError(500, f"pull model manifest: Get \"https://registry.ollama.ai/v2/library/{body['from']}/manifests/latest\": dial tcp: lookup registry.ollama.ai: no such host")
+        raise ApiError(400, "stand-in: create from an existing model is not implemented")
+
+    def _finish(self, name: Name, facts, layers, template, system, parameters, messages, license_):
+        store = self.owner.store
+        if template:
+            d, existed = store.put_bytes(template.encode())
+            layers.append({"mediaType": M_TEMPLATE, "digest": d, "size": len(template.encode())})
+        if system:
+            d, existed = store.put_bytes(system.encode())
+            layers.append({"mediaType": M_SYSTEM, "digest": d, "size": len(system.encode())})
+        for lic in ([license_] if isinstance(license_, str) else license_ or []):
+            d, existed = store.put_bytes(lic.encode())
+            layers.append({"mediaType": M_LICENSE, "digest": d, "size": len(lic.encode())})
+        if parameters:
+            data = go_json(parameters)  # stored verbatim: no type checks here (spec §2.2)
+            d, existed = store.put_bytes(data)
+            layers.append({"mediaType": M_PARAMS, "digest": d, "size": len(data)})
+        if messages:
+            data = go_json([{"role": m.get("role"), "content": m.get("content")} for m in messages], sort=False)
+            d, existed = store.put_bytes(data)
+            layers.append({"mediaType": M_MESSAGES, "digest": d, "size": len(data)})
+        for layer in layers[1:]:
+            yield {"status": f"creating new layer {layer['digest']}"}
+        cfg: dict[str, Any] = {"model_format": "gguf", "model_family": facts["arch"], "model_families": [facts["arch"]],
+                               "model_type": human_number(facts["params"]), "file_type": facts["file_type"],
+                               "architecture": "amd64", "os": "linux"}
+        if self.owner.version < (0, 32, 7):
+            cfg["rootfs"] = {"type": "layers", "diff_ids": [layer["digest"] for layer in layers]}
+        data = go_json(cfg, sort=False)
+        d, _ = store.put_bytes(data)
+        yield {"status": "writing manifest"}
+        store.write_manifest(name, {"mediaType": M_CONFIG, "digest": d, "size": len(data)}, layers)
+        yield {"status": "success"}
+
+    def _create_legacy(self, body: dict) -> Iterator[dict]:
+        model = body.get("model") or body.get("name") or ""
+        name = Name.parse(model)
+        if name is None:
+            raise ApiError(400, "invalid model name")
+        text = body.get("modelfile")
+        if not text and not body.get("path"):
+            raise ApiError(400, "path or Modelfile are required")
+        try:
+            cmds = mf.parse(text)
+        except mf.ModelfileError as e:
+            raise ApiError(400, str(e)) from None
+        store = self.owner.store
+        layers: list[dict] = []
+        facts = None
+        template = system = None
+        params: dict[str, Any] = {}
+        messages: list[dict] = []
+        licenses: list[str] = []
+        for cmd, value in cmds:
+            if cmd == "from":
+                if not value.startswith("@"):
+                    self.owner.pull_attempts.append(value)
+                    yield {"status": "pulling manifest"}
+                    raise ApiError(500, "pull model manifest: dial tcp: lookup registry.ollama.ai: no such host")
+                blob = store.blob(value[1:])
+                if not blob.exists():
+                    raise ApiError(500, f"open {blob}: no such file or directory")
+                yield {"status": "parsing GGUF"}
+                facts = gguf_facts(blob)
+                layers.append({"mediaType": M_MODEL, "digest": value[1:], "size": blob.stat().st_size})
+            elif cmd == "template":
+                template = value
+            elif cmd == "system":
+                system = value
+            elif cmd == "license":
+                licenses.append(value)
+            elif cmd == "parameter":
+                k, v = value.split("\x00", 1)
+                try:
+                    typed = mf.typed_param(k, v)
+                except mf.ModelfileError as e:
+                    raise ApiError(400, str(e)) from None
+                if k == "stop":
+                    params.setdefault("stop", []).append(typed)
+                else:
+                    params[k] = typed
+            elif cmd == "message":
+                role, content = value.split("\x00", 1)
+                messages.append({"role": role, "content": content})
+            elif cmd == "adapter":
+                raise ApiError(400, "stand-in: ADAPTER is not implemented")
+        yield {"status": "using existing layer " + layers[0]["digest"]}
+        yield from self._finish(name, facts, layers, template, system, params, messages, licenses)
+
+    # --- inference --------------------------------------------------------------------------
+    def _prompt_for_chat(self, m: dict, messages: list[dict], tools) -> str:
+        from localserve.chat.gotemplate import render
+
+        msgs = list(m["messages"]) + list(messages)
+        if m["system"] and (not msgs or msgs[0].get("role") != "system"):
+            msgs.insert(0, {"role": "system", "content": m["system"]})
+        return render(m["template"] or "{{ .Prompt }}", msgs, tools=tools or None)
+
+    def _generate(self, m: dict, prompt: str, opts: dict) -> Iterator[tuple[str, dict | None]]:
+        """(text piece, final-metrics-or-None) for each token; the last item carries done_reason."""
+        if m["model"] is None or not m["model"].exists():
+            raise ApiError(404, f'model "{m["name"].short()}" not found, try pulling it first')
+        self.owner.last_options = opts
+        llm, lock = ENGINE.get(m["model"], max(512, min(int(opts["num_ctx"]), 4096)))
+        t0 = time.perf_counter_ns()
+        with lock:
+            tokens = llm.tokenize(prompt.encode(), add_bos=True, special=True)
+            room = llm.n_ctx() - len(tokens)
+            if room <= 0:
+                raise ApiError(400, "the prompt is longer than the context window")
+            max_tokens = room if opts["num_predict"] < 0 else min(opts["num_predict"], room)
+            stream = llm.create_completion(prompt, max_tokens=max_tokens, temperature=0.0, top_k=1,
+                                           stop=opts["stop"] or None, stream=True)
+            t_first = None
+            n = 0
+            reason = None
+            for chunk in stream:
+                choice = chunk["choices"][0]
+                if t_first is None:
+                    t_first = time.perf_counter_ns()
+                if choice.get("text"):
+                    n += 1
+                    yield choice["text"], None
+                if choice.get("finish_reason"):
+                    reason = choice["finish_reason"]
+        t_end = time.perf_counter_ns()
+        t_first = t_first or t_end
+        yield "", {"done_reason": reason or "stop", "total_duration": t_end - t0, "load_duration": 1,
+                   "prompt_eval_count": len(tokens), "prompt_eval_duration": max(1, t_first - t0),
+                   "eval_count": max(n, 1), "eval_duration": max(1, t_end - t_first)}
+
+    def chat(self) -> None:
+        body = self._body()
+        m = self.owner.load(body.get("model") or "")
+        if body.get("think") is True:
+            raise ApiError(400, f'"{body.get("model")}" does not support thinking')
+        messages = [{**msg, "role": str(msg.get("role", "")).lower()} for msg in body.get("messages") or []]
+        opts = check_options({**m["params"], **(body.get("options") or {})})
+        model_name = body.get("model")
+
+        def items():
+            if not messages:
+                yield {"model": model_name, "created_at": now_rfc3339(), "message": {"role": "assistant", "content": ""},
+                       "done_reason": "load", "done": True}
+                return
+            prompt = self._prompt_for_chat(m, messages, body.get("tools"))
+            for text, final in self._generate(m, prompt, opts):
+                if final is None:
+                    yield {"model": model_name, "created_at": now_rfc3339(),
+                           "message": {"role": "assistant", "content": text}, "done": False}
+                else:
+                    yield {"model": model_name, "created_at": now_rfc3339(),
+                           "message": {"role": "assistant", "content": ""}, "done": True, **final}
+
+        if body.get("stream", True):
+            return self._stream(items())
+        content, last = "", None
+        for item in items():
+            content += item["message"]["content"]
+            last = item
+        last["message"]["content"] = content
+        self._json(200, last)
+
+    def generate(self) -> None:
+        body = self._body()
+        m = self.owner.load(body.get("model") or "")
+        if body.get("raw") and (body.get("template") or body.get("system") or body.get("context")):
+            raise ApiError(400, "raw mode does not support template, system, or context")
+        opts = check_options({**m["params"], **(body.get("options") or {})})
+        model_name = body.get("model")
+        prompt_in = body.get("prompt") or ""
+
+        def items():
+            if not prompt_in:
+                yield {"model": model_name, "created_at": now_rfc3339(), "response": "", "done": True,
+                       "done_reason": "load"}
+                return
+            if body.get("raw"):
+                prompt = prompt_in
+            else:
+                from localserve.chat.gotemplate import render
+
+                msgs = []
+                system = body.get("system") or m["system"]
+                if system:
+                    msgs.append({"role": "system", "content": system})
+                msgs.append({"role": "user", "content": prompt_in})
+                prompt = render(body.get("template") or m["template"] or "{{ .Prompt }}", msgs)
+            for text, final in self._generate(m, prompt, opts):
+                if final is None:
+                    yield {"model": model_name, "created_at": now_rfc3339(), "response": text, "done": False}
+                else:
+                    yield {"model": model_name, "created_at": now_rfc3339(), "response": "", "done": True, **final}
+
+        if body.get("stream", True):
+            return self._stream(items())
+        text, last = "", None
+        for item in items():
+            text += item["response"]
+            last = item
+        last["response"] = text
+        self._json(200, last)
+
+    def openai_chat(self) -> None:
+        body = self._body()
+        model_name = body.get("model") or ""
+        try:
+            m = self.owner.load(model_name)
+        except ApiError as e:
+            raise ApiError(e.status, e.message) from None
+        messages = []
+        for msg in body.get("messages") or []:
+            content = msg.get("content")
+            if isinstance(content, list):
+                content = "".join(p.get("text", "") for p in content if p.get("type") == "text")
+            messages.append({"role": msg.get("role"), "content": content or ""})
+        if not messages:
+            raise ApiError(400, "[] is too short - 'messages'")
+        opts_in = {}
+        if body.get("max_tokens") is not None:
+            opts_in["num_predict"] = body["max_tokens"]
+        if body.get("stop") is not None:
+            opts_in["stop"] = [body["stop"]] if isinstance(body["stop"], str) else body["stop"]
+        for k in ("seed", "frequency_penalty", "presence_penalty"):
+            if body.get(k) is not None:
+                opts_in[k] = body[k]
+        # the OpenAI layer forces these when the client omits them, over the Modelfile's values
+        opts_in["temperature"] = body["temperature"] if body.get("temperature") is not None else 1.0
+        opts_in["top_p"] = body["top_p"] if body.get("top_p") is not None else 1.0
+        opts = check_options({**m["params"], **opts_in})
+        prompt = self._prompt_for_chat(m, messages, body.get("tools"))
+        cid = f"chatcmpl-{int(time.time() * 1000) % 1000}"
+        created = int(time.time())
+        if not body.get("stream"):
+            text, final = "", None
+            for piece, fin in self._generate(m, prompt, opts):
+                text += piece
+                final = fin or final
+            return self._json(200, {
+                "id": cid, "object": "chat.completion", "created": created, "model": model_name,
+                "system_fingerprint": "fp_ollama",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                             "finish_reason": final["done_reason"]}],
+                "usage": {"prompt_tokens": final["prompt_eval_count"], "completion_tokens": final["eval_count"],
+                          "total_tokens": final["prompt_eval_count"] + final["eval_count"]}})
+        gen = self._generate(m, prompt, opts)
+        self._start_stream("text/event-stream")
+
+        def sse(obj):
+            self._chunk(b"data: " + json.dumps(obj).encode() + b"\n\n")
+
+        base = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model_name,
+                "system_fingerprint": "fp_ollama"}
+        try:
+            for piece, final in gen:
+                if final is None:
+                    sse({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": piece},
+                                              "finish_reason": None}]})
+                else:
+                    sse({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
+                                              "finish_reason": final["done_reason"]}]})
+                    if (body.get("stream_options") or {}).get("include_usage"):
+                        sse({**base, "choices": [], "usage": {
+                            "prompt_tokens": final["prompt_eval_count"], "completion_tokens": final["eval_count"],
+                            "total_tokens": final["prompt_eval_count"] + final["eval_count"]}})
+        except ApiError as e:
+            sse({"error": {"message": e.message, "type": "api_error", "param": None, "code": None}})
+        self._chunk(b"data: [DONE]\n\n")
+        self._end_stream()
