@@ -50,5 +50,7 @@ fi
 
 # llama.cpp's converter and gguf-py, from the very sdist llama-cpp-python was built from.
 "$VENV/bin/python" -m localserve.llamacpp.vendor --ensure
+# llama-imatrix and llama-quantize (importance matrices), built once from that same source (~5 min).
+"$VENV/bin/python" -m localserve.llamacpp.tools --ensure
 
 log "ready: $VENV"
