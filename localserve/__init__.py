@@ -16,8 +16,8 @@ __version__ = "0.1.0"
 # public name -> module that defines it
 _API = {
     "ExportSpec": "localserve.spec",
-    "ExportResult": "localserve.export",
-    "export": "localserve.export",
+    "ExportResult": "localserve.gguf_export",
+    "export": "localserve.gguf_export",
     "LocalserveError": "localserve.errors",
     "embedded_base": "localserve.models.embedded",
 }

