@@ -186,8 +186,8 @@ class OllamaServer:
             self._follow(name, (p.model_dump(exclude_none=True) for p in stream), on_status)
         except ollama.ResponseError as e:
             raise self._create_failed(name, e.error) from None
-        except ConnectionError as e:
-            raise _unreachable(self.host, str(e), self.source) from None
+        except ConnectionError:
+            raise _unreachable(self.host, "connection refused", self.source) from None
         except httpx.ConnectError as e:
             raise _unreachable(self.host, str(e), self.source) from None
 
@@ -241,8 +241,8 @@ class OllamaServer:
                 raise OllamaError(f"{what}: {e.error} (on {self.host})",
                                   "list the models with `localserve ls`") from None
             raise OllamaError(f"{what}: Ollama at {self.host} answered {e.status_code}: {e.error}") from None
-        except (ConnectionError, httpx.ConnectError) as e:
-            raise _unreachable(self.host, str(e), self.source) from None
+        except (ConnectionError, httpx.ConnectError):
+            raise _unreachable(self.host, "connection refused", self.source) from None
 
     def list(self) -> list[dict[str, Any]]:
         resp = self._call("listing models", self.client.list)

@@ -1,0 +1,219 @@
+"""Ollama commands: register, ls, show, rm, promote, rollback, bundle, install, verify.
+
+Model-management commands take `--host URL` (a running Ollama) or `--store [DIR]` (Ollama's model
+folder on disk, default $OLLAMA_MODELS or ~/.ollama/models), never both.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from ..errors import InputError
+
+_host = click.option("--host", help="Ollama server URL (default: $OLLAMA_HOST or http://127.0.0.1:11434).")
+_store = click.option("--store", is_flag=False, flag_value="", default=None, metavar="[DIR]",
+                      help="Work on Ollama's model folder directly (default DIR: $OLLAMA_MODELS or ~/.ollama/models).")
+_json = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+
+
+def _target(host: str | None, store: str | None):
+    """(target object, id used in the promote history)."""
+    from ..ollama.client import OllamaServer
+    from ..ollama.store import ModelStore
+
+    if host and store is not None:
+        raise InputError("--host and --store name two different places", "pass one of them")
+    if store is not None:
+        s = ModelStore(store or None)
+        return s, f"store:{s.root.resolve()}"
+    server = OllamaServer(host)
+    return server, server.host
+
+
+def _size(n: int) -> str:
+    from ..fsutil import human_bytes
+
+    return human_bytes(n)
+
+
+@click.command("register")
+@click.argument("output_dir", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--name", help="NAME:TAG to create (default: <export name>:<quant>, e.g. demo:q4_k_m).")
+@click.option("--quant", help="Which exported quant to register (default: the first listed).")
+@_host
+@_json
+def register_command(output_dir: Path, name: str | None, quant: str | None, host: str | None, as_json: bool) -> None:
+    """Upload OUTPUT_DIR's GGUF to a running Ollama and create the model from its localserve.json."""
+    from ..ollama.registration import register
+
+    r = register(output_dir, name=name, host=host, quant=quant)
+    if as_json:
+        click.echo(json.dumps({**r.__dict__, "gguf": str(r.gguf)}, indent=2))
+        return
+    click.echo(f"registered {r.name} on Ollama {r.server_version} at {r.host} "
+               f"({'uploaded' if r.uploaded else 'already had'} {r.model_digest[:19]})")
+    click.echo(f"try: ollama run {r.name}    check: localserve verify {r.name}")
+
+
+@click.command("ls")
+@_host
+@_store
+@_json
+def ls_command(host: str | None, store: str | None, as_json: bool) -> None:
+    """List the models Ollama has (through the API, or read from --store)."""
+    target, _ = _target(host, store)
+    if store is not None:
+        rows = [{"name": m.name, "digest": m.digest, "size": m.size, "modified_at": m.modified_at}
+                for m in target.models()]
+    else:
+        rows = [{"name": m.get("model") or m.get("name"), "digest": m.get("digest", ""), "size": m.get("size", 0),
+                 "modified_at": m.get("modified_at", "")} for m in target.list()]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("no models")
+        return
+    width = max(len(r["name"]) for r in rows)
+    for r in rows:
+        click.echo(f"{r['name']:<{width}}  {r['digest'][:12]}  {_size(r['size']):>10}  {str(r['modified_at'])[:19]}")
+
+
+@click.command("show")
+@click.argument("name")
+@_host
+@_store
+@click.option("--modelfile", "only_modelfile", is_flag=True, help="Print only the Modelfile.")
+def show_command(name: str, host: str | None, store: str | None, only_modelfile: bool) -> None:
+    """Show a model's details, template, parameters and Modelfile."""
+    target, _ = _target(host, store)
+    if store is not None:
+        from ..ollama.layers import modelfile_text
+
+        gguf, recipe, config = target.read_recipe(name)
+        info = {"details": config, "template": recipe.template, "system": recipe.system,
+                "parameters": recipe.parameters, "messages": recipe.messages}
+        try:
+            info["modelfile"] = modelfile_text(str(gguf), recipe)
+        except ValueError:
+            info["modelfile"] = None
+    else:
+        info = target.show(name)
+    if only_modelfile:
+        click.echo(info.get("modelfile") or "")
+        return
+    info.pop("model_info", None), info.pop("tensors", None)
+    click.echo(json.dumps(info, indent=2, ensure_ascii=False, default=str))
+
+
+@click.command("rm")
+@click.argument("name")
+@_host
+@_store
+def rm_command(name: str, host: str | None, store: str | None) -> None:
+    """Remove a model (its manifest, and blobs no other model uses)."""
+    target, where = _target(host, store)
+    target.delete(name)
+    click.echo(f"removed {name} from {where}")
+
+
+@click.command("promote")
+@click.argument("version")
+@click.option("--as", "alias", required=True, help="The alias to point at VERSION, e.g. demo:latest.")
+@click.option("--note", help="Why (kept in the history).")
+@_host
+@_store
+def promote_command(version: str, alias: str, note: str | None, host: str | None, store: str | None) -> None:
+    """Point an alias (e.g. demo:latest) at VERSION (e.g. demo:q4_k_m), remembering the previous one."""
+    from ..ollama.history import promote
+
+    target, tid = _target(host, store)
+    r = promote(target, tid, version, alias, note)
+    click.echo(f"{r.alias} -> {r.version}" + (f" (was {r.previous}; undo: localserve rollback {r.alias})"
+                                               if r.previous else ""))
+
+
+@click.command("rollback")
+@click.argument("alias")
+@_host
+@_store
+def rollback_command(alias: str, host: str | None, store: str | None) -> None:
+    """Point ALIAS (default tag: latest) back at the version promoted before the current one."""
+    from ..ollama.history import rollback
+
+    target, tid = _target(host, store)
+    r = rollback(target, tid, alias)
+    click.echo(f"{r.alias} -> {r.version} (rolled back from {r.previous})")
+
+
+@click.command("bundle")
+@click.argument("output_dir", required=False, type=click.Path(path_type=Path, file_okay=False))
+@click.option("-o", "--out", type=click.Path(path_type=Path, dir_okay=False), required=True,
+              help="The bundle file to write (e.g. model.tar).")
+@click.option("--from-store", "from_store", metavar="NAME:TAG",
+              help="Bundle a model already in an Ollama store instead of an export folder.")
+@click.option("--store", type=click.Path(path_type=Path, file_okay=False),
+              help="With --from-store: the Ollama model folder (default: $OLLAMA_MODELS or ~/.ollama/models).")
+def bundle_command(output_dir: Path | None, out: Path, from_store: str | None, store: Path | None) -> None:
+    """Pack an export folder (or, with --from-store, a stored model) into one file for an offline host."""
+    from ..ollama.bundle import bundle_from_store, make_bundle
+
+    if (output_dir is None) == (from_store is None):
+        raise InputError("give either OUTPUT_DIR or --from-store NAME:TAG", "e.g. `localserve bundle exports/demo -o demo.tar`")
+    r = bundle_from_store(from_store, out, store) if from_store else make_bundle(output_dir, out)
+    click.echo(f"wrote {r.path} ({_size(r.size)}): {', '.join(r.files)}")
+    click.echo(f"install offline: localserve install {r.path.name} [--store DIR]")
+
+
+@click.command("install")
+@click.argument("bundle", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--name", help="NAME:TAG to create (default: <bundle name>:<quant>).")
+@click.option("--quant", help="Which quant in the bundle (default: the first listed).")
+@_host
+@_store
+def install_command(bundle: Path, name: str | None, quant: str | None, host: str | None, store: str | None) -> None:
+    """Verify BUNDLE's checksums, then register it with the local Ollama, or write it into --store."""
+    from ..ollama.bundle import install_bundle
+
+    if host and store is not None:
+        raise InputError("--host and --store name two different places", "pass one of them")
+    r = install_bundle(bundle, name=name, host=host, store_root=store or None, use_store=store is not None,
+                       quant=quant)
+    click.echo(f"installed {r.name} into {'the Ollama store' if r.target == 'store' else 'Ollama at'} {r.where}")
+    if r.target == "store":
+        click.echo("a running Ollama sees it now (no restart); the store must be readable by the user Ollama runs as")
+
+
+@click.command("verify")
+@click.argument("name")
+@_host
+@click.option("--client", "clients", multiple=True, help="Only these clients (langchain, ollama, openai).")
+@_json
+def verify_command(name: str, host: str | None, clients: tuple[str, ...], as_json: bool) -> None:
+    """Chat with NAME through LangChain's ChatOllama, the ollama client and the openai client (/v1)."""
+    from ..errors import OllamaError
+    from ..ollama.verification import verify
+
+    report = verify(name, host=host, clients=clients or None)
+    if as_json:
+        click.echo(json.dumps({"model": report.model, "host": report.host, "ok": report.ok, "clients": [
+            {"client": c.client, "ok": c.ok, "problem": c.problem, "ttft_s": c.ttft_s, "tokens_per_s": c.tokens_per_s,
+             "turns": [t.__dict__ for t in c.turns]} for c in report.clients]}, indent=2))
+    else:
+        for c in report.clients:
+            mark = "ok  " if c.ok else "FAIL"
+            click.echo(f"{mark} {c.client:<10} first token {c.ttft_s:.2f}s  {c.tokens_per_s:.1f} tokens/s"
+                       + (f"  {c.problem}" if c.problem else ""))
+            for t in c.turns:
+                click.echo(f"       > {t.prompt}\n       < {t.reply.strip()[:200]}  [{t.finish_reason}]")
+    if not report.ok:
+        bad = ", ".join(c.client for c in report.clients if not c.ok)
+        raise OllamaError(f"verify {report.model} failed through {bad}",
+                          "see the lines above; a reply that does not stop usually means a wrong TEMPLATE or stop list")
+
+
+commands = [register_command, ls_command, show_command, rm_command, promote_command, rollback_command,
+            bundle_command, install_command, verify_command]
