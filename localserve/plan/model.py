@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 from ..errors import InputError, UnknownName
@@ -148,6 +149,19 @@ def _field(reader, key: str, default=None):
 
 def read_gguf(path: Path) -> tuple[ModelShape, Weights, tuple[tuple[int, bool, int], ...]]:
     """Shape and exact weight bytes of a GGUF file (header and tensor table only; data is mmapped)."""
+    path = Path(path)
+    try:
+        st = path.stat()
+    except OSError as e:
+        raise InputError(f"cannot read {path}: {e.strerror}", "pass an existing .gguf file") from None
+    return _read_gguf(str(path.resolve()), st.st_size, st.st_mtime_ns, path.name)
+
+
+# GGUFReader walks every metadata array (a 50k-entry vocabulary takes seconds), so a file is read
+# once per process; the key includes size and mtime so a rewritten file is read again.
+@lru_cache(maxsize=16)
+def _read_gguf(resolved: str, _size: int, _mtime_ns: int, shown_name: str):
+    path = Path(resolved)
     gguf = _ggml()
     try:
         reader = gguf.GGUFReader(path)
@@ -194,8 +208,8 @@ def read_gguf(path: Path) -> tuple[ModelShape, Weights, tuple[tuple[int, bool, i
     except ValueError:
         quant = f"file_type {file_type}"
     weights = Weights(quant=quant, layer_bytes=tuple(layers[i] for i in sorted(layers)), other_bytes=other,
-                      exact=True, n_params=sum(e[0] for e in elements), file=path.name,
-                      how=f"exact: sum of the {len(reader.tensors)} tensors' data sizes in {path.name}")
+                      exact=True, n_params=sum(e[0] for e in elements), file=shown_name,
+                      how=f"exact: sum of the {len(reader.tensors)} tensors' data sizes in {shown_name}")
     return shape, weights, tuple(elements)
 
 

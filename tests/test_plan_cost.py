@@ -1,0 +1,126 @@
+"""Cost arithmetic on hand-computed cases, the crossover, the decision, the chart, and bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from localserve.cli import cli
+from localserve.errors import InputError
+from localserve.plan import Assumptions, CostSpec, cost, crossover, self_hosted_per_1m
+from localserve.plan.cost import DAYS_PER_MONTH, HOURS_PER_MONTH, api_monthly, parse_volume, self_hosted_monthly
+
+NO_ENG = Assumptions(utilisation=1.0, input_share=0.5, eng_hours_per_month=0)
+
+
+def test_self_hosted_cost_per_million_tokens():
+    # $2/h, 1000 tokens/s at 50% busy: 1.8M tokens an hour -> $1.111 per 1M
+    assert self_hosted_per_1m(2.0, 1000, 0.5) == pytest.approx(2.0 / 1.8)
+    assert self_hosted_per_1m(2.0, 1000, 1.0) == pytest.approx(2.0 / 3.6)
+
+
+def test_api_cost_prices_input_and_output_separately():
+    report = cost(CostSpec(tokens_per_day="10M", api="gpt-4o-mini", api_input_price=1.0, api_output_price=3.0,
+                           assumptions=Assumptions(input_share=0.75)))
+    api = report.options[0]
+    assert api.per_1m == pytest.approx(0.75 * 1.0 + 0.25 * 3.0)
+    assert api.monthly == pytest.approx(10 * 1.5 * DAYS_PER_MONTH)
+    assert report.api.date == "given"
+
+
+def test_monthly_self_hosted_cost_rents_whole_replicas():
+    # one replica serves 1M tokens/day; 2.5M tokens/day needs three
+    assert self_hosted_monthly(2.5e6, 1.0, 1e6) == pytest.approx(3 * HOURS_PER_MONTH)
+    assert self_hosted_monthly(0, 1.0, 1e6, fixed_monthly=100) == pytest.approx(HOURS_PER_MONTH + 100)
+
+
+def test_crossover_on_a_hand_computed_case():
+    # $1/h around the clock against an API at $1 per 1M tokens: break-even at 24M tokens/day
+    assert crossover(1.0, capacity_per_day=1e9, api_per_1m=1.0) == pytest.approx(24e6)
+    # engineering time adds to the fixed cost: $730.5 + $730.5 per month -> twice the volume
+    assert crossover(1.0, 1e9, 1.0, fixed_monthly=HOURS_PER_MONTH) == pytest.approx(48e6)
+    # a GPU whose token costs more than the API's never breaks even
+    assert crossover(1.0, capacity_per_day=1e6, api_per_1m=1.0) is None
+
+
+def test_crossover_grows_with_the_gpu_price_and_shrinks_with_the_api_price():
+    gpu_prices = [0.5, 0.8, 1.1, 2.0, 4.0, 8.0]
+    by_gpu = [crossover(p, 5e8, 0.6, fixed_monthly=800) for p in gpu_prices]
+    assert all(v is not None for v in by_gpu)
+    assert by_gpu == sorted(by_gpu) and len(set(by_gpu)) == len(by_gpu)
+    api_prices = [0.3, 0.6, 1.2, 5.0, 10.0]
+    by_api = [crossover(1.1, 5e8, p, fixed_monthly=800) for p in api_prices]
+    assert by_api == sorted(by_api, reverse=True)
+
+
+def test_crossover_is_where_the_monthly_bills_meet():
+    report = cost(CostSpec(tokens_per_day="1M", gpu="L4", price_per_hour="0.80/h", tokens_per_s=400,
+                           api="gpt-4o", chart=None))
+    x = report.crossover_tokens_per_day
+    vllm = next(o for o in report.options if o.name == "vllm")
+    eng = report.spec.assumptions.eng_monthly
+    api_per_1m = report.options[0].per_1m
+    assert self_hosted_monthly(x, 0.80, vllm.capacity_per_day, eng) == pytest.approx(api_monthly(x, api_per_1m))
+    assert self_hosted_monthly(x * 0.9, 0.80, vllm.capacity_per_day, eng) > api_monthly(x * 0.9, api_per_1m)
+
+
+def test_decision_follows_volume_and_stated_requirements():
+    base = dict(gpu="A100-80GB", price_per_hour=1.10, tokens_per_s=2000, api="gpt-4o", chart=None)
+    low = cost(CostSpec(tokens_per_day="100K", **base))
+    high = cost(CostSpec(tokens_per_day="2B", **base))
+    assert low.decision == "api" and high.decision == "vllm"
+    assert any("below" in r for r in low.reasons) and any("above" in r for r in high.reasons)
+    assert any("engineering time" in r for r in low.reasons)
+    private = cost(CostSpec(tokens_per_day="100K", private=True, **base))
+    assert private.decision == "vllm" and any("privacy" in r for r in private.reasons)
+    assert cost(CostSpec(tokens_per_day="2B", frontier=True, **base)).decision == "api"
+    assert cost(CostSpec(tokens_per_day="100K", development=True, **base)).decision == "ollama"
+
+
+def test_multi_tenant_lora_uses_the_adapters_real_size(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    adapter = tmp_path / "tenant-a"
+    adapter.mkdir()
+    save_file({"lora_A": torch.zeros(8, 576), "lora_B": torch.zeros(576, 8)}, adapter / "adapter_model.safetensors")
+    (adapter / "adapter_config.json").write_text("{}")
+    size = (adapter / "adapter_model.safetensors").stat().st_size
+    report = cost(CostSpec(tokens_per_day="50M", gpu="L4", price_per_hour=0.8, tokens_per_s=1500, tenants=10,
+                           adapter=adapter, chart=None))
+    t = report.tenancy
+    assert t["adapter_bytes"] == size
+    assert t["monthly_separate"] > t["monthly_shared"]
+
+
+def test_volumes_are_read_with_suffixes_and_never_negative():
+    assert parse_volume("20M") == 20e6 and parse_volume("1.5B") == 1.5e9 and parse_volume("500k") == 5e5
+    with pytest.raises(InputError, match="must not be negative"):
+        parse_volume("-5M")
+
+
+def test_cost_cli_writes_json_and_the_chart(tmp_path):
+    chart = tmp_path / "cost.png"
+    result = CliRunner().invoke(cli, ["cost", "--tokens-per-day", "30M", "--gpu", "L4", "--price", "0.8/h",
+                                      "--tokens-per-s", "400", "--api", "gpt-4o", "--chart", str(chart), "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["decision"] == "vllm" and data["crossover_tokens_per_day"] < 30e6
+    assert data["api"]["date"] and data["api"]["source"]
+    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and data["chart"] == str(chart)
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--tokens-per-day", "-5M"], "tokens per day must not be negative"),
+    (["--gpu", "Z80-1KB", "--price", "1/h", "--tokens-per-s", "10"], "unknown device 'Z80-1KB'"),
+    (["--api", "gpt-99"], "unknown API model 'gpt-99'"),
+    (["--gpu", "L4"], "no hourly price for L4"),
+])
+def test_bad_input_is_one_clear_line(args, needle, tmp_path):
+    result = CliRunner().invoke(cli, ["cost", "--no-chart", *args])
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0] and lines[0].startswith("error:")
+    assert "Traceback" not in result.output
