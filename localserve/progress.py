@@ -27,8 +27,9 @@ def is_quiet() -> bool:
 def bar(total: int | None, desc: str, unit: str = "B") -> Iterator[tqdm]:
     """A progress bar on stderr; bytes are shown with SI prefixes."""
     scale = unit == "B"
-    with tqdm(total=total, desc=desc, unit=unit, unit_scale=scale, unit_divisor=1000,
-              disable=_quiet, file=sys.stderr, leave=False, dynamic_ncols=True) as b:
+    # disable=None: tqdm draws only on a terminal, so logs and CI output stay readable.
+    with tqdm(total=total, desc=desc, unit=unit, unit_scale=scale, unit_divisor=1000, mininterval=0.5,
+              disable=True if _quiet else None, file=sys.stderr, leave=False, dynamic_ncols=True) as b:
         yield b
 
 

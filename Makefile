@@ -1,0 +1,24 @@
+# The two set-up commands of the README. Both create or reuse the virtualenv in
+# $(LOCALSERVE_HOME)/venv (default ~/.cache/localserve/venv) and install what is missing.
+LOCALSERVE_HOME ?= $(HOME)/.cache/localserve
+VENV ?= $(LOCALSERVE_HOME)/venv
+export LOCALSERVE_HOME
+
+.PHONY: demo test test-fast bootstrap bench
+
+bootstrap:
+	bash scripts/bootstrap.sh
+
+# The main job on the embedded default: export the demo adapter to Q4_K_M and show its answer.
+demo: bootstrap
+	$(VENV)/bin/localserve export examples/demo-adapter --quant Q4_K_M --out exports/demo --name demo
+
+# Every test tier, once (fast tiny-model tests, Go template tests, slow end-to-end tests).
+test: bootstrap
+	$(VENV)/bin/python -m pytest -q
+
+test-fast: bootstrap
+	$(VENV)/bin/python -m pytest -q -m "not slow"
+
+bench: bootstrap
+	$(VENV)/bin/python scripts/bench_export.py
