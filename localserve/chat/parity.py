@@ -193,6 +193,13 @@ def _ollama_view(setup: ChatSetup, messages: list[dict]) -> list[dict]:
     return messages
 
 
+def ollama_prompt(setup: ChatSetup, messages: list[dict], tools: list[dict] | None = None) -> str:
+    """The prompt Ollama builds for /api/chat with this setup (TEMPLATE + Modelfile SYSTEM)."""
+    from .gotemplate import render
+
+    return render(setup.template, _ollama_view(setup, [dict(m) for m in messages]), tools)
+
+
 def _trimmed(messages: list[dict]) -> list[dict]:
     out = copy.deepcopy(messages)
     for m in out:
