@@ -87,11 +87,23 @@ def detect_family(hf: HFChat) -> Family:
             "pass --template-family NAME to force one, or --template-file FILE with your own Go TEMPLATE "
             "(check it with `localserve check-template`)")
     tools = renders_tools(hf)
-    same_tools = [f for f in candidates if f.supports_tools == tools]
-    chosen = (same_tools or candidates)[0]
+    candidates = [f for f in candidates if f.supports_tools == tools] or candidates
+    chosen = candidates[0] if len(candidates) == 1 else _first_that_renders_alike(hf, candidates)
     log.info("chat family %s (candidates: %s; template renders tools: %s)", chosen.name,
              [f.name for f in candidates], tools)
     return chosen
+
+
+def _first_that_renders_alike(hf: HFChat, candidates: list[Family]) -> Family:
+    """Among families with the same markers (e.g. Llama 3.1 vs 3.2 dates), the first whose TEMPLATE
+    renders the basic conversations exactly as the model's template does."""
+    from .parity import BASE_CASES, check_parity
+
+    for fam in candidates:
+        setup = _setup_for(hf, fam, fam.template, fam.name, fam.supports_tools, ())
+        if check_parity(hf.model_dir, setup, BASE_CASES[:3]).ok:
+            return fam
+    return candidates[0]
 
 
 def _default_system(hf: HFChat, family: Family) -> str | None:
@@ -162,6 +174,11 @@ def resolve_chat(model_dir: Path, family: str | None = None, template_file: Path
         template, name, supports_tools = fam.template, fam.name, fam.supports_tools
     if fam and fam.notes:
         notes.append(fam.notes)
+    return _setup_for(hf, fam, template, name, supports_tools, tuple(notes))
+
+
+def _setup_for(hf: HFChat, fam: Family | None, template: str, name: str, supports_tools: bool,
+               notes: tuple[str, ...]) -> ChatSetup:
     params: dict[str, Any] = {}
     if (ctx := num_ctx(hf)) is not None:
         params["num_ctx"] = ctx
@@ -175,5 +192,5 @@ def resolve_chat(model_dir: Path, family: str | None = None, template_file: Path
         bos_from_tokenizer=fam.bos_from_tokenizer if fam else "bos_token" in hf.template,
         trims_content=fam.trims_content if fam else False,
         json_differs=fam.json_differs if fam else True,
-        notes=tuple(notes),
+        notes=notes,
     )
