@@ -263,7 +263,7 @@ def install_bundle(bundle: Path, name: str | None = None, host: str | None = Non
     straight into the on-disk store at `store_root` (default $OLLAMA_MODELS or ~/.ollama/models)."""
     from .client import OllamaServer, server_available
     from .registration import default_name, register
-    from .store import ModelStore
+    from .store import ModelStore, _store_error
 
     if name:
         parse_name(name)
@@ -278,6 +278,8 @@ def install_bundle(bundle: Path, name: str | None = None, host: str | None = Non
             artifact: Artifact = info.artifact(quant)
             model_name = parse_name(name or default_name(info.name, artifact.quant)).display
             stored = store.install(info.gguf_path(artifact), model_name, info.recipe, move=True)
+        except OSError as e:
+            raise _store_error(store.root, e) from None
         finally:
             shutil.rmtree(work, ignore_errors=True)
         return InstallResult(stored.name, "store", str(store.root), stored.digest)

@@ -246,11 +246,11 @@ class ModelStore:
         """
         n = parse_name(name)
         gguf = Path(gguf)
-        info = gguf_info(gguf)
         self._check_writable()
         created: list[Path] = []
         try:
             layers = [self._blob_from_file(gguf, MEDIA_MODEL, created, move=move)]
+            info = _gguf_info(self.blob_path(layers[0].digest), layers[0].digest)
             layers += [self._blob_from_bytes(data, mt, created) for mt, data in recipe.blobs()]
             config = self._blob_from_bytes(config_blob(info), MEDIA_CONFIG, created)
             path = self.write_manifest(n.display, config, layers)
@@ -304,6 +304,16 @@ class ModelStore:
         for digest in mine - still:
             with contextlib.suppress(FileNotFoundError):
                 self.blob_path(digest).unlink()
+
+
+_INFO: dict[str, object] = {}
+
+
+def _gguf_info(path: Path, digest: str):
+    # reading a GGUF's metadata parses its whole vocabulary (seconds); the digest names the content
+    if digest not in _INFO:
+        _INFO[digest] = gguf_info(path)
+    return _INFO[digest]
 
 
 def _store_error(root: Path, e: OSError) -> LocalserveError:
