@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 from .gotemplate import Conversation, GoTemplateError, render_many
 from .hf import HFChat, load_hf_chat
-from .setup import ChatSetup, renders_tools
+from .setup import ChatSetup, bypassed_on_new_ollama, renders_tools
 
 SYSTEM = "You are a concise assistant. Answer in one sentence."
 USER_1 = "What is the capital of France?"
@@ -229,6 +229,10 @@ def check_parity(model_dir: Path, setup: ChatSetup, cases: tuple[Case, ...] | No
         if hf_tools and not setup.supports_tools:
             notes.append("the model's template renders tools but this TEMPLATE has no .Tools: tool calling is "
                          "lost on Ollama < 0.30, and Ollama ≥ 0.30 prefers the GGUF's own template")
+    if missing := bypassed_on_new_ollama(hf, setup):
+        notes.append(f"the model's own template advertises {', '.join(sorted(missing))} and this TEMPLATE does not: "
+                     "Ollama ≥ 0.30 renders such a model with the GGUF's own Jinja template instead (unless the "
+                     "server sets OLLAMA_GO_TEMPLATE=1); older servers use this TEMPLATE")
     if hf.tokenizer() is None:
         notes.append("no tokenizer files in the folder: compared text only (no token check)")
     if setup.system:

@@ -120,6 +120,29 @@ def _default_system(hf: HFChat, family: Family) -> str | None:
     return text if explicit == bare else None
 
 
+def template_capabilities(jinja_template: str) -> set[str]:
+    """What Ollama ≥ 0.30 reads from a GGUF's Jinja template by substring (spec §4.4)."""
+    caps = set()
+    if "tools" in jinja_template or "tool_call" in jinja_template:
+        caps.add("tools")
+    if "<think>" in jinja_template and "</think>" in jinja_template:
+        caps.add("thinking")
+    return caps
+
+
+def go_template_capabilities(go_template: str) -> set[str]:
+    caps = {"tools"} if ".Tools" in go_template else set()
+    if "<think>" in go_template and "</think>" in go_template:
+        caps.add("thinking")
+    return caps
+
+
+def bypassed_on_new_ollama(hf: HFChat, setup: "ChatSetup") -> set[str]:
+    """Capabilities the model's Jinja template advertises and the TEMPLATE lacks: for these, Ollama
+    ≥ 0.30 renders with the GGUF's Jinja template instead (unless OLLAMA_GO_TEMPLATE=1)."""
+    return template_capabilities(hf.template) - go_template_capabilities(setup.template)
+
+
 def stop_tokens(hf: HFChat, family_stops: tuple[str, ...] = ()) -> tuple[str, ...]:
     """EOS text + every generation_config eos id (decoded) + the family's end-of-turn markers."""
     stops: list[str] = []

@@ -87,6 +87,8 @@ def _ollama_message(m: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {"role": m["role"], "content": m.get("content") or ""}
     if m.get("thinking"):
         out["thinking"] = m["thinking"]
+    if m.get("images"):
+        out["images"] = list(m["images"])
     calls = []
     for i, call in enumerate(m.get("tool_calls") or []):
         fn = call.get("function", call)
