@@ -52,7 +52,12 @@ def measure(gguf: Path, *, prompt_tokens: int = 128, max_tokens: int = 64, reque
         raise ToolError("llama.cpp", f"could not load {gguf}: {e}", hint="check the file with `localserve plan` first") from None
     vocab = llama_cpp.llama_model_get_vocab(llm.model)
     eog = [t for t in range(llm.n_vocab()) if llama_cpp.llama_vocab_is_eog(vocab, t)]
-    no_stop = {t: float("-inf") for t in eog}
+
+    def no_stop(_input_ids, scores):
+        scores[eog] = -float("inf")
+        return scores
+
+    suppress_eog = llama_cpp.LogitsProcessorList([no_stop])
 
     def prompt(i: int) -> list[int]:
         # a distinct opening per request so no request reuses another's cached prefix
@@ -69,17 +74,22 @@ def measure(gguf: Path, *, prompt_tokens: int = 128, max_tokens: int = 64, reque
         return len(tokens) / (time.perf_counter() - t0)
 
     def complete(tokens: list[int]) -> tuple[float, float, int]:
-        """(seconds to first token, seconds from first to last token, tokens generated)."""
+        """(seconds to first token, seconds from first to last token, tokens generated).
+
+        Token by token from `Llama.generate`: the streaming text API holds text back (stop strings,
+        partial UTF-8), which would blur the first token's arrival.
+        """
         llm.reset()
         t0 = time.perf_counter()
-        first = last = None
-        for _ in llm.create_completion(tokens, max_tokens=max_tokens, temperature=0.0, stream=True,
-                                       logit_bias=no_stop):
-            now = time.perf_counter()
-            first = first or now
-            last = now
-        generated = llm.n_tokens - len(tokens)
-        if first is None or generated < 2:
+        first = last = 0.0
+        generated = 0
+        for _ in llm.generate(tokens, temp=0.0, reset=True, logits_processor=suppress_eog):
+            last = time.perf_counter()
+            first = first or last
+            generated += 1
+            if generated >= max_tokens:
+                break
+        if generated < 2:
             raise ToolError("llama.cpp", f"{gguf.name} produced {generated} tokens for a bounded request")
         return first - t0, last - first, generated
 
@@ -109,6 +119,6 @@ def measure(gguf: Path, *, prompt_tokens: int = 128, max_tokens: int = 64, reque
                     "tokens / wall time including prompt processing"),
         },
         "settings": {"prompt_tokens": prompt_tokens, "max_tokens": max_tokens, "n_ctx": n_ctx,
-                     "n_threads": llm.context_params.n_threads, "temperature": 0.0,
+                     "n_threads": llm.context_params.n_threads, "sampling": "greedy",
                      "end_of_generation_suppressed": True},
     }
