@@ -153,3 +153,23 @@ def test_missing_go_is_a_setup_error_with_the_install_command(tmp_path, monkeypa
     monkeypatch.setenv("PATH", str(tmp_path / "no-go-here"))
     with pytest.raises(SetupError, match="apt-get install golang-go"):
         gotemplate.binary_path()
+
+
+def test_an_adapter_saved_with_its_own_template_uses_it(tmp_path):
+    from localserve.chat.check import chat_source
+
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text('{"peft_type": "LORA"}')
+    (adapter / "tokenizer_config.json").write_text((DATA / "phi-4" / "tokenizer_config.json").read_text())
+    assert chat_source(adapter) == adapter
+    assert resolve_chat(chat_source(adapter)).family == "phi4"
+
+
+def test_an_edited_template_is_read_again(tmp_path):
+    d = _model_with_template(tmp_path, json.loads((DATA / "phi-4" / "tokenizer_config.json").read_text())[
+        "chat_template"])
+    assert resolve_chat(d).family == "phi4"
+    cfg = json.loads((DATA / "Phi-3.5-mini-instruct" / "tokenizer_config.json").read_text())
+    (d / "tokenizer_config.json").write_text(json.dumps(cfg) + "\n" * 3)
+    assert resolve_chat(d).family == "phi3"

@@ -110,12 +110,19 @@ def _template_from(model_dir: Path, tokenizer_config: dict) -> str | None:
     return tpl if isinstance(tpl, str) and tpl.strip() else None
 
 
-@functools.lru_cache(maxsize=32)
 def load_hf_chat(model_dir: Path) -> HFChat:
     """Read a model folder's chat template and token facts; InputError when it has no template."""
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise InputError(f"model folder {model_dir} does not exist", "pass a Hugging Face model or adapter folder")
+    # Cached per folder and file state: detection, parity and export read the same folder repeatedly.
+    stamp = tuple((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in sorted(model_dir.iterdir())
+                  if p.is_file() and p.suffix in (".json", ".jinja", ".model"))
+    return _load_hf_chat(model_dir.resolve(), stamp)
+
+
+@functools.lru_cache(maxsize=32)
+def _load_hf_chat(model_dir: Path, stamp: tuple) -> HFChat:
     tc = _read_json(model_dir / "tokenizer_config.json")
     template = _template_from(model_dir, tc)
     if template is None:
