@@ -90,10 +90,10 @@ class VerifyReport:
 Streamer = Callable[[list[dict]], Iterator[tuple[str, str | None, int | None]]]
 
 
-def _langchain(host: str, model: str) -> Streamer:
+def _langchain(host: str, model: str, max_tokens: int) -> Streamer:
     from langchain_ollama import ChatOllama
 
-    chat = ChatOllama(model=model, base_url=host, temperature=0, num_predict=MAX_TOKENS)
+    chat = ChatOllama(model=model, base_url=host, temperature=0, num_predict=max_tokens)
 
     def run(messages: list[dict]):
         lc = [(m["role"] if m["role"] != "assistant" else "ai", m["content"]) for m in messages]
@@ -104,20 +104,20 @@ def _langchain(host: str, model: str) -> Streamer:
     return run
 
 
-def _ollama(host: str, model: str) -> Streamer:
+def _ollama(host: str, model: str, max_tokens: int) -> Streamer:
     import ollama
 
     client = ollama.Client(host=host)
 
     def run(messages: list[dict]):
         for part in client.chat(model=model, messages=messages, stream=True,
-                                options={"temperature": 0, "num_predict": MAX_TOKENS}):
+                                options={"temperature": 0, "num_predict": max_tokens}):
             yield part.message.content or "", part.done_reason if part.done else None, part.eval_count
 
     return run
 
 
-def _openai(host: str, model: str) -> Streamer:
+def _openai(host: str, model: str, max_tokens: int) -> Streamer:
     from openai import OpenAI
 
     # Ollama ignores the key, the client insists on one; temperature is explicit because the
@@ -126,7 +126,7 @@ def _openai(host: str, model: str) -> Streamer:
 
     def run(messages: list[dict]):
         stream = client.chat.completions.create(model=model, messages=messages, stream=True, temperature=0,
-                                                max_tokens=MAX_TOKENS)
+                                                max_tokens=max_tokens)
         pieces = 0
         for chunk in stream:
             for choice in chunk.choices:
@@ -137,7 +137,7 @@ def _openai(host: str, model: str) -> Streamer:
     return run
 
 
-CLIENTS: dict[str, Callable[[str, str], Streamer]] = {
+CLIENTS: dict[str, Callable[[str, str, int], Streamer]] = {
     "langchain": _langchain,
     "ollama": _ollama,
     "openai": _openai,
@@ -168,8 +168,11 @@ def _converse(name: str, streamer: Streamer) -> ClientReport:
     return ClientReport(name, tuple(turns))
 
 
-def verify(name: str, host: str | None = None, clients: tuple[str, ...] | None = None) -> VerifyReport:
-    """Run the conversation through each client against `name` on the server at `host`."""
+def verify(name: str, host: str | None = None, clients: tuple[str, ...] | None = None,
+           max_tokens: int = MAX_TOKENS) -> VerifyReport:
+    """Run the conversation through each client against `name` on the server at `host`.
+
+    A reply longer than `max_tokens` counts as one that did not stop."""
     model = parse_name(name).display
     chosen = clients or tuple(CLIENTS)
     for c in chosen:
@@ -186,7 +189,7 @@ def verify(name: str, host: str | None = None, clients: tuple[str, ...] | None =
     for c in chosen:
         step(f"verify {model} through {c}")
         try:
-            reports.append(_converse(c, CLIENTS[c](resolved, model)))
+            reports.append(_converse(c, CLIENTS[c](resolved, model, max_tokens)))
         except LocalserveError:
             raise
         except Exception as e:  # a client library's own error is a verification finding, not a crash
