@@ -4,7 +4,8 @@ Each family folder holds `template.gotmpl` (the Ollama Go TEMPLATE) and `preset.
 
     description     one line shown in listings and errors
     signature       substrings the model's own HF template must render for the probe
-                    conversation [user: "{user}"] + generation prompt (all must appear)
+                    conversation [user: "{user}"] + generation prompt (all must appear);
+                    {today} stands for today's date as "%d %b %Y"
     supports_tools  whether the HF template renders tool definitions (and the Go TEMPLATE `.Tools`)
     stop            the family's end-of-turn markers (added to the model's EOS tokens)
     default_system  optional regex; group 1 extracts a default system prompt the HF template inserts
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import re
+from datetime import datetime
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +50,9 @@ class Family:
     notes: str = ""
 
     def matches(self, rendered_probe: str, user_probe: str) -> bool:
-        return all(s.replace("{user}", user_probe) in rendered_probe for s in self.signature)
+        today = datetime.now().strftime("%d %b %Y")  # what a template's strftime_now("%d %b %Y") gives
+        return all(s.replace("{user}", user_probe).replace("{today}", today) in rendered_probe
+                   for s in self.signature)
 
     def extract_default_system(self, rendered_no_system: str) -> str | None:
         if not self.default_system:

@@ -64,6 +64,7 @@ def binary_path() -> Path:
             shutil.copy(SOURCE_DIR / name, Path(build) / name)
         env = dict(os.environ, GOFLAGS="-mod=mod", GOPROXY="off", CGO_ENABLED="0")
         env.setdefault("GOCACHE", str(_cache_dir().parent / "go-build"))
+        env.setdefault("GOPATH", str(_cache_dir().parent / "go"))
         with atomic_path(target) as tmp:
             cmd = [go, "build", "-trimpath", "-o", str(tmp), "."]
             proc = subprocess.run(cmd, cwd=build, env=env, capture_output=True, text=True)
