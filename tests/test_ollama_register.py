@@ -69,6 +69,7 @@ def test_register_uploads_then_creates_with_typed_layers(steer, fake_export):
     assert params == {"num_ctx": 2048, "stop": ["<|im_end|>"]}
     tags = {t["name"]: t for t in httpx.get(steer.url + "/api/tags").json()["models"]}
     assert tags["reg-typed:v1"]["digest"] == result.manifest_digest
+    assert steer.pull_attempts == []
 
 
 def test_second_register_heads_and_skips_the_upload(steer, fake_export):

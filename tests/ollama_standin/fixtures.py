@@ -67,7 +67,7 @@ def ollama_host(standin) -> str:
     return os.environ.get("OLLAMA_TEST_HOST") or standin.url
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def steer(standin):
     """The stand-in itself, for tests that set its version or faults or look into its store."""
     if os.environ.get("OLLAMA_TEST_HOST"):
