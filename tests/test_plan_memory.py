@@ -166,3 +166,22 @@ def test_plan_refuses_bad_input(gguf_path):
         plan(PlanSpec(gguf_path, quants=("Q4_K_Z",)))
     with pytest.raises(UnknownName, match="unknown device 'TPU-9'"):
         plan(PlanSpec(gguf_path, devices=("TPU-9",)))
+
+
+@pytest.mark.slow
+def test_plan_of_an_export_folder_is_exact_per_artifact_and_estimates_are_lower_bounds(exported_demo):
+    from localserve.plan.model import _estimate
+
+    meta = json.loads((exported_demo / "localserve.json").read_text())
+    model = load_model(exported_demo)
+    by_quant = {w.quant: w for w in model.weights}
+    for artifact in meta["artifacts"]:
+        weights = by_quant[artifact["quant"]]
+        assert weights.exact and weights.file == artifact["file"]
+        assert weights.total_bytes < (exported_demo / artifact["file"]).stat().st_size
+    # a K-quant mix keeps some tensors at a higher type: the base type's estimate is a lower bound
+    estimate_q4 = _estimate("Q4_K_M", model.tensors, "test")
+    assert estimate_q4.n_params == by_quant["F16"].n_params
+    assert 0.8 * by_quant["Q4_K_M"].total_bytes < estimate_q4.total_bytes <= by_quant["Q4_K_M"].total_bytes
+    # F16 has no mix: the estimate from element counts is the file's exact tensor size
+    assert _estimate("F16", model.tensors, "test").total_bytes == by_quant["F16"].total_bytes

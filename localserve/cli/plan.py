@@ -79,7 +79,8 @@ def plan_cmd(model, quants, ctx, concurrency, kv_cache_type, devices, devices_fi
             click.echo(f"  {target} ({b.get('measured_at')}): TTFT {b['ttft_s'] * 1000:.0f} ms, prompt "
                        f"{b.get('prompt_tokens_per_s') or 0:.0f} tokens/s, decode {b['decode_tokens_per_s']:.1f} tokens/s")
     click.echo(f"\ndevice figures dated {', '.join(result.table_dates)} (localserve/data/devices.json"
-               f"{' + ' + str(devices_file) if devices_file else ''}); runtime overhead: {spec.overhead.describe()}")
+               f"{' + ' + str(devices_file) if devices_file else ''}); runtime overhead: {spec.overhead.describe()}, "
+               "set with --overhead-mib/--overhead-pct")
 
 
 @click.command("bench")
@@ -173,7 +174,7 @@ def cost_cmd(tokens_per_day, gpu, price, gpus, api, api_input_price, api_output_
         for note in o.notes:
             click.echo(f"      {note}")
     click.echo(f"crossover: {report.crossover_note}")
-    click.echo(f"decision: {report.decision}")
+    click.echo(f"decision: {report.decision_label}")
     for r in report.reasons:
         click.echo(f"  - {r}")
     if report.tenancy:

@@ -21,7 +21,7 @@ def write_chart(report: CostReport, dest: Path) -> Path:
     marks = [v for v in (spec.tokens_per_day, report.crossover_tokens_per_day) if v]
     top = max(marks + [1e7]) * 10
     volumes = np.logspace(4, np.log10(top), 400)
-    fig, ax = plt.subplots(figsize=(9, 5.5), dpi=110)
+    fig, ax = plt.subplots(figsize=(9, 6.5), dpi=110)
     by_name = {o.name: o for o in report.options}
     api = by_name["api"]
     ax.plot(volumes, [api_monthly(v, api.per_1m) for v in volumes], label=f"{api.label} (prices of {report.api.date})")
@@ -37,7 +37,8 @@ def write_chart(report: CostReport, dest: Path) -> Path:
         per_token = (local.per_1m or 0) / 1e6 * DAYS_PER_MONTH
         # a log axis cannot show $0: a zero-cost local option is drawn at one cent
         ax.plot(inside, [max(v * per_token, 0.01) for v in inside],
-                label=f"{local.label} (up to its measured {local.capacity_per_day:,.0f} tokens/day)")
+                label=f"{local.label} (up to its measured {local.capacity_per_day:,.0f} tokens/day"
+                      + ("; no marginal cost, drawn at $0.01)" if not per_token else ")"))
     if report.crossover_tokens_per_day:
         x = report.crossover_tokens_per_day
         ax.axvline(x, color="black", linestyle="--", linewidth=1)
@@ -48,9 +49,9 @@ def write_chart(report: CostReport, dest: Path) -> Path:
     ax.set_yscale("log")
     ax.set_xlabel("tokens per day")
     ax.set_ylabel("USD per month")
-    ax.set_title(f"Monthly cost vs volume — decision at {spec.tokens_per_day:,.0f} tokens/day: {report.decision}")
+    ax.set_title(f"Monthly cost vs volume — decision at {spec.tokens_per_day:,.0f} tokens/day: {report.decision_label}")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13), frameon=False)
     fig.tight_layout()
     dest = Path(dest)
     with atomic_path(dest, suffix=".png") as tmp:

@@ -148,6 +148,11 @@ class CostReport:
     chart: str | None = None
     series: dict[str, list[float]] = field(default_factory=dict, repr=False)
 
+    @property
+    def decision_label(self) -> str:
+        labels = {"api": f"API ({self.api.name})", "vllm": "self-hosted vLLM", "ollama": "Ollama / llama.cpp, local"}
+        return labels[self.decision]
+
     def to_json(self) -> dict[str, Any]:
         return {
             "tokens_per_day": self.spec.tokens_per_day,
@@ -156,6 +161,7 @@ class CostReport:
             "crossover_tokens_per_day": self.crossover_tokens_per_day,
             "crossover_note": self.crossover_note,
             "decision": self.decision,
+            "decision_label": self.decision_label,
             "reasons": list(self.reasons),
             "assumptions": list(self.assumptions),
             "multi_tenant_lora": self.tenancy,
@@ -360,6 +366,9 @@ def _decide(spec: CostSpec, api: ApiPrice, cross: float | None, local_capacity: 
         choice = "vllm" if not local_fits else "ollama"
         reasons.append("privacy: prompts must not leave your infrastructure, which rules out the API"
                        + (" although it is cheaper at this volume" if cheaper == "api" else ""))
+        if local_fits:
+            reasons.append(f"this machine's measured capacity ({_tokens(local_capacity)} tokens/day) covers the "
+                           "volume: serve it locally with Ollama, no GPU to rent")
     else:
         choice = cheaper
         if spec.tenants > 1 and cheaper == "vllm":

@@ -37,7 +37,7 @@ class Overhead:
 
     def describe(self) -> str:
         return (f"{self.fixed_bytes / MIB:.0f} MiB + {self.fraction:.0%} of weights and KV cache "
-                "(assumed: GPU context and compute buffers; set --overhead-mib/--overhead-pct)")
+                "(assumed: GPU context and compute buffers)")
 
 
 def kv_type(name: str) -> str:
