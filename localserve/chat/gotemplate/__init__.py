@@ -157,5 +157,10 @@ def render(template: str, messages: Sequence[Mapping[str, Any]], tools: Sequence
 
 
 def check_parses(template: str) -> None:
-    """Raise GoTemplateError if Ollama's server would refuse this TEMPLATE (`template error: …`)."""
-    render(template, [])
+    """Raise GoTemplateError if Ollama's server would refuse this TEMPLATE (`template error: …`).
+
+    Only parse errors count: what a template does with particular messages is the parity check's job.
+    """
+    out = render_many([(template, Conversation(({"role": "user", "content": "x"},)))])[0]
+    if isinstance(out, GoTemplateError) and "template parse:" in out.message:
+        raise out
