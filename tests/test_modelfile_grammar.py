@@ -203,3 +203,10 @@ def test_characters_ollama_would_change_are_refused(text, match):
 def test_render_checks_parameter_names_and_types(params, match):
     with pytest.raises(InputError, match=match):
         render_modelfile(ModelfileSpec(from_="x", parameters=params))
+
+
+def test_errors_can_name_the_file_and_a_partial_modelfile_can_be_read_for_merging():
+    with pytest.raises(InputError, match="^my/Modelfile line 2: unknown parameter"):
+        parse_modelfile("FROM x\nPARAMETER nope 1\n", source="my/Modelfile")
+    partial = parse_modelfile("SYSTEM be kind\nPARAMETER stop END\n", require_from=False)
+    assert partial.from_ == "" and partial.system == "be kind" and partial.parameters == {"stop": ["END"]}

@@ -73,8 +73,22 @@ def check_parameters(parameters: Mapping[str, Any]) -> dict[str, ParamValue]:
     return out
 
 
-def parse_modelfile(text: str) -> ModelfileSpec:
-    """Parse a Modelfile exactly as Ollama's CLI does; grammar errors name the line (InputError)."""
+def parse_modelfile(text: str, source: str | None = None, require_from: bool = True) -> ModelfileSpec:
+    """Parse a Modelfile exactly as Ollama's CLI does; grammar errors name the line (InputError).
+
+    `source` (e.g. the file's path) replaces "Modelfile" in error messages. `require_from=False`
+    reads a partial Modelfile whose commands are merged into another (`export --modelfile`);
+    its `from_` is then "" when it has no FROM line.
+    """
+    try:
+        return _parse(text, require_from)
+    except ModelfileSyntaxError as e:
+        if source is None:
+            raise
+        raise ModelfileSyntaxError(e.message.replace("Modelfile", str(source), 1), e.hint) from None
+
+
+def _parse(text: str, require_from: bool) -> ModelfileSpec:
     commands = tokenize(text)
     from_: str | None = None
     fields: dict[str, Any] = {}
@@ -104,7 +118,9 @@ def parse_modelfile(text: str) -> ModelfileSpec:
         else:  # template, system, adapter, renderer, parser, draft: the last one wins
             fields[c.name] = c.value
     if from_ is None:
-        raise ModelfileSyntaxError("Modelfile has no FROM line", "add `FROM ./model.gguf` (or a model name)")
+        if require_from:
+            raise ModelfileSyntaxError("Modelfile has no FROM line", "add `FROM ./model.gguf` (or a model name)")
+        from_ = ""
     if stops:
         params["stop"] = stops
     return ModelfileSpec(from_=from_, template=fields.get("template"), system=fields.get("system"),
