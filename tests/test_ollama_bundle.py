@@ -56,17 +56,25 @@ def test_bundle_holds_weights_recipe_checksums_and_readme(bundle, fake_export):
     assert "localserve install demo.tar --store" in readme and "sha256sum -c SHA256SUMS" in readme
 
 
-def test_install_into_the_store_matches_what_the_api_creates(steer, bundle, fake_export, tmp_path):
+@pytest.mark.parametrize("version", ["0.30.0", "0.5.4"])
+def test_install_into_the_store_matches_what_the_api_creates(steer, smollm_gguf, tmp_path, version):
     from localserve.ollama import register
+    from ollama_standin.fixtures import write_export
     from ollama_standin.server import Name
 
-    with steer.behaving(version="0.30.0"):  # no GGUF rewrite, so the layers can match exactly
-        register(fake_export, name="same-manifest:v1", host=steer.url)
-    api = json.loads(steer.store.find(Name.parse("same-manifest:v1")).read_bytes())
+    # every layer kind an export can carry; messages as the [role, content] pairs export writes
+    export = write_export(tmp_path / "full", smollm_gguf, system="You are terse & <exact>.",
+                          license=["MIT", "Apache-2.0\nsecond line"],
+                          messages=[["user", "hi"], ["assistant", "hello <there>"]],
+                          parameters={"stop": ["<|im_end|>", "<|im_start|>"], "temperature": 0.2, "num_ctx": 2048})
+    with steer.behaving(version=version):  # neither rewrites the GGUF, so the layers can match exactly
+        register(export, name=f"same-manifest:{version}", host=steer.url)
+    api = json.loads(steer.store.find(Name.parse(f"same-manifest:{version}")).read_bytes())
+    bundle = make_bundle(export, tmp_path / "full.tar").path
 
     store = ModelStore(tmp_path / "models")
-    result = install_bundle(bundle, name="same-manifest:v1", store_root=store.root)
-    disk = store.manifest("same-manifest:v1")
+    result = install_bundle(bundle, name=f"same-manifest:{version}", store_root=store.root)
+    disk = store.manifest(f"same-manifest:{version}")
 
     assert result.target == "store"
     assert disk["layers"] == api["layers"]

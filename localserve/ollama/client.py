@@ -182,7 +182,7 @@ class OllamaServer:
                 model=name, files={gguf_file: digest},
                 template=recipe.template, system=recipe.system,
                 parameters=dict(recipe.parameters) or None,
-                messages=list(recipe.messages) or None, stream=True)
+                messages=list(recipe.messages) or None, license=list(recipe.license) or None, stream=True)
             self._follow(name, (p.model_dump(exclude_none=True) for p in stream), on_status)
         except ollama.ResponseError as e:
             raise self._create_failed(name, e.error) from None

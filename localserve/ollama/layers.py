@@ -93,10 +93,16 @@ def _typed(name: str, value: Any) -> Any:
     raise bad
 
 
-def typed_messages(messages: list[dict] | None) -> list[dict[str, str]]:
+def typed_messages(messages: list | None) -> list[dict[str, str]]:
+    """MESSAGE history as `{"role", "content"}` dicts; `[role, content]` pairs are accepted too."""
     out = []
     for i, m in enumerate(messages or []):
-        role, content = m.get("role"), m.get("content")
+        if isinstance(m, (list, tuple)) and len(m) == 2:
+            role, content = m
+        elif isinstance(m, dict):
+            role, content = m.get("role"), m.get("content")
+        else:
+            role = content = None
         if role not in MESSAGE_ROLES or not isinstance(content, str):
             raise InputError(f"modelfile message {i} is {m!r}",
                              f"each message needs a role among {', '.join(MESSAGE_ROLES)} (lowercase) and text content")
@@ -232,6 +238,7 @@ class ModelRecipe:
     system: str | None = None
     parameters: dict[str, Any] = field(default_factory=dict)
     messages: list[dict[str, str]] = field(default_factory=list)
+    license: tuple[str, ...] = ()
 
     @classmethod
     def from_json(cls, data: dict | None) -> "ModelRecipe":
@@ -241,13 +248,18 @@ class ModelRecipe:
         for key, val in (("template", template), ("system", system)):
             if val is not None and not isinstance(val, str):
                 raise InputError(f"modelfile.{key} in localserve.json is not text", "re-run `localserve export`")
+        lic = data.get("license") or ()
+        lic = (lic,) if isinstance(lic, str) else tuple(lic)
+        if not all(isinstance(x, str) for x in lic):
+            raise InputError("modelfile.license in localserve.json must be text or a list of texts",
+                             "re-run `localserve export`")
         return cls(template=template or None, system=system or None,
                    parameters=typed_params(data.get("parameters")),
-                   messages=typed_messages(data.get("messages")))
+                   messages=typed_messages(data.get("messages")), license=tuple(x for x in lic if x))
 
     def to_json(self) -> dict:
         return {"template": self.template, "system": self.system, "parameters": dict(self.parameters),
-                "messages": list(self.messages)}
+                "messages": list(self.messages), "license": list(self.license)}
 
     def blobs(self) -> list[tuple[str, bytes]]:
         """(media type, bytes) of every non-model layer, in Ollama's layer order."""
@@ -256,6 +268,7 @@ class ModelRecipe:
             out.append((MEDIA_TEMPLATE, self.template.encode()))
         if self.system:
             out.append((MEDIA_SYSTEM, self.system.encode()))
+        out += [(MEDIA_LICENSE, text.encode()) for text in self.license]
         if self.parameters:
             out.append((MEDIA_PARAMS, go_json(self.parameters)))
         if self.messages:
@@ -336,6 +349,8 @@ def modelfile_text(from_: str, recipe: ModelRecipe) -> str:
         for v in value if isinstance(value, list) else [value]:
             text = json.dumps(v) if isinstance(v, bool) else str(v)
             lines.append(f"PARAMETER {name} {modelfile_value(text)}")
+    for text in recipe.license:
+        lines.append(f"LICENSE {modelfile_value(text)}")
     for m in recipe.messages:
         lines.append(f"MESSAGE {m['role']} {modelfile_value(m['content'])}")
     return "\n".join(lines) + "\n"

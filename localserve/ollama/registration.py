@@ -23,6 +23,9 @@ class RegisterResult:
     uploaded: bool  # False when the server already had the GGUF blob
     manifest_digest: str | None  # the /api/tags digest after create
 
+    def to_json(self) -> dict:
+        return {**self.__dict__, "gguf": str(self.gguf)}
+
 
 def default_name(export_name: str, quant: str) -> str:
     """`<export name>:<quant>`, e.g. demo:q4_k_m; `promote` points `demo:latest` at one of them."""

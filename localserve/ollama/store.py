@@ -23,8 +23,8 @@ from typing import Any, Iterator
 from ..errors import DiskSpaceError, InputError, LocalserveError, OllamaError
 from ..fsutil import CHUNK
 from ..progress import bar, step
-from .layers import (MEDIA_CONFIG, MEDIA_MANIFEST, MEDIA_MESSAGES, MEDIA_MODEL, MEDIA_PARAMS, MEDIA_SYSTEM,
-                     MEDIA_TEMPLATE, MEDIA_TEMPLATE_LEGACY, ModelRecipe, config_blob, go_json_ordered,
+from .layers import (MEDIA_CONFIG, MEDIA_LICENSE, MEDIA_MANIFEST, MEDIA_MESSAGES, MEDIA_MODEL, MEDIA_PARAMS,
+                     MEDIA_SYSTEM, MEDIA_TEMPLATE, MEDIA_TEMPLATE_LEGACY, ModelRecipe, config_blob, go_json_ordered,
                      gguf_info)
 from .names import ModelName, parse_name
 
@@ -127,7 +127,8 @@ class ModelStore:
             if mt == MEDIA_MODEL:
                 model = path  # the last model layer wins, as in Ollama
                 continue
-            if mt not in (MEDIA_TEMPLATE, MEDIA_TEMPLATE_LEGACY, MEDIA_SYSTEM, MEDIA_PARAMS, MEDIA_MESSAGES):
+            if mt not in (MEDIA_TEMPLATE, MEDIA_TEMPLATE_LEGACY, MEDIA_SYSTEM, MEDIA_PARAMS, MEDIA_MESSAGES,
+                          MEDIA_LICENSE):
                 continue
             if not path.is_file():
                 raise OllamaError(f"{name}: blob {path} is missing from the store", "install the model again")
@@ -136,6 +137,8 @@ class ModelStore:
                 parts["template"] = text
             elif mt == MEDIA_SYSTEM:
                 parts["system"] = text
+            elif mt == MEDIA_LICENSE:
+                parts.setdefault("license", []).append(text)
             elif mt == MEDIA_PARAMS:
                 parts["parameters"] = json.loads(text)
             else:
