@@ -64,3 +64,9 @@ def test_templates_bypassed_by_new_ollama_are_flagged():
     assert any("advertises thinking" in n and "0.30" in n for n in report.notes)
     smol = check_parity(DATA / "SmolLM2-135M-Instruct", resolve_chat(DATA / "SmolLM2-135M-Instruct"))
     assert not any("advertises" in n for n in smol.notes)
+
+
+def test_json_strings_compare_by_value_too():
+    # Go's encoding/json escapes <, > and & in strings; Python's json.dumps does not.
+    assert canonical_json_text('ipython: "21\\u00b0C \\u003csunny\\u003e"') == canonical_json_text('ipython: "21°C <sunny>"')
+    assert canonical_json_text('say "hi" now') != canonical_json_text('say "ho" now')

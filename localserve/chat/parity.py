@@ -163,8 +163,8 @@ def canonical_json_text(text: str) -> str:
                 value, end = decoder.raw_decode(text, i)
             except json.JSONDecodeError:
                 value, end = None, -1
-            if end > i and (ch != '"' or isinstance(value, str) and _looks_like_json(value)):
-                if ch == '"':  # a JSON string holding JSON (tool results quoted by some templates)
+            if end > i:
+                if ch == '"' and _looks_like_json(value):  # a JSON string holding JSON (quoted tool results)
                     value = json.loads(value)
                 out.append("\x00" + json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False))
                 i = end
@@ -174,7 +174,9 @@ def canonical_json_text(text: str) -> str:
     return "".join(out)
 
 
-def _looks_like_json(s: str) -> bool:
+def _looks_like_json(s: object) -> bool:
+    if not isinstance(s, str):
+        return False
     s = s.strip()
     if not s or s[0] not in "{[":
         return False
