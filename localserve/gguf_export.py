@@ -19,7 +19,7 @@ from importlib import metadata
 from pathlib import Path
 
 from .errors import LocalserveError
-from .fsutil import atomic_dir, human_bytes, require_free_space, sha256_file, sha256_tree, write_json, write_text
+from .fsutil import atomic_dir, atomic_path, human_bytes, require_free_space, sha256_file, sha256_tree, write_json, write_text
 from .llamacpp import convert, quantize as quant
 from .llamacpp.smoke import SmokeResult, smoke_test
 from .llamacpp.vendor import locate
@@ -30,6 +30,8 @@ from .progress import step
 from .spec import ExportSpec
 
 LINEAGE_FILE = "localserve.json"
+# Candidates for --quant auto, smallest first: the K-quants llama.cpp recommends for general use.
+AUTO_CANDIDATES = ("Q2_K", "Q3_K_M", "Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0")
 _BYTES_PER_WEIGHT = {"float32": 4, "float16": 2, "bfloat16": 2}
 
 
@@ -143,21 +145,18 @@ def export(spec: ExportSpec) -> ExportResult:
     versions = tool_versions()
     merge_key = content_key("merge", inputs, versions["transformers"], versions["peft"], versions["torch"])
     convert_key = content_key("convert", merge_key, tree.commit, "f16")
-    imatrix = None  # the quality gate adds --imatrix-data
+    imatrix = None  # content key of the importance matrix, when --imatrix-data is given
     merged_dir = work / "merged"
     f16_path = work / f"{spec.name}-F16.gguf"
 
     def quant_path(q: str) -> Path:
         return out / f"{spec.name}-{q}.gguf"
 
-    quant_keys = {q: content_key("quantize", convert_key, q, imatrix) for q in spec.quants}
-    stale = [q for q in spec.quants if not pipe.is_fresh(f"quantize:{q}", quant_keys[q], [quant_path(q)])]
-    if stale:
-        require_free_space(out, _estimate_bytes(base.path, config, tuple(stale), spec.keep_intermediate),
-                           f"merging and quantizing to {', '.join(stale)}")
-
-    # --- merge, convert, quantize (each only if something downstream needs it) -------------
+    # --- merge, convert, imatrix, quantize: each only if something downstream needs it --------
     def ensure_merged() -> None:
+        if any(r.name == "merge" for r in pipe.records):
+            return
+
         def run() -> dict:
             with atomic_dir(merged_dir) as tmp:
                 result = merge_adapter(adapter, base, tmp, spec.trust_remote_code)
@@ -168,10 +167,8 @@ def export(spec: ExportSpec) -> ExportResult:
     def ensure_f16() -> None:
         if any(r.name == "convert" for r in pipe.records):
             return
-        if pipe.is_fresh("convert", convert_key, [f16_path]):
-            pipe.run("convert", convert_key, [f16_path], lambda: None)
-            return
-        ensure_merged()
+        if not pipe.is_fresh("convert", convert_key, [f16_path]):
+            ensure_merged()
 
         def run() -> dict:
             convert.convert_hf_to_gguf(merged_dir, f16_path, "f16", tree)
@@ -179,20 +176,84 @@ def export(spec: ExportSpec) -> ExportResult:
 
         pipe.run("convert", convert_key, [f16_path], run, "converting to a 16-bit GGUF (llama.cpp's converter)")
 
-    for q in spec.quants:
-        target = quant_path(q)
-        if q in stale:
+    imatrix_path = out / f"{spec.name}.imatrix" if spec.imatrix_data else None
+    imatrix_key = None
+    if spec.imatrix_data is not None:
+        imatrix_key = content_key("imatrix", convert_key, sha256_file(spec.imatrix_data))
+        imatrix = imatrix_key
+
+    def quant_key(q: str) -> str:
+        return content_key("quantize", convert_key, q, imatrix)
+
+    def ensure_imatrix() -> None:
+        if imatrix_path is None or any(r.name == "imatrix" for r in pipe.records):
+            return
+        if not pipe.is_fresh("imatrix", imatrix_key, [imatrix_path]):
             ensure_f16()
 
-        def run(q: str = q, target: Path = target) -> dict:
+        def run() -> dict:
+            from .llamacpp.imatrix import compute_imatrix
+
+            compute_imatrix(f16_path, spec.imatrix_data, imatrix_path)
+            return {"data": str(spec.imatrix_data.resolve()), "sha256": sha256_file(imatrix_path)}
+
+        pipe.run("imatrix", imatrix_key, [imatrix_path], run,
+                 f"computing an importance matrix from {spec.imatrix_data} (llama-imatrix)")
+
+    def build_quant(q: str, target: Path) -> None:
+        """Quantize `q` into `target` unless it is already there for the same inputs."""
+        if not pipe.is_fresh(f"quantize:{q}", quant_key(q), [target]):
+            ensure_f16()
+            ensure_imatrix()
+
+        def run() -> dict:
             if q == "F16":
-                shutil.copyfile(f16_path, target.with_suffix(".partial"))
-                target.with_suffix(".partial").replace(target)
+                with atomic_path(target) as tmp:
+                    shutil.copyfile(f16_path, tmp)
             else:
-                quant.quantize(f16_path, target, q, imatrix)
+                quant.quantize(f16_path, target, q, imatrix_path)
             return {"size": target.stat().st_size, "sha256": sha256_file(target)}
 
-        pipe.run(f"quantize:{q}", quant_keys[q], [target], run, f"quantizing to {q}")
+        pipe.run(f"quantize:{q}", quant_key(q), [target], run, f"quantizing to {q}")
+
+    requested = AUTO_CANDIDATES + (("IQ4_XS", "IQ3_M") if imatrix_path else ()) if spec.auto_quant else spec.quants
+    stale = [q for q in requested if not pipe.is_fresh(f"quantize:{q}", quant_key(q), [quant_path(q)])]
+    if stale:
+        require_free_space(out, _estimate_bytes(base.path, config, tuple(stale), spec.keep_intermediate),
+                           f"merging and quantizing to {', '.join(stale)}")
+
+    quality = None
+    if spec.auto_quant:
+        candidates = {q: work / "candidates" / f"{spec.name}-{q}.gguf" for q in requested}
+        for q, path in candidates.items():
+            build_quant(q, path)
+        quality = _measure(spec, candidates.values(), ensure_merged, merged_dir)
+        chosen = _choose(spec, quality, candidates)
+        step(f"--quant auto chose {chosen} from {', '.join(candidates)}")
+        with atomic_path(quant_path(chosen)) as tmp:
+            shutil.copyfile(candidates[chosen], tmp)
+        pipe.state[f"quantize:{chosen}"] = {"key": quant_key(chosen), "outputs": [quant_path(chosen).name],
+                                            "info": pipe.cached_info(f"quantize:{chosen}")}
+        quants: tuple[str, ...] = (chosen,)
+    else:
+        quants = spec.quants
+        for q in quants:
+            build_quant(q, quant_path(q))
+        if spec.quality_gate:
+            from .quality import check_quant
+
+            quality = _measure(spec, [quant_path(q) for q in quants], ensure_merged, merged_dir)
+            for q in quants:
+                if quality is not None:
+                    check_quant(quality, quant_path(q).name, spec.max_kl, spec.max_size)
+                elif quant_path(q).stat().st_size > spec.max_size:
+                    from .errors import QualityBoundNotMet
+
+                    raise QualityBoundNotMet(
+                        f"{quant_path(q).name} is {human_bytes(quant_path(q).stat().st_size)}, over --max-size "
+                        f"{human_bytes(spec.max_size)}", "pick a smaller quant, or use --quant auto --max-size")
+    if quality is not None:
+        quality.write_chart(out / "quality.png", title=f"{spec.name}: size against KL")
 
     if not spec.keep_intermediate and work.exists():
         shutil.rmtree(work)
@@ -202,7 +263,7 @@ def export(spec: ExportSpec) -> ExportResult:
     # --- smoke check each file --------------------------------------------------------------
     probe = _read_probe(adapter.path)
     artifacts: list[Artifact] = []
-    for q in spec.quants:
+    for q in quants:
         target = quant_path(q)
         facts = pipe.cached_info(f"quantize:{q}")
 
@@ -212,7 +273,7 @@ def export(spec: ExportSpec) -> ExportResult:
 
         smoke = None
         if spec.smoke:
-            smoke = pipe.run(f"smoke:{q}", content_key("smoke", quant_keys[q], probe), [target], run_smoke,
+            smoke = pipe.run(f"smoke:{q}", content_key("smoke", quant_key(q), probe), [target], run_smoke,
                              f"smoke test of {target.name} in llama.cpp").info
             step(f"{target.name}: {smoke['answer']!r} ({smoke['tokens_per_second']} tokens/s, "
                  f"finish: {smoke['finish_reason']})")
@@ -252,6 +313,10 @@ def export(spec: ExportSpec) -> ExportResult:
                       "messages": [list(m) for m in messages], "license": list(licenses),
                       "ollama_template": spec.ollama_template},
         "artifacts": [a.to_json() for a in artifacts],
+        "imatrix": ({"file": imatrix_path.name, "data": str(spec.imatrix_data.resolve()),
+                     "sha256": sha256_file(imatrix_path)} if imatrix_path else None),
+        "quality": ({**quality.to_json(), "chart": "quality.png", "max_kl": spec.max_kl,
+                     "max_size": spec.max_size} if quality is not None else None),
         "stages": [r.to_json() for r in pipe.records],
     }
     lineage_path = write_json(out / LINEAGE_FILE, lineage)
@@ -263,6 +328,36 @@ def export(spec: ExportSpec) -> ExportResult:
     if spec.register:
         _register(result, spec)
     return result
+
+
+def _measure(spec: ExportSpec, ggufs, ensure_merged, merged_dir: Path):
+    """The quality table of `ggufs` against the merged model (fp32, transformers) on the shipped corpus."""
+    from .quality import measure
+
+    if spec.max_kl is None:
+        return None
+    ensure_merged()
+    table = measure(list(ggufs), reference=merged_dir)
+    step("quality against the merged model:\n" + table.format())
+    return table
+
+
+def _choose(spec: ExportSpec, table, candidates: dict[str, Path]) -> str:
+    """--quant auto: the smallest quant meeting --max-kl (and --max-size); with only --max-size,
+    no measurement is needed and the largest file that fits is the best choice."""
+    if table is not None:
+        from .quality import choose_quant
+
+        row = choose_quant(table, spec.max_kl, spec.max_size)
+        return next(q for q, p in candidates.items() if p.name == row.file)
+    fitting = [q for q, p in candidates.items() if p.stat().st_size <= spec.max_size]
+    if not fitting:
+        from .errors import QualityBoundNotMet
+
+        sizes = ", ".join(f"{q} {human_bytes(p.stat().st_size)}" for q, p in candidates.items())
+        raise QualityBoundNotMet(f"no candidate quant fits --max-size {human_bytes(spec.max_size)} ({sizes})",
+                                 "raise --max-size")
+    return max(fitting, key=lambda q: candidates[q].stat().st_size)
 
 
 def _register(result: ExportResult, spec: ExportSpec) -> None:

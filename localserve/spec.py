@@ -65,6 +65,22 @@ class ExportSpec:
             raise InputError(f"--ollama-template must be 'go' or 'native', not {self.ollama_template!r}")
         if self.max_kl is not None and self.max_kl <= 0:
             raise InputError(f"--max-kl must be positive, not {self.max_kl}")
+        if self.max_size is not None and self.max_size <= 0:
+            raise InputError(f"--max-size must be positive, not {self.max_size}")
+        if "auto" in self.quants:
+            if len(self.quants) > 1:
+                raise InputError("--quant auto cannot be combined with other quant types",
+                                 "pass either auto or a list of types")
+            if self.max_kl is None and self.max_size is None:
+                raise InputError("--quant auto needs a bound to choose by", "pass --max-kl 0.05 and/or --max-size 4GB")
+
+    @property
+    def auto_quant(self) -> bool:
+        return self.quants == ("auto",)
+
+    @property
+    def quality_gate(self) -> bool:
+        return self.max_kl is not None or self.max_size is not None
 
     @property
     def out_dir(self) -> Path:

@@ -258,3 +258,50 @@ def test_pickle_only_base_is_refused_unless_allowed(tiny_adapter, tiny_base, tmp
 def test_debug_shows_the_traceback(tmp_path):
     result = CliRunner().invoke(cli, ["--debug", "export", str(tmp_path / "nope")])
     assert result.exit_code != 0 and isinstance(result.exception, AdapterError)
+
+
+# --- quality gate inside export ------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def auto_exports(tiny_adapter, tmp_path_factory):
+    """--quant auto twice on one folder: a loose bound, then a tight one (candidates are reused)."""
+    out = tmp_path_factory.mktemp("auto") / "tiny"
+    common = dict(adapter=tiny_adapter, quants=("auto",), name="tiny", out=out, smoke=False, register=False,
+                  keep_intermediate=True)
+    loose = export(ExportSpec(max_kl=0.05, **common))
+    loose_lineage = json.loads((out / "localserve.json").read_text())
+    tight = export(ExportSpec(max_kl=0.0008, **common))
+    tight_lineage = json.loads((out / "localserve.json").read_text())
+    return loose, loose_lineage, tight, tight_lineage
+
+
+def test_quant_auto_picks_a_larger_quant_when_the_bound_is_tighter(auto_exports):
+    loose, loose_lineage, tight, tight_lineage = auto_exports
+    (loose_art,), (tight_art,) = loose.artifacts, tight.artifacts
+    assert tight_art.size > loose_art.size, (loose_art.quant, tight_art.quant)
+    rows = {r["quant"]: r for r in tight_lineage["quality"]["rows"]}
+    assert rows[tight_art.quant]["kl_mean"] <= 0.0008
+    smaller = [r for r in rows.values() if r["size"] < rows[tight_art.quant]["size"]]
+    assert smaller and all(r["kl_mean"] > 0.0008 for r in smaller), "the smallest quant meeting the bound wins"
+    assert loose_lineage["quality"]["max_kl"] == 0.05 and len(loose_lineage["quality"]["rows"]) >= 6
+
+
+def test_quant_auto_writes_the_quality_chart(auto_exports):
+    loose = auto_exports[0]
+    png = loose.out_dir / "quality.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+def test_a_requested_quant_that_misses_the_bound_is_an_error_showing_the_table(tiny_adapter, tmp_path):
+    from localserve.errors import QualityBoundNotMet
+
+    with pytest.raises(QualityBoundNotMet) as info:
+        export(ExportSpec(adapter=tiny_adapter, quants=("Q2_K",), out=tmp_path / "o", smoke=False,
+                          register=False, max_kl=1e-7))
+    assert "Q2_K" in str(info.value) and "KL mean" in str(info.value)
+    assert not (tmp_path / "o" / "localserve.json").exists()
+
+
+def test_quant_auto_needs_a_bound(tiny_adapter):
+    result = run_cli("export", str(tiny_adapter), "--quant", "auto")
+    _assert_one_line_error(result, "--max-kl")
