@@ -101,7 +101,7 @@ def _first_that_renders_alike(hf: HFChat, candidates: list[Family]) -> Family:
 
     for fam in candidates:
         setup = _setup_for(hf, fam, fam.template, fam.name, fam.supports_tools, ())
-        if check_parity(hf.model_dir, setup, BASE_CASES[:3]).ok:
+        if check_parity(hf.model_dir, setup, BASE_CASES[:4]).ok:
             return fam
     return candidates[0]
 
