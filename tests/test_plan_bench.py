@@ -70,3 +70,19 @@ def test_bench_refuses_servers_off_loopback(benched):
     result = CliRunner().invoke(cli, ["bench", str(model), "--target", "ollama", "--url", "http://127.0.0.1:9",
                                       "--no-store"])
     assert result.exit_code == 1 and "cannot reach http://127.0.0.1:9" in result.output
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--max-tokens", "100000"], "--max-tokens must be between 1 and 1024"),
+    (["--concurrency", "0"], "--concurrency must be between 1 and 32"),
+])
+def test_bench_requests_are_bounded(benched, args, needle):
+    model, _ = benched
+    result = CliRunner().invoke(cli, ["bench", str(model), *args])
+    assert result.exit_code == 2 and needle in result.output
+
+
+def test_bench_in_llama_cpp_needs_a_gguf(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    result = CliRunner().invoke(cli, ["bench", str(tmp_path)])
+    assert result.exit_code == 2 and "is not a .gguf file" in result.output

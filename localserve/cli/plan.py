@@ -121,6 +121,8 @@ def bench_cmd(model, target, concurrency, prompt_tokens, max_tokens, url, served
 @click.option("--gpu", help="The rented GPU (a name from the device table).")
 @click.option("--price", help="Its hourly price in USD, e.g. 1.10/h.")
 @click.option("--gpus", type=int, default=None, help="GPUs per vLLM replica (default: the vLLM layout for --model, else 1).")
+@click.option("--ctx", type=int, default=4096, show_default=True, help="Context per sequence, for the vLLM layout of --model.")
+@click.option("--concurrency", type=int, default=1, show_default=True, help="Sequences at once, for the vLLM layout of --model.")
 @click.option("--api", default="gpt-4o-mini", show_default=True, help="Hosted API model to compare with.")
 @click.option("--api-input-price", type=float, help="Override its input price, USD per 1M tokens.")
 @click.option("--api-output-price", type=float, help="Override its output price, USD per 1M tokens.")
@@ -145,14 +147,14 @@ def bench_cmd(model, target, concurrency, prompt_tokens, max_tokens, url, served
               help="Where to write the PNG chart (default: next to --model, else ./localserve-cost.png).")
 @click.option("--no-chart", is_flag=True)
 @click.option("--json", "as_json", is_flag=True)
-def cost_cmd(tokens_per_day, gpu, price, gpus, api, api_input_price, api_output_price, tokens_per_s, model,
+def cost_cmd(tokens_per_day, gpu, price, gpus, ctx, concurrency, api, api_input_price, api_output_price, tokens_per_s, model,
              utilisation, input_share, eng_hours, eng_rate, local_watts, kwh_price, private, air_gapped, frontier,
              development, tenants, adapter, devices_file, prices_file, chart, no_chart, as_json):
     """API vs vLLM vs Ollama: cost per 1M tokens, per month, the crossover and a decision."""
     if gpu and price is None:
         raise InputError(f"no hourly price for {gpu}", "pass --price, e.g. --price 1.10/h (rental prices are not guessed)")
     if gpus is None:
-        gpus = _layout_gpus(model, gpu, devices_file) if model and gpu else 1
+        gpus = _layout_gpus(model, gpu, devices_file, ctx, concurrency) if model and gpu else 1
     if chart is None and not no_chart:
         chart = model.with_name(model.name + ".cost.png") if model and model.is_file() else \
             (model / "cost.png" if model else Path("localserve-cost.png"))
@@ -190,14 +192,14 @@ def cost_cmd(tokens_per_day, gpu, price, gpus, api, api_input_price, api_output_
         click.echo(f"chart: {report.chart}")
 
 
-def _layout_gpus(model: Path, gpu: str, devices_file: Path | None) -> int:
-    """GPUs per replica from the shared vLLM layout (1 when the model is not plannable)."""
+def _layout_gpus(model: Path, gpu: str, devices_file: Path | None, ctx: int, concurrency: int) -> int:
+    """GPUs per replica from the shared vLLM layout (one node of 8 GPUs at most)."""
     from ..plan.layout import parallel_layout
     from ..plan.model import load_model
     from ..plan.tables import device
 
     d = device(gpu, devices_file)
-    layout = parallel_layout(load_model(model), d.memory_bytes, 8, 1, 4096, 1)
+    layout = parallel_layout(load_model(model), d.memory_bytes, 8, 1, ctx, concurrency)
     return layout.gpus
 
 
