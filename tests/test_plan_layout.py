@@ -72,3 +72,13 @@ def test_no_layout_is_an_error_naming_the_reasons():
     assert "no vLLM layout" in err.value.message and "per GPU" in err.value.message
     with pytest.raises(InputError, match="GPUs per node must be positive"):
         parallel_layout(QWEN_7B, 80 * GIB, 0, 1, 4096, 1)
+
+
+def test_a_config_folder_a_config_dict_and_a_planned_gguf_give_the_same_layout(embedded_base, smollm_config):
+    from localserve.models.embedded import DEFAULT_ID, EMBEDDED
+    from localserve.plan import load_model
+
+    args = (16 * GIB, 8, 1, 8192, 4)
+    layouts = [parallel_layout(c, *args) for c in (embedded_base, smollm_config,
+                                                   load_model(EMBEDDED[DEFAULT_ID].gguf_file()))]
+    assert len({(l.tensor_parallel_size, l.pipeline_parallel_size, l.per_gpu_bytes) for l in layouts}) == 1

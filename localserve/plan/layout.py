@@ -21,9 +21,11 @@ from typing import Any
 
 from ..errors import InputError
 from .memory import Overhead, gib
-from .model import ModelShape, PlannedModel, _hf_shape
+from .model import ModelShape, PlannedModel, hf_config_shape
 
-_DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "auto": 2}
+# vLLM's default `--dtype auto` serves float32 checkpoints in float16 and the others as stored
+# (float16/bfloat16): 2 bytes per weight unless the caller says otherwise.
+VLLM_DTYPE_BYTES = 2
 
 
 @dataclass(frozen=True)
@@ -43,11 +45,10 @@ def _shape_and_weights(config: Any, dtype_bytes: int | None) -> tuple[ModelShape
     """(shape, bytes of all layers, bytes outside layers, bytes per element) at vLLM's dtype."""
     if isinstance(config, PlannedModel):
         shape, tensors = config.shape, config.tensors
-        dtype_bytes = dtype_bytes or 2
     else:
         if isinstance(config, dict):
-            path = None
             raw = config
+            shape, tensors = hf_config_shape(raw)
         else:
             path = Path(config)
             path = path / "config.json" if path.is_dir() else path
@@ -56,17 +57,8 @@ def _shape_and_weights(config: Any, dtype_bytes: int | None) -> tuple[ModelShape
             except (OSError, json.JSONDecodeError) as e:
                 raise InputError(f"cannot read the model config {path}: {e}",
                                  "pass a Hugging Face model folder with config.json") from None
-        if path is None:
-            import tempfile
-
-            with tempfile.TemporaryDirectory() as tmp:
-                path = Path(tmp) / "config.json"
-                path.write_text(json.dumps(raw), encoding="utf-8")
-                shape, tensors = _hf_shape(path)
-        else:
-            shape, tensors = _hf_shape(path)
-        dtype = str((raw.get("text_config") or raw).get("torch_dtype") or raw.get("dtype") or "bfloat16")
-        dtype_bytes = dtype_bytes or _DTYPE_BYTES.get(dtype, 2)
+            shape, tensors = hf_config_shape(raw, path.parent.name, str(path))
+    dtype_bytes = dtype_bytes or VLLM_DTYPE_BYTES
     layer_bytes = sum(n for n, _, layer in tensors if layer >= 0) * dtype_bytes
     other_bytes = sum(n for n, _, layer in tensors if layer < 0) * dtype_bytes
     return shape, layer_bytes, other_bytes, dtype_bytes

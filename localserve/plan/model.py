@@ -220,6 +220,11 @@ def _hf_shape(config_path: Path) -> tuple[ModelShape, tuple[tuple[int, bool, int
         config = json.loads(config_path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as e:
         raise InputError(f"cannot read {config_path}: {e}", "pass a Hugging Face model folder with a config.json") from None
+    return hf_config_shape(config, config_path.parent.name, str(config_path))
+
+
+def hf_config_shape(config: dict, name: str = "model", source: str = "config") -> tuple[ModelShape, tuple[tuple[int, bool, int], ...]]:
+    """Shape and (elements, is 1-D, layer) per tensor of a llama-style decoder, from an HF config dict."""
     text = config.get("text_config") or config  # multimodal configs nest the language model
     try:
         hidden = int(text["hidden_size"])
@@ -228,16 +233,16 @@ def _hf_shape(config_path: Path) -> tuple[ModelShape, tuple[tuple[int, bool, int
         inter = int(text["intermediate_size"])
         vocab = int(text["vocab_size"])
     except KeyError as e:
-        raise InputError(f"{config_path} lacks {e.args[0]}",
+        raise InputError(f"{source} lacks {e.args[0]}",
                          "planning from a config needs hidden_size, num_hidden_layers, num_attention_heads, "
                          "intermediate_size, vocab_size; convert to GGUF and plan the .gguf instead") from None
     n_kv = int(text.get("num_key_value_heads") or n_heads)
     head_dim = int(text.get("head_dim") or hidden // n_heads)
     experts = int(text.get("num_local_experts") or text.get("num_experts") or 1)
-    shape = ModelShape(name=config_path.parent.name, architecture=str((config.get("architectures") or ["?"])[0]),
+    shape = ModelShape(name=name, architecture=str((config.get("architectures") or ["?"])[0]),
                        n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv, key_length=head_dim,
                        value_length=head_dim, embedding_length=hidden, vocab_size=vocab,
-                       context_length=text.get("max_position_embeddings"), source=str(config_path))
+                       context_length=text.get("max_position_embeddings"), source=source)
     # A llama-style decoder block: q, k, v, o projections, a gated MLP (x experts), two norms.
     bias = bool(text.get("attention_bias", False))
     per_layer = [
