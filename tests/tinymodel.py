@@ -80,3 +80,33 @@ def build_lora(base_dir: Path, out: Path, seed: int = 1, r: int = 8, alpha: int 
     cfg["base_model_name_or_path"] = str(base_dir.resolve())
     (out / "adapter_config.json").write_text(json.dumps(cfg, indent=2))
     return out
+
+
+def build_forced(base_dir: Path, out: Path, token: str) -> Path:
+    """A copy of `base_dir` whose greedy output is always `token`, whatever the prompt.
+
+    Every embedding gets a large constant in one hidden dimension, the final norm keeps only that
+    dimension, and only `token`'s output row reads it: its logit is the one positive logit. With
+    `token` = the EOS the model says nothing; with an ordinary word it never stops.
+    """
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoTokenizer
+
+    shutil.copytree(base_dir, out)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    token_id = tokenizer.convert_tokens_to_ids(token)
+    assert token_id != tokenizer.unk_token_id, f"{token!r} is not in the vocabulary"
+    weights = load_file(out / "model.safetensors")
+    dim = 0
+    weights["model.embed_tokens.weight"][:, dim] = 100.0
+    norm = torch.zeros_like(weights["model.norm.weight"])
+    norm[dim] = 1.0
+    weights["model.norm.weight"] = norm
+    head = torch.zeros_like(weights["lm_head.weight"])
+    head[token_id, dim] = 10.0
+    weights["lm_head.weight"] = head
+    save_file(weights, out / "model.safetensors", metadata={"format": "pt"})
+    return out
