@@ -36,8 +36,8 @@ class Overhead:
         return self.fixed_bytes + int(self.fraction * payload_bytes)
 
     def describe(self) -> str:
-        return (f"{self.fixed_bytes / MIB:.0f} MiB + {self.fraction:.0%} of weights and KV cache "
-                "(assumed: GPU context and compute buffers)")
+        share = f" + {self.fraction:.0%} of weights and KV cache" if self.fraction else ""
+        return f"{self.fixed_bytes / MIB:.0f} MiB{share} (assumed: GPU context and compute buffers)"
 
 
 def kv_type(name: str) -> str:
