@@ -12,7 +12,7 @@ import sys
 import tarfile
 from pathlib import Path
 
-import httpx
+from ollama_standin import HTTP
 import pytest
 
 from localserve.errors import ChecksumMismatch, DiskSpaceError, InputError, UnsafeArchive
@@ -90,9 +90,9 @@ def test_install_into_the_store_matches_what_the_api_creates(steer, smollm_gguf,
 
 def test_installed_store_model_is_listed_and_served_without_restart(steer, bundle):
     result = install_bundle(bundle, name="offline:v1", store_root=steer.store.root)
-    tags = {t["name"]: t for t in httpx.get(steer.url + "/api/tags").json()["models"]}
+    tags = {t["name"]: t for t in HTTP.get(steer.url + "/api/tags").json()["models"]}
     assert tags["offline:v1"]["digest"] == result.manifest_digest
-    r = httpx.post(steer.url + "/api/chat", timeout=120, json={
+    r = HTTP.post(steer.url + "/api/chat", timeout=120, json={
         "model": "offline:v1", "stream": False, "options": {"num_predict": 48},
         "messages": [{"role": "user", "content": "What is the capital of France?"}]})
     assert r.status_code == 200, r.text
@@ -225,7 +225,7 @@ def test_install_without_a_server_or_store_says_how_to_proceed(bundle, tmp_path)
 def test_install_through_the_api_when_a_server_runs(steer, bundle):
     result = install_bundle(bundle, name="via-api:v1", host=steer.url)
     assert result.target == "api"
-    assert "via-api:v1" in [t["name"] for t in httpx.get(steer.url + "/api/tags").json()["models"]]
+    assert "via-api:v1" in [t["name"] for t in HTTP.get(steer.url + "/api/tags").json()["models"]]
 
 
 def test_not_a_bundle(tmp_path):

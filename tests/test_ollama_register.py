@@ -6,7 +6,7 @@ import hashlib
 import json
 import socket
 
-import httpx
+from ollama_standin import HTTP
 import pytest
 
 from localserve.errors import InputError, OllamaError, OllamaUnreachable, UnknownName
@@ -67,7 +67,7 @@ def test_register_uploads_then_creates_with_typed_layers(steer, fake_export):
                      "application/vnd.ollama.image.params"]
     params = json.loads(_blob(steer, m["layers"][2]["digest"]))
     assert params == {"num_ctx": 2048, "stop": ["<|im_end|>"]}
-    tags = {t["name"]: t for t in httpx.get(steer.url + "/api/tags").json()["models"]}
+    tags = {t["name"]: t for t in HTTP.get(steer.url + "/api/tags").json()["models"]}
     assert tags["reg-typed:v1"]["digest"] == result.manifest_digest
     assert steer.pull_attempts == []
 
@@ -134,7 +134,7 @@ def test_create_failing_mid_stream_under_http_200_is_an_error(steer, fake_export
     with steer.behaving(version="0.30.0", create_fault=("writing manifest", "write manifest: no space left on device")):
         with pytest.raises(OllamaError, match="no space left on device"):
             register(fake_export, name="reg-fault:v1", host=steer.url)
-    names = [t["name"] for t in httpx.get(steer.url + "/api/tags").json()["models"]]
+    names = [t["name"] for t in HTTP.get(steer.url + "/api/tags").json()["models"]]
     assert "reg-fault:v1" not in names
 
 
@@ -152,31 +152,31 @@ def test_typed_params_coerce_what_is_safe_and_refuse_the_rest():
 # --- the stand-in is strict where Ollama is -----------------------------------------------------------
 
 def test_host_header_that_is_not_local_gets_403_without_body(steer):
-    r = httpx.get(steer.url + "/api/version", headers={"Host": "evil.example.com"})
+    r = HTTP.get(steer.url + "/api/version", headers={"Host": "evil.example.com"})
     assert r.status_code == 403 and r.content == b""
-    assert httpx.get(steer.url + "/api/version", headers={"Host": "box.local:11434"}).status_code == 200
+    assert HTTP.get(steer.url + "/api/version", headers={"Host": "box.local:11434"}).status_code == 200
 
 
 def test_blob_digest_rules(steer):
     data = b"not a model, just bytes"
     hexd = hashlib.sha256(data).hexdigest()
     url = steer.url + "/api/blobs/"
-    assert httpx.head(url + "sha256:xyz").status_code == 400
-    assert httpx.post(url + f"sha256:{hexd.upper()}", content=data).status_code == 400  # uppercase: mismatch
-    assert httpx.head(url + f"sha256:{hexd}").status_code == 200  # the misnamed upload stayed stored
+    assert HTTP.head(url + "sha256:xyz").status_code == 400
+    assert HTTP.post(url + f"sha256:{hexd.upper()}", content=data).status_code == 400  # uppercase: mismatch
+    assert HTTP.head(url + f"sha256:{hexd}").status_code == 200  # the misnamed upload stayed stored
     dashed = b"other bytes"
-    assert httpx.post(url + f"sha256-{hashlib.sha256(dashed).hexdigest()}", content=dashed).status_code == 400
+    assert HTTP.post(url + f"sha256-{hashlib.sha256(dashed).hexdigest()}", content=dashed).status_code == 400
     other = b"fresh bytes"
     d2 = hashlib.sha256(other).hexdigest()
-    assert httpx.post(url + f"sha256:{d2}", content=other).status_code == 201
-    assert httpx.post(url + f"sha256:{d2}", content=other).status_code == 200
+    assert HTTP.post(url + f"sha256:{d2}", content=other).status_code == 201
+    assert HTTP.post(url + f"sha256:{d2}", content=other).status_code == 200
 
 
 def test_create_validation(steer, fake_export):
     blob = OllamaServer(steer.url).push_blob(fake_export / "demo-Q4_1.gguf")
     junk = b'{"not": "gguf"}'
     jd = "sha256:" + hashlib.sha256(junk).hexdigest()
-    httpx.post(steer.url + f"/api/blobs/{jd}", content=junk)
+    HTTP.post(steer.url + f"/api/blobs/{jd}", content=junk)
     cases = [
         ({"model": "v:1", "files": {"../m.gguf": blob.digest}}, "file path must be relative"),
         ({"model": "v:1", "files": {"/m.gguf": blob.digest}}, "file path must be relative"),
@@ -188,11 +188,11 @@ def test_create_validation(steer, fake_export):
     ]
     with steer.behaving(version="0.30.0"):
         for body, message in cases:
-            r = httpx.post(steer.url + "/api/create", json=body)
+            r = HTTP.post(steer.url + "/api/create", json=body)
             assert r.status_code == 400 and message in r.json()["error"], (body, r.text)
-        assert httpx.post(steer.url + "/api/create", content=b"").json()["error"] == "missing request body"
+        assert HTTP.post(steer.url + "/api/create", content=b"").json()["error"] == "missing request body"
     with steer.behaving(version="0.5.4"):
-        r = httpx.post(steer.url + "/api/create", json={"model": "v:1", "files": {"m.gguf": blob.digest}})
+        r = HTTP.post(steer.url + "/api/create", json={"model": "v:1", "files": {"m.gguf": blob.digest}})
         assert r.status_code == 400 and r.json()["error"] == "path or Modelfile are required"
 
 
@@ -201,8 +201,8 @@ def test_params_of_the_wrong_type_break_inference_not_create(steer, fake_export)
     body = {"model": "wrong-type:v1", "files": {"m.gguf": blob.digest}, "parameters": {"stop": "<|im_end|>"},
             "stream": False}
     with steer.behaving(version="0.30.0"):
-        assert httpx.post(steer.url + "/api/create", json=body).json() == {"status": "success"}
-    r = httpx.post(steer.url + "/api/chat", json={"model": "wrong-type:v1", "messages": [{"role": "user", "content": "hi"}]})
+        assert HTTP.post(steer.url + "/api/create", json=body).json() == {"status": "success"}
+    r = HTTP.post(steer.url + "/api/chat", json={"model": "wrong-type:v1", "messages": [{"role": "user", "content": "hi"}]})
     assert r.status_code == 500 and r.json()["error"] == 'option "stop" must be of type array'
 
 
@@ -215,7 +215,7 @@ def test_tags_digest_size_and_modified_at_come_from_the_manifest_file(steer, fak
 
     path = steer.store.find(Name.parse("tags-rule:v1"))
     os.utime(path, (1_700_000_000, 1_700_000_000))
-    entry = next(t for t in httpx.get(steer.url + "/api/tags").json()["models"] if t["name"] == "tags-rule:v1")
+    entry = next(t for t in HTTP.get(steer.url + "/api/tags").json()["models"] if t["name"] == "tags-rule:v1")
     raw = path.read_bytes()
     m = json.loads(raw)
     assert entry["digest"] == hashlib.sha256(raw).hexdigest()
@@ -223,7 +223,7 @@ def test_tags_digest_size_and_modified_at_come_from_the_manifest_file(steer, fak
     assert datetime.fromisoformat(entry["modified_at"]).timestamp() == 1_700_000_000
     steer.store.blob(m["config"]["digest"]).rename(steer.store.root / "config.aside")
     try:
-        names = [t["name"] for t in httpx.get(steer.url + "/api/tags").json()["models"]]
+        names = [t["name"] for t in HTTP.get(steer.url + "/api/tags").json()["models"]]
         assert "tags-rule:v1" not in names  # a manifest without its config blob vanishes
     finally:
         (steer.store.root / "config.aside").rename(steer.store.blob(m["config"]["digest"]))

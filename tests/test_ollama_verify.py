@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 
-import httpx
+from ollama_standin import HTTP
 import pytest
 from click.testing import CliRunner
 
@@ -33,7 +33,7 @@ def test_all_three_clients_hold_a_conversation_that_stops(ollama_host, registere
 
 
 def test_the_openai_layer_overrides_temperature_unless_sent(steer, registered):
-    r = httpx.post(steer.url + "/v1/chat/completions", timeout=120, json={
+    r = HTTP.post(steer.url + "/v1/chat/completions", timeout=120, json={
         "model": registered, "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]})
     assert r.status_code == 200 and r.json()["choices"][0]["finish_reason"] == "length"
     assert steer.last_options["temperature"] == 1.0 and steer.last_options["top_p"] == 1.0
@@ -74,10 +74,10 @@ def test_export_bundle_install_serve_verify(exported_demo, tmp_path, monkeypatch
     store = tmp_path / "empty-store"
     standin = Standin(store).start()  # an Ollama already running on that (empty) store
     try:
-        assert httpx.get(standin.url + "/api/tags").json() == {"models": []}
+        assert HTTP.get(standin.url + "/api/tags", timeout=60).json() == {"models": []}
         r = runner.invoke(cli, ["-q", "install", str(tar), "--store", str(store)])
         assert r.exit_code == 0, r.stderr
-        (model,) = httpx.get(standin.url + "/api/tags").json()["models"]
+        (model,) = HTTP.get(standin.url + "/api/tags", timeout=60).json()["models"]
         assert model["name"] == "demo:q4_k_m" and model["details"]["quantization_level"] == "Q4_K_M"
 
         r = runner.invoke(cli, ["-q", "verify", "demo:q4_k_m", "--host", standin.url, "--json"])

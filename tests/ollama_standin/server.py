@@ -281,6 +281,7 @@ class Standin:
         self.pull_attempts: list[str] = []
         self.last_options: dict[str, Any] = {}
         self.hostname = socket.gethostname()
+        self._parses: dict[str, bool] = {}  # template blob digest -> parses (blobs never change)
         self._server: ThreadingHTTPServer | None = None
 
     @property
@@ -351,6 +352,17 @@ class Standin:
         out["config"] = json.loads(cfg.read_bytes()) if cfg.exists() else {}
         return out
 
+    def _template_parses(self, digest: str) -> bool:
+        if digest not in self._parses:
+            from localserve.chat.gotemplate import GoTemplateError, check_parses
+
+            try:
+                check_parses(self.store.blob(digest).read_text())
+                self._parses[digest] = True
+            except (GoTemplateError, FileNotFoundError):
+                self._parses[digest] = False
+        return self._parses[digest]
+
     def tag_entry(self, name: Name, path: Path) -> dict[str, Any] | None:
         data = path.read_bytes()
         try:
@@ -360,13 +372,8 @@ class Standin:
             return None  # config blob missing or invalid: dropped from the list (spec §3.5)
         if self.version >= (0, 30, 0):
             for layer in m["layers"]:
-                if layer["mediaType"] in (M_TEMPLATE, M_PROMPT):
-                    from localserve.chat.gotemplate import GoTemplateError, check_parses
-
-                    try:
-                        check_parses(self.store.blob(layer["digest"]).read_text())
-                    except (GoTemplateError, FileNotFoundError):
-                        return None
+                if layer["mediaType"] in (M_TEMPLATE, M_PROMPT) and not self._template_parses(layer["digest"]):
+                    return None
         size = m["config"]["size"] + sum(layer["size"] for layer in m["layers"])
         return {"name": name.short(), "model": name.short(),
                 "modified_at": now_rfc3339(path.stat().st_mtime), "size": size,
