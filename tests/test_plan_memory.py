@@ -116,6 +116,10 @@ def test_hf_config_estimate_counts_the_same_parameters_as_the_gguf(gguf_path, em
     assert not from_config.exact
     assert from_config.n_params == from_gguf.n_params
     assert "Q8_0" in from_config.how
+    # the config's tensor shapes (row lengths) price a K-quant exactly as the GGUF's own shapes do
+    q4_from_config = load_model(embedded_base, ("Q4_K_M",)).weights[0]
+    q4_from_gguf = load_model(gguf_path, ("Q4_K_M",)).weights[1]
+    assert q4_from_config.total_bytes == q4_from_gguf.total_bytes
 
 
 def test_other_quants_are_priced_with_ggml_block_sizes(gguf_path):
@@ -123,10 +127,22 @@ def test_other_quants_are_priced_with_ggml_block_sizes(gguf_path):
     by_quant = {w.quant: w for w in model.weights}
     assert set(by_quant) == {"Q4_1", "Q8_0", "F16"}
     assert by_quant["Q4_1"].exact and not by_quant["Q8_0"].exact
-    n_2d = sum(n for n, one_d, _ in model.tensors if not one_d)
-    n_1d = sum(n for n, one_d, _ in model.tensors if one_d)
+    n_2d = sum(t.n for t in model.tensors if not t.one_d)
+    n_1d = sum(t.n for t in model.tensors if t.one_d)
     assert by_quant["F16"].total_bytes == 2 * n_2d + 4 * n_1d
-    assert by_quant["Q8_0"].total_bytes == sum(bytes_for(n, "F32" if one_d else "Q8_0") for n, one_d, _ in model.tensors)
+    assert by_quant["Q8_0"].total_bytes == sum(bytes_for(t.n, "F32" if t.one_d else "Q8_0") for t in model.tensors)
+
+
+def test_rows_that_do_not_divide_into_k_quant_blocks_fall_back_as_in_llama_cpp(gguf_path):
+    from localserve.plan.model import storage_type
+
+    shape, _, tensors = read_gguf(gguf_path)
+    assert shape.embedding_length % 256  # SmolLM2's 576-wide rows cannot hold 256-element K-quant blocks
+    assert storage_type("Q4_K", shape.embedding_length) == "Q5_0"
+    assert storage_type("Q4_K", 4096) == "Q4_K"
+    q4km = load_model(gguf_path, ("Q4_K_M",)).weights[1]
+    assert "stored as Q5_0" in q4km.how
+    assert q4km.total_bytes == sum(bytes_for(t.n, "F32" if t.one_d else storage_type("Q4_K", t.row)) for t in tensors)
 
 
 def test_fit_reports_partial_offload_on_a_small_gpu(gguf_path, tmp_path, monkeypatch):

@@ -59,8 +59,8 @@ def _shape_and_weights(config: Any, dtype_bytes: int | None) -> tuple[ModelShape
                                  "pass a Hugging Face model folder with config.json") from None
             shape, tensors = hf_config_shape(raw, path.parent.name, str(path))
     dtype_bytes = dtype_bytes or VLLM_DTYPE_BYTES
-    layer_bytes = sum(n for n, _, layer in tensors if layer >= 0) * dtype_bytes
-    other_bytes = sum(n for n, _, layer in tensors if layer < 0) * dtype_bytes
+    layer_bytes = sum(t.n for t in tensors if t.layer >= 0) * dtype_bytes
+    other_bytes = sum(t.n for t in tensors if t.layer < 0) * dtype_bytes
     return shape, layer_bytes, other_bytes, dtype_bytes
 
 

@@ -18,6 +18,7 @@ import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import NamedTuple
 
 from ..errors import InputError, UnknownName
 
@@ -59,12 +60,20 @@ class Weights:
         return sum(self.layer_bytes) + self.other_bytes
 
 
+class TensorCount(NamedTuple):
+    """One weight tensor, as much as pricing it at another quant needs."""
+
+    n: int  # elements
+    one_d: bool  # norms and biases: kept in F32 by llama.cpp
+    layer: int  # transformer block index, -1 for embeddings / output head / final norm
+    row: int  # elements per row (ggml ne[0]); quant blocks must divide it
+
+
 @dataclass(frozen=True)
 class PlannedModel:
     shape: ModelShape
     weights: tuple[Weights, ...]
-    # parameter count per tensor kind, for re-pricing at another quant: (n_elements, is_1d, layer or -1)
-    tensors: tuple[tuple[int, bool, int], ...] = field(default=(), repr=False)
+    tensors: tuple[TensorCount, ...] = field(default=(), repr=False)
 
 
 def _ggml():
@@ -87,8 +96,9 @@ def quant_names() -> tuple[str, ...]:
 def _base_type_name(quant: str) -> str | None:
     """The ggml tensor type that carries most of a file type's weights: Q4_K_M -> Q4_K.
 
-    K-quant mixes (_S/_M/_L) keep some tensors (attn_v, ffn_down, output) at a higher type, so an
-    estimate from the base type is a lower bound; the plan says so.
+    K-quant mixes (_S/_M/_L) keep some tensors (attn_v, ffn_down, output) at a higher type; their
+    policy is llama.cpp's and changes between versions, so an estimate from the base type is a
+    lower bound, and the plan says so.
     """
     gguf = _ggml()
     types = gguf.GGMLQuantizationType.__members__
@@ -119,23 +129,52 @@ def canonical_quant(name: str) -> str:
     return canon
 
 
+# llama.cpp's quantizer (llama-quant.cpp) stores a tensor whose rows do not divide into the chosen
+# type's blocks in this type instead, and in F16 when that does not divide either.
+_ROW_FALLBACK = {
+    "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0", "TQ1_0": "Q4_0", "TQ2_0": "Q4_0",
+    **{t: "IQ4_NL" for t in ("Q2_K", "Q3_K", "IQ4_XS", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S",
+                            "IQ1_S", "IQ1_M")},
+}
+
+
+def _block(ggml_type: str) -> int:
+    gguf = _ggml()
+    return gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[ggml_type]][0]
+
+
+def storage_type(ggml_type: str, row: int) -> str:
+    """The type llama.cpp actually writes for a tensor with rows of `row` elements."""
+    if row % _block(ggml_type) == 0:
+        return ggml_type
+    fallback = _ROW_FALLBACK.get(ggml_type, "F16")
+    return fallback if row % _block(fallback) == 0 else "F16"
+
+
 def _estimate(quant: str, tensors, how: str) -> Weights:
     base = _base_type_name(quant)
     layers: dict[int, int] = {}
     other = 0
     n_params = 0
-    for n, is_1d, layer in tensors:
-        n_params += n
-        b = bytes_for(n, _ONE_D_TYPE if is_1d else base)
-        if layer >= 0:
-            layers[layer] = layers.get(layer, 0) + b
+    fell_back: dict[str, int] = {}
+    for t in tensors:
+        n_params += t.n
+        kind = _ONE_D_TYPE if t.one_d else storage_type(base, t.row)
+        if kind != base and not t.one_d:
+            fell_back[kind] = fell_back.get(kind, 0) + 1
+        b = bytes_for(t.n, kind)
+        if t.layer >= 0:
+            layers[t.layer] = layers.get(t.layer, 0) + b
         else:
             other += b
-    mix = " (a K-quant mix: some tensors stay at a higher type, so the real file is larger)" \
-        if base != quant else ""
+    notes = [f"{count} tensors whose rows do not divide into {base} blocks stored as {kind}, as llama.cpp does"
+             for kind, count in fell_back.items()]
+    if base != quant:
+        notes.append("a K-quant mix keeps some tensors at a higher type, so the real file is larger")
     return Weights(quant=quant, layer_bytes=tuple(layers[i] for i in sorted(layers)), other_bytes=other,
                    exact=False, n_params=n_params,
-                   how=f"{how}: {n_params:,} parameters x {bits_per_weight(base):.3g} bits ({base}){mix}, 1-D tensors F32")
+                   how=f"{how}: {n_params:,} parameters x {bits_per_weight(base):.3g} bits ({base}), 1-D tensors F32"
+                       + "".join(f"; {n}" for n in notes))
 
 
 # ------------------------------------------------------------------------------------------- GGUF
@@ -147,7 +186,7 @@ def _field(reader, key: str, default=None):
     return f.contents()
 
 
-def read_gguf(path: Path) -> tuple[ModelShape, Weights, tuple[tuple[int, bool, int], ...]]:
+def read_gguf(path: Path) -> tuple[ModelShape, Weights, tuple[TensorCount, ...]]:
     """Shape and exact weight bytes of a GGUF file (header and tensor table only; data is mmapped)."""
     path = Path(path)
     try:
@@ -201,7 +240,7 @@ def _read_gguf(resolved: str, _size: int, _mtime_ns: int, shown_name: str):
             layers[layer] = layers.get(layer, 0) + int(t.n_bytes)
         else:
             other += int(t.n_bytes)
-        elements.append((int(t.n_elements), len(t.shape) == 1, layer))
+        elements.append(TensorCount(int(t.n_elements), len(t.shape) == 1, layer, int(t.shape[0])))
     file_type = _field(reader, "general.file_type")
     try:
         quant = re.sub(r"^(MOSTLY|ALL)_", "", gguf.LlamaFileType(file_type).name) if file_type is not None else "?"
@@ -215,7 +254,7 @@ def _read_gguf(resolved: str, _size: int, _mtime_ns: int, shown_name: str):
 
 # ---------------------------------------------------------------------------------------- HF config
 
-def _hf_shape(config_path: Path) -> tuple[ModelShape, tuple[tuple[int, bool, int], ...]]:
+def _hf_shape(config_path: Path) -> tuple[ModelShape, tuple[TensorCount, ...]]:
     try:
         config = json.loads(config_path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as e:
@@ -223,7 +262,7 @@ def _hf_shape(config_path: Path) -> tuple[ModelShape, tuple[tuple[int, bool, int
     return hf_config_shape(config, config_path.parent.name, str(config_path))
 
 
-def hf_config_shape(config: dict, name: str = "model", source: str = "config") -> tuple[ModelShape, tuple[tuple[int, bool, int], ...]]:
+def hf_config_shape(config: dict, name: str = "model", source: str = "config") -> tuple[ModelShape, tuple[TensorCount, ...]]:
     """Shape and (elements, is 1-D, layer) per tensor of a llama-style decoder, from an HF config dict."""
     text = config.get("text_config") or config  # multimodal configs nest the language model
     try:
@@ -245,20 +284,23 @@ def hf_config_shape(config: dict, name: str = "model", source: str = "config") -
                        context_length=text.get("max_position_embeddings"), source=source)
     # A llama-style decoder block: q, k, v, o projections, a gated MLP (x experts), two norms.
     bias = bool(text.get("attention_bias", False))
+    # (elements, is 1-D, row length = input features)
     per_layer = [
-        (hidden * n_heads * head_dim, False), (hidden * n_kv * head_dim, False),
-        (hidden * n_kv * head_dim, False), (n_heads * head_dim * hidden, False),
-        (3 * hidden * inter * experts, False), (hidden, True), (hidden, True),
+        (hidden * n_heads * head_dim, False, hidden), (hidden * n_kv * head_dim, False, hidden),
+        (hidden * n_kv * head_dim, False, hidden), (n_heads * head_dim * hidden, False, n_heads * head_dim),
+        (2 * hidden * inter * experts, False, hidden), (inter * hidden * experts, False, inter),
+        (hidden, True, hidden), (hidden, True, hidden),
     ]
     if experts > 1:
-        per_layer.append((hidden * experts, False))
+        per_layer.append((hidden * experts, False, hidden))
     if bias:
-        per_layer += [(n_heads * head_dim, True), (n_kv * head_dim, True), (n_kv * head_dim, True)]
-    tensors = [(n, one_d, layer) for layer in range(n_layers) for n, one_d in per_layer]
-    tensors.append((vocab * hidden, False, -1))  # token embeddings
-    tensors.append((hidden, True, -1))  # final norm
+        per_layer += [(n_heads * head_dim, True, n_heads * head_dim), (n_kv * head_dim, True, n_kv * head_dim),
+                      (n_kv * head_dim, True, n_kv * head_dim)]
+    tensors = [TensorCount(n, one_d, layer, row) for layer in range(n_layers) for n, one_d, row in per_layer]
+    tensors.append(TensorCount(vocab * hidden, False, -1, hidden))  # token embeddings
+    tensors.append(TensorCount(hidden, True, -1, hidden))  # final norm
     if not text.get("tie_word_embeddings", config.get("tie_word_embeddings", False)):
-        tensors.append((vocab * hidden, False, -1))
+        tensors.append(TensorCount(vocab * hidden, False, -1, hidden))  # output head
     return shape, tuple(tensors)
 
 
