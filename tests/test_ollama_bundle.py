@@ -233,3 +233,16 @@ def test_not_a_bundle(tmp_path):
     junk.write_bytes(b"not a tar at all" * 100)
     with pytest.raises(InputError, match="not a tar"):
         install_bundle(junk, store_root=tmp_path / "models")
+
+
+def test_a_file_that_is_not_gguf_is_refused_and_the_store_stays_clean(tmp_path):
+    from ollama_standin.fixtures import write_export
+
+    junk = tmp_path / "junk.gguf"
+    junk.write_bytes(b"this is not a GGUF file" * 1000)
+    export = write_export(tmp_path / "bad", junk)
+    tar = make_bundle(export, tmp_path / "bad.tar").path
+    models = tmp_path / "models"
+    with pytest.raises(InputError, match="not a readable GGUF"):
+        install_bundle(tar, store_root=models)
+    assert not [p for p in models.rglob("*") if p.is_file()]
