@@ -246,3 +246,14 @@ def test_a_file_that_is_not_gguf_is_refused_and_the_store_stays_clean(tmp_path):
     with pytest.raises(InputError, match="not a readable GGUF"):
         install_bundle(tar, store_root=models)
     assert not [p for p in models.rglob("*") if p.is_file()]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can give files away")
+def test_files_written_as_root_belong_to_the_store_owner(bundle, tmp_path):
+    models = tmp_path / "service-models"
+    models.mkdir()
+    os.chown(models, 65534, 65534)  # like /usr/share/ollama/.ollama/models owned by `ollama`
+    install_bundle(bundle, name="owned:v1", store_root=models)
+    created = [p for p in models.rglob("*")]
+    assert created and all(p.stat().st_uid == 65534 for p in created), [
+        (str(p), p.stat().st_uid) for p in created if p.stat().st_uid != 65534]

@@ -154,10 +154,31 @@ class ModelStore:
         return model, ModelRecipe.from_json(parts), config
 
     # --- writing --------------------------------------------------------------------------------
+    def _adopt(self, path: Path) -> None:
+        """Give what we create to the store's owner: a Linux service install runs Ollama as `ollama`,
+        which must be able to read our blobs and later remove our manifests and folders."""
+        if os.geteuid() != 0:
+            return
+        st = self.root.stat()
+        if st.st_uid != 0 or st.st_gid != 0:
+            with contextlib.suppress(OSError):
+                os.chown(path, st.st_uid, st.st_gid)
+
+    def _mkdirs(self, folder: Path) -> None:
+        missing = []
+        p = folder
+        while not p.exists() and p != self.root.parent:
+            missing.append(p)
+            p = p.parent
+        folder.mkdir(parents=True, exist_ok=True)
+        for d in reversed(missing):
+            self._adopt(d)
+
     def _check_writable(self) -> None:
         try:
-            for d in (self.root, self.blobs, self.manifests):
-                d.mkdir(parents=True, exist_ok=True)
+            self.root.mkdir(parents=True, exist_ok=True)
+            self._mkdirs(self.blobs)
+            self._mkdirs(self.manifests)
             probe = tempfile.NamedTemporaryFile(dir=self.root, prefix=".localserve-probe-")
             probe.close()
         except PermissionError:
@@ -187,6 +208,7 @@ class ModelStore:
         os.chmod(tmp, 0o644)
         if dest.exists():
             return
+        self._adopt(tmp)
         os.replace(tmp, dest)
         created.append(dest)
 
@@ -213,6 +235,7 @@ class ModelStore:
             if not self.blob_path(digest).is_file():
                 os.replace(src, self.blob_path(digest))
                 os.chmod(self.blob_path(digest), 0o644)
+                self._adopt(self.blob_path(digest))
                 created.append(self.blob_path(digest))
             return Layer(media_type, digest, size)
         with self._tmp() as tmp:
@@ -235,10 +258,11 @@ class ModelStore:
         manifest = {"schemaVersion": 2, "mediaType": MEDIA_MANIFEST, "config": config.to_json(),
                     "layers": [layer.to_json() for layer in layers]}
         data = go_json_ordered(manifest)
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        self._mkdirs(dest.parent)
         with self._tmp() as tmp:
             tmp.write_bytes(data)
             os.chmod(tmp, 0o644)
+            self._adopt(tmp)
             os.replace(tmp, dest)
         return dest
 
@@ -278,11 +302,12 @@ class ModelStore:
                               "list the models with `localserve ls --store DIR`")
         self._check_writable()
         dest = self.find(destination) or self.root / parse_name(destination).manifest_relpath
-        dest.parent.mkdir(parents=True, exist_ok=True)
         try:
+            self._mkdirs(dest.parent)
             with self._tmp() as tmp:
                 tmp.write_bytes(src.read_bytes())
                 os.chmod(tmp, 0o644)
+                self._adopt(tmp)
                 os.replace(tmp, dest)
         except OSError as e:
             raise _store_error(self.root, e) from None
