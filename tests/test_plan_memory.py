@@ -219,3 +219,22 @@ def test_plan_cli_bad_input_is_one_clear_line(gguf_path, args, needle):
     assert result.exit_code == 2
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0]
+
+
+def test_plan_of_an_export_folder_shows_the_quality_gates_measurements(gguf_path, tmp_path):
+    from click.testing import CliRunner
+
+    from localserve.cli import cli
+
+    folder = tmp_path / "demo"
+    folder.mkdir()
+    (folder / "demo-Q4_1.gguf").symlink_to(gguf_path)
+    row = {"file": "demo-Q4_1.gguf", "quant": "Q4_1", "kl_mean": 0.0123, "top1": 0.9512, "ppl_ratio": 1.031}
+    (folder / "localserve.json").write_text(json.dumps(
+        {"name": "demo", "artifacts": [{"quant": "Q4_1", "file": "demo-Q4_1.gguf"}], "quality": {"rows": [row]}}))
+    result = CliRunner().invoke(cli, ["plan", str(folder), "--ctx", "1024", "--device", "T4"])
+    assert result.exit_code == 0, result.output
+    assert "Q4_1 (exact)" in result.output
+    assert "mean KL 0.0123 nats, top-1 agreement 95.1%, perplexity x1.031" in result.output
+    data = json.loads(CliRunner().invoke(cli, ["plan", str(folder), "--device", "T4", "--json"]).output)
+    assert data["quants"][0]["quality"] == row

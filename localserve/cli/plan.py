@@ -54,6 +54,10 @@ def plan_cmd(model, quants, ctx, concurrency, kv_cache_type, devices, devices_fi
         click.echo(f"\n{e.quant} ({'exact' if e.weights.exact else 'estimated'}): {gib(e.total_bytes)}")
         for line in e.lines(s):
             click.echo(f"  {line}")
+        if q.quality:
+            r = q.quality
+            click.echo(f"  measured quality (localserve quality): mean KL {r.get('kl_mean', float('nan')):.4f} nats, "
+                       f"top-1 agreement {r.get('top1', float('nan')):.1%}, perplexity x{r.get('ppl_ratio', float('nan')):.3f}")
         for status, label in (("fits", "fits"), ("partial", "partial GPU offload"), ("no", "does not fit")):
             group = [f for f in q.fits if f.status == status]
             if not group:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,7 @@ class PlanSpec:
 class QuantPlan:
     estimate: MemoryEstimate
     fits: tuple[Fit, ...]
+    quality: dict[str, Any] | None = None  # the quality gate's measured row for this file, if any
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,7 @@ class Plan:
                 "weights_exact": q.estimate.weights.exact, "weights_how": q.estimate.weights.how,
                 "kv_cache_bytes": q.estimate.kv_bytes, "overhead_bytes": q.estimate.overhead_bytes,
                 "total_bytes": q.estimate.total_bytes, "arithmetic": q.estimate.lines(s),
+                "quality": q.quality,
                 "devices": [{"device": f.device.name, "kind": f.device.kind, "status": f.status,
                              "layers_on_device": f.layers_on_device, "n_layers": f.n_layers,
                              "usable_bytes": f.device.usable_bytes, "date": f.device.date,
@@ -97,10 +100,11 @@ def plan(spec: PlanSpec) -> Plan:
                                  for n in spec.devices]
     else:
         devices = list(load_devices(spec.devices_file).values()) + [this_machine()]
+    quality = _measured_quality(spec.model)
     quants = []
     for weights in model.weights:
         est = estimate(model.shape, weights, spec.ctx, spec.concurrency, spec.cache_type, spec.overhead)
-        quants.append(QuantPlan(est, tuple(fit(est, d) for d in devices)))
+        quants.append(QuantPlan(est, tuple(fit(est, d) for d in devices), quality.get(weights.file or "")))
     vllm = []
     kv_elem = 4 if kv_type(spec.cache_type) == "F32" else 2  # vLLM caches KV in the model dtype (or fp8)
     for name in spec.vllm_gpus:
@@ -114,3 +118,14 @@ def plan(spec: PlanSpec) -> Plan:
     dates = tuple(sorted({d.date for d in devices}))
     bench = load_bench(spec.model) if spec.model.is_file() else {}
     return Plan(spec, model, tuple(quants), tuple(vllm), dates, bench)
+
+
+def _measured_quality(model: Path) -> dict[str, dict[str, Any]]:
+    """Rows the export's quality gate recorded in localserve.json, by GGUF file name."""
+    lineage = model / "localserve.json" if model.is_dir() else model.parent / "localserve.json"
+    try:
+        meta = json.loads(lineage.read_text(encoding="utf-8"))
+        rows = (meta.get("quality") or {}).get("rows") or []
+        return {r["file"]: r for r in rows if isinstance(r, dict) and "file" in r}
+    except (OSError, ValueError, AttributeError):
+        return {}
