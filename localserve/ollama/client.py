@@ -7,6 +7,7 @@ bar (its `create_blob` never HEADs first, so it re-sends gigabytes), and the pre
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -212,14 +213,21 @@ class OllamaServer:
     def _follow(self, name: str, parts: Iterator[dict], on_status) -> None:
         """Read every streamed line; an `error` line fails the create even under HTTP 200."""
         last = None
-        for part in parts:
-            if part.get("error"):
-                raise self._create_failed(name, part["error"])
-            last = part.get("status")
-            if on_status:
-                on_status(part)
-            elif last and not part.get("total"):
-                step(f"ollama: {last}")
+        with contextlib.ExitStack() as bars:
+            shown = None  # (status, bar) of the step that reports total/completed
+            for part in parts:
+                if part.get("error"):
+                    raise self._create_failed(name, part["error"])
+                last = part.get("status")
+                if on_status:
+                    on_status(part)
+                elif part.get("total"):
+                    if shown is None or shown[0] != last:
+                        shown = (last, bars.enter_context(bar(part["total"], f"ollama: {last}")))
+                    shown[1].n = part.get("completed") or 0
+                    shown[1].refresh()
+                elif last:
+                    step(f"ollama: {last}")
         if last != "success":
             raise self._create_failed(name, f"the stream ended after {last!r} without 'success'")
 
