@@ -80,3 +80,19 @@ def test_empty_server_lists_null_openai_models(tmp_path):
         assert HTTP.get(empty.url + "/v1/models").json() == {"object": "list", "data": None}
     finally:
         empty.stop()
+
+
+def test_without_a_go_template_v030_uses_the_ggufs_jinja_and_older_servers_pass_the_prompt_raw(
+        steer, tmp_path, smollm_gguf):
+    from ollama_standin.fixtures import write_export
+
+    folder = write_export(tmp_path / "native", smollm_gguf, template=None)
+    with steer.behaving(version="0.30.0"):
+        name = register(folder, name="native:v1", host=steer.url).name
+        shown = HTTP.post(steer.url + "/api/show", json={"model": name}).json()
+        assert "{% for message in messages %}" in shown["template"]  # the GGUF's Jinja, not Go
+        r = HTTP.post(steer.url + "/api/chat", json={
+            "model": name, "stream": False, "messages": [{"role": "user", "content": "What is 2+2?"}]}).json()
+        assert r["message"]["content"].strip() and r["done_reason"] == "stop"
+    with steer.behaving(version="0.29.0"):
+        assert HTTP.post(steer.url + "/api/show", json={"model": name}).json()["template"] == "{{ .Prompt }}"

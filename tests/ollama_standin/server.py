@@ -13,6 +13,8 @@ Version-dependent behaviour follows `Behaviour.version` (set per test):
   >= 0.31.2  create rewrites the GGUF through llama.cpp's quantizer in COPY mode, so the stored
              model digest differs from the uploaded one.
   < 0.32.7   the config blob carries `rootfs`.
+  >= 0.30.0  native chat: with no Go TEMPLATE (or one with fewer capabilities than the GGUF's own
+             Jinja template), the prompt comes from the GGUF's `tokenizer.chat_template`.
 
 Deliberate deviation: decoding is always greedy (deterministic tests); the options Ollama would
 apply (including the OpenAI temperature/top_p override) are computed and recorded in
@@ -227,7 +229,19 @@ def _gguf_facts(path: Path) -> dict[str, Any]:
         with contextlib.suppress(ValueError):
             ftype = gguf.LlamaFileType(ft).name.removeprefix("MOSTLY_")
     count = sum(int(t.n_elements) for t in r.tensors)
-    return {"arch": kv.get("general.architecture") if isinstance(kv.get("general.architecture"), str) else "unknown",
+    tmpl = r.fields.get("tokenizer.chat_template")
+    tokens = r.fields.get("tokenizer.ggml.tokens")
+
+    def token(key: str) -> str:
+        f = r.fields.get(key)
+        if f is None or tokens is None:
+            return ""
+        idx = int(f.contents())
+        return bytes(tokens.parts[tokens.data[idx]]).decode("utf-8", "replace")
+
+    return {"chat_template": tmpl.contents() if tmpl is not None else None,
+            "bos_token": token("tokenizer.ggml.bos_token_id"), "eos_token": token("tokenizer.ggml.eos_token_id"),
+            "arch": kv.get("general.architecture") if isinstance(kv.get("general.architecture"), str) else "unknown",
             "file_type": ftype, "params": count, "kv": kv, "type": kv.get("general.type")}
 
 
@@ -250,6 +264,25 @@ def valid_fs_path(p: str) -> bool:
     if not p or p.startswith("/") or p.endswith("/"):
         return False
     return all(el not in ("", ".", "..") for el in p.split("/"))
+
+
+def render_jinja(template: str, messages: list[dict], tools, facts: dict) -> str:
+    """What llama-server does with the GGUF's chat template (native chat mode, spec §4.4)."""
+    from jinja2.exceptions import TemplateError
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message):
+        raise TemplateError(message)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env.globals.update(raise_exception=raise_exception,
+                       strftime_now=lambda fmt: datetime.now().strftime(fmt))
+    try:
+        return env.from_string(template).render(
+            messages=messages, tools=tools or None, add_generation_prompt=True,
+            bos_token=facts.get("bos_token", ""), eos_token=facts.get("eos_token", ""))
+    except TemplateError as e:
+        raise ApiError(500, f"failed to apply the chat template: {e}") from None
 
 
 class Engine:
@@ -351,6 +384,27 @@ class Standin:
         cfg = self.store.blob(m["config"]["digest"])
         out["config"] = json.loads(cfg.read_bytes()) if cfg.exists() else {}
         return out
+
+    def native_chat(self, m: dict) -> bool:
+        """Spec §4.4 (v0.30+): the GGUF's own Jinja template is used when there is no Go TEMPLATE, or
+        when it advertises more capabilities (tools, thinking) than the Go TEMPLATE does."""
+        if self.version < (0, 30, 0) or m["model"] is None or not m["model"].exists():
+            return False
+        jinja = gguf_facts(m["model"]).get("chat_template")
+        if not jinja:
+            return False
+        if not m["template"]:
+            return True
+
+        def caps(text: str, go: bool) -> set[str]:
+            out = set()
+            if (".Tools" in text) if go else ("tools" in text or "tool_call" in text):
+                out.add("tools")
+            if "<think>" in text and "</think>" in text:
+                out.add("thinking")
+            return out
+
+        return bool(caps(jinja, go=False) - caps(m["template"], go=True))
 
     def _template_parses(self, digest: str) -> bool:
         if digest not in self._parses:
@@ -658,7 +712,8 @@ class _Handler(BaseHTTPRequestHandler):
         caps = ["completion"] + (["tools"] if m["template"] and ".Tools" in m["template"] else [])
         self._json(200, {
             "modelfile": "\n".join(mf_lines) + "\n", "parameters": "\n".join(lines),
-            "template": m["template"] or "{{ .Prompt }}", "system": m["system"] or "",
+            "template": (facts.get("chat_template") if self.owner.native_chat(m) else m["template"]) or "{{ .Prompt }}",
+            "system": m["system"] or "",
             "details": {"parent_model": "", "format": cfg.get("model_format", ""),
                         "family": cfg.get("model_family", ""), "families": cfg.get("model_families"),
                         "parameter_size": cfg.get("model_type", ""),
@@ -863,6 +918,8 @@ class _Handler(BaseHTTPRequestHandler):
         msgs = list(m["messages"]) + list(messages)
         if m["system"] and (not msgs or msgs[0].get("role") != "system"):
             msgs.insert(0, {"role": "system", "content": m["system"]})
+        if self.owner.native_chat(m):
+            return render_jinja(gguf_facts(m["model"])["chat_template"], msgs, tools, gguf_facts(m["model"]))
         return render(m["template"] or "{{ .Prompt }}", msgs, tools=tools or None)
 
     def _generate(self, m: dict, prompt: str, opts: dict) -> Iterator[tuple[str, dict | None]]:
