@@ -124,3 +124,18 @@ def test_bad_input_is_one_clear_line(args, needle, tmp_path):
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0] and lines[0].startswith("error:")
     assert "Traceback" not in result.output
+
+
+def test_multi_tenant_memory_counts_one_base_instead_of_n(tmp_path):
+    from localserve.models.embedded import DEFAULT_ID, EMBEDDED
+    from localserve.plan import load_model
+
+    gguf = EMBEDDED[DEFAULT_ID].gguf_file()
+    adapter = tmp_path / "adapter.gguf"
+    adapter.write_bytes(b"\0" * 123_456)
+    report = cost(CostSpec(tokens_per_day="1M", tenants=4, adapter=adapter, model=gguf, chart=None))
+    t = report.tenancy
+    base = 2 * sum(tc.n for tc in load_model(gguf).tensors)
+    assert t["base_weights_bytes"] == base and t["adapter_bytes"] == 123_456
+    assert t["memory_separate_bytes"] == 4 * (base + 123_456)
+    assert t["memory_shared_bytes"] == base + 4 * 123_456

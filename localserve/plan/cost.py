@@ -393,10 +393,13 @@ def _tenancy(spec: CostSpec, hourly: float | None, capacity: float | None) -> di
     if spec.model is not None:
         from .model import load_model
 
+        from .layout import VLLM_DTYPE_BYTES
+
         planned = load_model(spec.model)
-        base = planned.weights[0].total_bytes
+        n_params = sum(t.n for t in planned.tensors)
+        base = n_params * VLLM_DTYPE_BYTES
         out["base_weights_bytes"] = base
-        out["base_weights_how"] = planned.weights[0].how
+        out["base_weights_how"] = f"{n_params:,} parameters x {VLLM_DTYPE_BYTES} bytes (16-bit, as vLLM serves them)"
     if base is not None and size is not None:
         out["memory_separate_bytes"] = n * (base + size)
         out["memory_shared_bytes"] = base + n * size
