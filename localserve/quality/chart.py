@@ -65,9 +65,16 @@ def write_chart(table: QualityTable, path: Path, title: str | None = None) -> Pa
             continue
         ax.scatter([r.size / mb for r in pts], [max(r.kl_mean, KL_FLOOR) for r in pts], marker=marker,
                    color=color, zorder=3, label="this model" + (" + imatrix" if imatrix else ""))
+        # Some types fall back to the same tensor formats on small models (SmolLM2's Q2_K and
+        # Q3_K_S are the same file): one point, one label naming all of them.
+        labels: dict[tuple[int, float], list[str]] = {}
         for r in pts:
-            ax.annotate(r.quant, (r.size / mb, max(r.kl_mean, KL_FLOOR)), textcoords="offset points",
-                        xytext=(5, 4), fontsize=8)
+            names = labels.setdefault((r.size, round(r.kl_mean, 8)), [])
+            if r.quant not in names:
+                names.append(r.quant)
+        for (size, kl), names in labels.items():
+            ax.annotate(" / ".join(names), (size / mb, max(kl, KL_FLOOR)), textcoords="offset points",
+                        xytext=(5, -10 if imatrix else 4), fontsize=8, color=color)
     ax.set_yscale("log")
     ax.set_xlabel("file size (MB)")
     ax.set_ylabel("mean KL divergence vs reference (nats, log)")
