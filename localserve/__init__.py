@@ -20,6 +20,7 @@ _API = {
     "export": "localserve.gguf_export",
     "LocalserveError": "localserve.errors",
     "embedded_base": "localserve.models.embedded",
+    "check_template": "localserve.chat.check",
 }
 
 __all__ = sorted(_API)

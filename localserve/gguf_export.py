@@ -134,7 +134,8 @@ def export(spec: ExportSpec) -> ExportResult:
                 + parity.summary(),
                 "choose another --template-family or pass --template-file; --force exports anyway")
         step("template parity FAILED; exporting anyway because of --force (recorded in localserve.json)")
-    user_modelfile = parse_modelfile(spec.modelfile.read_text(encoding="utf-8")) if spec.modelfile else None
+    user_modelfile = (parse_modelfile(spec.modelfile.read_text(encoding="utf-8"), source=str(spec.modelfile),
+                                      require_from=False) if spec.modelfile else None)
 
     out = spec.out_dir
     out.mkdir(parents=True, exist_ok=True)
@@ -282,12 +283,14 @@ def export(spec: ExportSpec) -> ExportResult:
     # --- Modelfile(s) and lineage -------------------------------------------------------------
     parameters = dict(setup.parameters)
     parameters["stop"] = list(setup.stop)
-    system, messages, licenses = spec.system, (), ()
+    # The template's own default system prompt (SmolLM2, Qwen2.5 insert one when the conversation
+    # has none) must be Ollama's SYSTEM too, or Ollama's prompts lack what the model trained with.
+    system, messages, licenses = spec.system or getattr(setup, "system", None), (), ()
     if user_modelfile is not None:
         parameters.update({k: v for k, v in user_modelfile.parameters.items() if k != "stop"})
         if "stop" in user_modelfile.parameters:
             parameters["stop"] = list(dict.fromkeys(parameters["stop"] + list(user_modelfile.parameters["stop"])))
-        system = system or user_modelfile.system
+        system = spec.system or user_modelfile.system or system
         messages, licenses = user_modelfile.messages, user_modelfile.license
     template = setup.template if spec.ollama_template == "go" else None
     modelfile_path = out / "Modelfile"
