@@ -171,3 +171,28 @@ def test_a_failing_tool_names_itself_its_command_and_its_stderr(tmp_path):
     text = str(e.value)
     assert text.startswith("llama-quantize: `") and str(missing) in text and "exited with code" in text
     assert e.value.stderr_tail.strip()
+
+
+def test_cli_imatrix_data_shows_each_quant_with_and_without_it(f16_gguf, quants, corpus_parts, tmp_path):
+    import shutil
+
+    from localserve.cli import cli
+
+    q4 = shutil.copy(quants["Q4_K_M"], tmp_path / "m-Q4_K_M.gguf")
+    result = CliRunner().invoke(cli, ["--quiet", "quality", str(q4), "--reference", str(f16_gguf),
+                                      "--imatrix-data", str(corpus_parts[1]), "--text", str(corpus_parts[0]),
+                                      "--max-tokens", "300", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = {r["label"]: r for r in json.loads(result.output)["rows"]}
+    assert set(rows) == {"Q4_K_M", "Q4_K_M+imatrix"}
+    assert rows["Q4_K_M+imatrix"]["file"] == "m-Q4_K_M-imatrix.gguf"
+    assert rows["Q4_K_M+imatrix"]["kl_mean"] != rows["Q4_K_M"]["kl_mean"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "imatrix.gguf", "m-Q4_K_M-imatrix.gguf", "m-Q4_K_M.gguf", "quality.png"]
+
+
+def test_imatrix_variants_need_quantized_inputs(f16_gguf, corpus_parts, tmp_path):
+    from localserve.quality.variants import with_imatrix
+
+    with pytest.raises(InputError, match="none of the GGUFs is a quant"):
+        with_imatrix([f16_gguf], f16_gguf, corpus_parts[1], tmp_path)

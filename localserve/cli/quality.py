@@ -16,6 +16,9 @@ import click
               help="Plain text to measure on (default: the shipped corpus, ~2,700 tokens).")
 @click.option("--data", "data_jsonl", type=click.Path(path_type=Path, exists=True, dir_okay=False),
               help="Chat JSONL (the fine-tune's data), rendered through the model's chat template.")
+@click.option("--imatrix-data", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="Also quantize each GGUF's type with an importance matrix from this text (or chat "
+                   ".jsonl) and measure both; writes imatrix.gguf and *-imatrix.gguf beside the first GGUF.")
 @click.option("--ctx", "n_ctx", type=click.IntRange(min=16), default=512, show_default=True,
               help="Tokens per evaluation window.")
 @click.option("--max-tokens", type=click.IntRange(min=16), help="Use at most this many tokens of the text.")
@@ -24,11 +27,15 @@ import click
 @click.option("--no-chart", is_flag=True, help="Do not write the chart.")
 @click.option("--json", "as_json", is_flag=True, help="Print the table as JSON.")
 def quality_command(ggufs: tuple[Path, ...], reference: Path, text: Path | None, data_jsonl: Path | None,
-                    n_ctx: int, max_tokens: int | None, chart: Path | None, no_chart: bool, as_json: bool) -> None:
+                    imatrix_data: Path | None, n_ctx: int, max_tokens: int | None, chart: Path | None, no_chart: bool, as_json: bool) -> None:
     """Measure GGUFS against --reference: size, bits per weight, perplexity, KL divergence, top-1."""
     from ..quality import measure
+    from ..quality.variants import with_imatrix
 
-    table = measure(list(ggufs), reference, text=text, data_jsonl=data_jsonl, n_ctx=n_ctx, max_tokens=max_tokens)
+    files = list(ggufs)
+    if imatrix_data is not None:
+        files += with_imatrix(files, reference, imatrix_data, files[0].parent)
+    table = measure(files, reference, text=text, data_jsonl=data_jsonl, n_ctx=n_ctx, max_tokens=max_tokens)
     chart_path = None if no_chart else table.write_chart(chart or ggufs[0].parent / "quality.png")
     if as_json:
         data = table.to_json()
