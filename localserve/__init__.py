@@ -21,6 +21,12 @@ _API = {
     "LocalserveError": "localserve.errors",
     "embedded_base": "localserve.models.embedded",
     "check_template": "localserve.chat.check",
+    "register": "localserve.ollama.registration",
+    "make_bundle": "localserve.ollama.bundle",
+    "install_bundle": "localserve.ollama.bundle",
+    "verify": "localserve.ollama.verification",
+    "measure": "localserve.quality.measure",
+    "choose_quant": "localserve.quality.table",
 }
 
 __all__ = sorted(_API)

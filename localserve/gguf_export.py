@@ -58,11 +58,13 @@ class ExportResult:
     registered: dict | None = None
     register_hint: str | None = None
     stages: list[dict] = field(default_factory=list)
+    bundle: str | None = None
 
     def to_json(self) -> dict:
         return {"out_dir": str(self.out_dir), "name": self.name, "lineage": str(self.lineage_path),
                 "modelfile": str(self.modelfile_path), "artifacts": [a.to_json() for a in self.artifacts],
-                "registered": self.registered, "register_hint": self.register_hint, "stages": self.stages}
+                "registered": self.registered, "register_hint": self.register_hint, "stages": self.stages,
+                "bundle": self.bundle}
 
 
 def tool_versions() -> dict:
@@ -328,6 +330,11 @@ def export(spec: ExportSpec) -> ExportResult:
 
     result = ExportResult(out, spec.name, artifacts, lineage_path, modelfile_path,
                           stages=[r.to_json() for r in pipe.records])
+    if spec.bundle is not None:
+        from .ollama.bundle import make_bundle
+
+        step(f"writing the air-gapped bundle {spec.bundle}")
+        result.bundle = str(make_bundle(out, spec.bundle).path)
     if spec.register:
         _register(result, spec)
     return result

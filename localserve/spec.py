@@ -39,6 +39,7 @@ class ExportSpec:
     modelfile: Path | None = None
     ollama_template: str = "go"
     system: str | None = None
+    bundle: Path | None = None  # also write an air-gapped bundle (see localserve.ollama.bundle)
     # quality gate (see localserve.quality)
     imatrix_data: Path | None = None
     max_kl: float | None = None
@@ -49,7 +50,7 @@ class ExportSpec:
 
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
         set_("adapter", Path(self.adapter))
-        for key in ("base", "out", "template_file", "modelfile", "imatrix_data"):
+        for key in ("base", "out", "template_file", "modelfile", "imatrix_data", "bundle"):
             value = getattr(self, key)
             if value is not None:
                 set_(key, Path(value))

@@ -305,3 +305,13 @@ def test_a_requested_quant_that_misses_the_bound_is_an_error_showing_the_table(t
 def test_quant_auto_needs_a_bound(tiny_adapter):
     result = run_cli("export", str(tiny_adapter), "--quant", "auto")
     _assert_one_line_error(result, "--max-kl")
+
+
+def test_export_bundle_writes_one_verified_archive(tiny_export, tiny_adapter, tmp_path):
+    import tarfile
+
+    result = export(ExportSpec(adapter=tiny_adapter, quants=("Q4_K_M", "Q8_0"), name="tiny", out=tiny_export,
+                               smoke=False, register=False, bundle=tmp_path / "tiny.tar"))
+    with tarfile.open(result.bundle) as tar:
+        names = {Path(m.name).name for m in tar.getmembers() if m.isfile()}
+    assert {"tiny-Q4_K_M.gguf", "tiny-Q8_0.gguf", "Modelfile", "localserve.json", "SHA256SUMS"} <= names

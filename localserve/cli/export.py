@@ -36,6 +36,8 @@ from ..spec import ExportSpec, parse_size
               help="Text to compute an importance matrix from (enables IQ types).")
 @click.option("--max-kl", type=float, help="With --quant auto: largest acceptable mean KL divergence.")
 @click.option("--max-size", help="With --quant auto: largest acceptable file size (e.g. 4GB).")
+@click.option("--bundle", type=click.Path(path_type=Path, dir_okay=False),
+              help="Also write an air-gapped bundle (tar) to this path; install it with `localserve install`.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def export_command(adapter: Path, quants: str, max_size: str | None, as_json: bool, no_smoke: bool,
                    no_register: bool, **options) -> None:
@@ -59,6 +61,8 @@ def export_command(adapter: Path, quants: str, max_size: str | None, as_json: bo
             click.echo(line)
     click.echo(f"Modelfile: {result.modelfile_path}")
     click.echo(f"lineage:   {result.lineage_path}")
+    if result.bundle:
+        click.echo(f"bundle:    {result.bundle}")
     if result.registered:
         click.echo(f"registered with Ollama as {result.registered.get('name')}")
     elif result.register_hint:
