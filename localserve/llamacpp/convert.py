@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..errors import ToolError, UnsupportedArchitecture
 from ..fsutil import atomic_path
-from ..progress import bar
+from .process import run_with_progress
 from .vendor import LlamaCpp, locate
 
 
@@ -38,7 +38,8 @@ def check_architecture(config: dict) -> str:
     return archs[0]
 
 
-_WRITE_LINE = re.compile(r"(\d+(?:\.\d+)?)([kMG]?)/(\d+(?:\.\d+)?)([kMG]?)")
+# The converter's tqdm line: "Writing:  21%|██  | 56.6M/269M [...]"
+_WRITE_LINE = re.compile(r"Writing.*?(\d+(?:\.\d+)?[kMG]?)/(\d+(?:\.\d+)?[kMG]?)")
 
 
 def convert_hf_to_gguf(model_dir: Path, out_path: Path, outtype: str = "f16",
@@ -52,40 +53,22 @@ def convert_hf_to_gguf(model_dir: Path, out_path: Path, outtype: str = "f16",
     with atomic_path(out_path) as tmp:
         cmd = [sys.executable, str(tree.convert_hf), str(model_dir), "--outfile", str(tmp),
                "--outtype", outtype]
-        lines: list[str] = []
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                errors="replace", env=tree.python_env())
-        assert proc.stdout is not None
-        try:
-            with bar(None, f"convert {outtype.upper()}", unit="B") as b:
-                # The converter's tqdm writes '\r'-separated updates of bytes written.
-                for chunk in iter(lambda: proc.stdout.readline(), ""):
-                    for line in chunk.split("\r"):
-                        lines.append(line)
-                        m = _WRITE_LINE.search(line) if "Writing" in line else None
-                        if m:
-                            b.total = _num(m.group(3), m.group(4))
-                            b.n = _num(m.group(1), m.group(2))
-                            b.refresh()
-                    del lines[:-60]
-            rc = proc.wait()
-        except BaseException:
-            proc.kill()
-            proc.wait()
-            raise
-        if rc != 0:
-            text = "".join(lines)
+        done = run_with_progress(cmd, f"convert {outtype.upper()}", _WRITE_LINE, "B", env=tree.python_env(),
+                                 scale=_num)
+        if done.returncode != 0:
+            text = done.tail
             if "is not supported" in text or "NotImplementedError" in text and "architecture" in text:
                 raise UnsupportedArchitecture(
                     f"llama.cpp's converter cannot convert {model_dir}: " + _last_error(text),
                     "list the supported architectures with `localserve architectures`")
-            raise ToolError("convert_hf_to_gguf.py", f"conversion of {model_dir} failed (exit {rc})",
+            raise ToolError("convert_hf_to_gguf.py", f"conversion of {model_dir} failed (exit {done.returncode})",
                             "\n".join(text.splitlines()[-15:]))
     return Path(out_path)
 
 
-def _num(value: str, unit: str) -> int:
-    return int(float(value) * {"": 1, "k": 1e3, "M": 1e6, "G": 1e9}[unit])
+def _num(text: str) -> int:
+    unit = text[-1] if text[-1] in "kMG" else ""
+    return int(float(text.rstrip("kMG")) * {"": 1, "k": 1e3, "M": 1e6, "G": 1e9}[unit])
 
 
 def _last_error(text: str) -> str:

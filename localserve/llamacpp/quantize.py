@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import sys
 from functools import lru_cache
 from pathlib import Path
 
 from ..errors import InputError, ToolError, UnknownName
 from ..fsutil import atomic_path
-from ..progress import bar
+from .process import run_with_progress
 
 # llama.cpp's quantize tool refuses these without an importance matrix: at so few bits the
 # result is garbage unless the important weights are kept more precisely.
@@ -111,24 +110,7 @@ _TENSOR_LINE = re.compile(r"\[\s*(\d+)/\s*(\d+)\]")
 
 def _run_with_progress(cmd: list[str], desc: str) -> None:
     """Run llama.cpp's quantizer, turning its '[ i/ n] tensor' lines into a progress bar."""
-    lines: list[str] = []
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
-    assert proc.stdout is not None
-    try:
-        with bar(None, desc, unit="tensor") as b:
-            for line in proc.stdout:
-                lines.append(line)
-                del lines[:-40]
-                m = _TENSOR_LINE.search(line)
-                if m:
-                    b.total = int(m.group(2))
-                    b.n = int(m.group(1))
-                    b.refresh()
-        rc = proc.wait()
-    except BaseException:
-        proc.kill()
-        proc.wait()
-        raise
-    if rc != 0:
-        raise ToolError("llama.cpp quantize", f"`{' '.join(cmd[:1] + cmd[-3:])}` failed (exit {rc})",
-                        "".join(lines[-15:]))
+    done = run_with_progress(cmd, desc, _TENSOR_LINE, "tensor", keep=40)
+    if done.returncode != 0:
+        raise ToolError("llama.cpp quantize", f"`{' '.join(cmd[:1] + cmd[-3:])}` failed (exit {done.returncode})",
+                        "\n".join(done.tail.splitlines()[-15:]))
