@@ -12,7 +12,6 @@ the table and the seconds each step took; writes quality.json and quality.png in
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path

@@ -212,7 +212,4 @@ def _require_gguf(path: Path) -> None:
 
 def _field_value(reader, key: str):
     field = reader.fields.get(key)
-    if field is None:
-        return None
-    value = field.contents()
-    return value
+    return None if field is None else field.contents()

@@ -19,6 +19,7 @@ import contextlib
 import fcntl
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -27,7 +28,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from ..errors import SetupError, ToolError
+from ..errors import LocalserveError, SetupError, ToolError, UnknownName
 from ..fsutil import atomic_dir
 from ..paths import home
 from ..progress import bar, step
@@ -60,7 +61,6 @@ def build_dir() -> Path:
 def tool_path(name: str) -> Path:
     """Path of a llama.cpp tool binary, building the tools first if they are missing."""
     if name not in TOOLS:
-        from ..errors import UnknownName
         raise UnknownName("llama.cpp tool", name, TOOLS)
     path = build_dir() / "bin" / name
     if not path.is_file():
@@ -198,7 +198,6 @@ def _tail(text: str, n: int = STDERR_TAIL_LINES) -> str:
 
 
 def _shell(cmd: Sequence[str]) -> str:
-    import shlex
     return " ".join(shlex.quote(c) for c in cmd)
 
 
@@ -207,7 +206,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m localserve.llamacpp.tools", description=__doc__.split("\n")[0])
     p.add_argument("--ensure", action="store_true", help="build the tools if they are missing")
     args = p.parse_args(argv)
-    from ..errors import LocalserveError
     try:
         path = ensure_tools() if args.ensure else build_dir()
     except LocalserveError as e:
