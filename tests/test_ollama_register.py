@@ -116,7 +116,8 @@ def test_unreachable_server_names_the_address_and_the_ways_out(fake_export):
 def test_template_a_legacy_server_cannot_take_is_refused_as_too_old(steer, tmp_path, smollm_gguf):
     from ollama_standin.fixtures import write_export
 
-    folder = write_export(tmp_path / "q", smollm_gguf, template='{{ .Prompt }} said """hi"""')
+    # A line ending in """ inside a multi-line value closes every quoting form: no Modelfile can hold it.
+    folder = write_export(tmp_path / "q", smollm_gguf, template='"""hi"""\n{{ .Prompt }}')
     with steer.behaving(version="0.5.4"), pytest.raises(ServerTooOld) as e:
         register(folder, name="too-old:v1", host=steer.url)
     assert "0.5.4" in str(e.value) and "0.5.5" in str(e.value)

@@ -98,7 +98,7 @@ def show_command(name: str, host: str | None, store: str | None, only_modelfile:
                 "parameters": recipe.parameters, "messages": recipe.messages}
         try:
             info["modelfile"] = modelfile_text(str(gguf), recipe)
-        except ValueError:
+        except InputError:
             info["modelfile"] = None
     else:
         info = target.show(name)

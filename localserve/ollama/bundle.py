@@ -142,7 +142,7 @@ def make_bundle(output_dir: Path, out: Path) -> BundleResult:
 def _modelfile(gguf_file: str, recipe: ModelRecipe) -> str | None:
     try:
         return modelfile_text(f"./{gguf_file}", recipe)
-    except ValueError:
+    except InputError:
         return None  # a template with \"\"\" cannot be written as a Modelfile; localserve.json carries it
 
 

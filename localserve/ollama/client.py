@@ -195,10 +195,10 @@ class OllamaServer:
     def _create_legacy(self, name, digest, recipe: ModelRecipe, version, on_status) -> None:
         try:
             modelfile = modelfile_text(f"@{digest}", recipe)
-        except ValueError:
+        except InputError as e:
             raise ServerTooOld(
                 f"Ollama {version} at {self.host} only takes a Modelfile string, and this model's "
-                'TEMPLATE or SYSTEM contains """, which a Modelfile cannot express',
+                f"Modelfile cannot be written: {e.message}",
                 "upgrade Ollama to 0.5.5 or newer, or install with `localserve install BUNDLE --store DIR`") from None
         body = {"model": name, "name": name, "modelfile": modelfile, "stream": True}
         try:

@@ -326,31 +326,13 @@ def read_export(folder: str | Path) -> ExportInfo:
 
 # --- the legacy (<= 0.5.4) Modelfile string form ----------------------------------------------------
 
-def modelfile_value(value: str) -> str:
-    """Quote a value the way Ollama's `Command.String` does; None if it cannot be expressed."""
-    if '"""' in value:
-        raise ValueError("contains \"\"\"")
-    if "\n" in value or value != value.strip(" \t"):
-        return f'"""{value}"""' if '"' in value else f'"{value}"'
-    if value.startswith('"'):
-        return f'"""{value}"""'
-    return value
-
-
 def modelfile_text(from_: str, recipe: ModelRecipe) -> str:
-    """A Modelfile for `ollama create -f` or a pre-0.5.5 server. Raises ValueError if a value
-    cannot be written in Modelfile syntax (a template containing \"\"\")."""
-    lines = [f"FROM {from_}"]
-    if recipe.template:
-        lines.append(f"TEMPLATE {modelfile_value(recipe.template)}")
-    if recipe.system:
-        lines.append(f"SYSTEM {modelfile_value(recipe.system)}")
-    for name, value in recipe.parameters.items():
-        for v in value if isinstance(value, list) else [value]:
-            text = json.dumps(v) if isinstance(v, bool) else str(v)
-            lines.append(f"PARAMETER {name} {modelfile_value(text)}")
-    for text in recipe.license:
-        lines.append(f"LICENSE {modelfile_value(text)}")
-    for m in recipe.messages:
-        lines.append(f"MESSAGE {m['role']} {modelfile_value(m['content'])}")
-    return "\n".join(lines) + "\n"
+    """A Modelfile for `ollama create -f` or a pre-0.5.5 server, rendered by localserve.modelfile.
+
+    Raises InputError when a value cannot be written in Modelfile syntax (e.g. text with \"\"\")."""
+    from ..modelfile import ModelfileSpec, render_modelfile
+
+    return render_modelfile(ModelfileSpec(
+        from_=from_, template=recipe.template or None, system=recipe.system or None,
+        parameters=dict(recipe.parameters), messages=tuple((m["role"], m["content"]) for m in recipe.messages),
+        license=tuple(recipe.license)))
