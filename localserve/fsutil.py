@@ -28,15 +28,22 @@ def sha256_file(path: str | os.PathLike, progress=None) -> str:
 
 
 def sha256_tree(path: str | os.PathLike) -> str:
-    """sha256 over a folder's regular files (relative name + content), or of a single file."""
+    """sha256 over a folder's regular files (relative name + content), or of a single file.
+
+    Shows a progress bar in bytes: hashing a large base model takes a while.
+    """
+    from .progress import bar
+
     p = Path(path)
-    if p.is_file():
-        return sha256_file(p)
-    h = hashlib.sha256()
-    for f in sorted(q for q in p.rglob("*") if q.is_file()):
-        h.update(f.relative_to(p).as_posix().encode() + b"\0")
-        h.update(sha256_file(f).encode() + b"\n")
-    return h.hexdigest()
+    files = [p] if p.is_file() else sorted(q for q in p.rglob("*") if q.is_file())
+    with bar(sum(f.stat().st_size for f in files), f"hash {p.name}") as b:
+        if p.is_file():
+            return sha256_file(p, b.update)
+        h = hashlib.sha256()
+        for f in files:
+            h.update(f.relative_to(p).as_posix().encode() + b"\0")
+            h.update(sha256_file(f, b.update).encode() + b"\n")
+        return h.hexdigest()
 
 
 @contextlib.contextmanager
