@@ -32,6 +32,7 @@ from .spec import ExportSpec
 LINEAGE_FILE = "localserve.json"
 # Candidates for --quant auto, smallest first: the K-quants llama.cpp recommends for general use.
 AUTO_CANDIDATES = ("Q2_K", "Q3_K_M", "Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0")
+EXPORT_QUALITY_TOKENS = 2048
 _BYTES_PER_WEIGHT = {"float32": 4, "float16": 2, "bfloat16": 2}
 
 
@@ -347,7 +348,8 @@ def _measure(spec: ExportSpec, ggufs, ensure_merged, merged_dir: Path):
     if spec.max_kl is None:
         return None
     ensure_merged()
-    table = measure(list(ggufs), reference=merged_dir)
+    # 2048 tokens keep the ranking of quants stable while bounding the time every candidate costs.
+    table = measure(list(ggufs), reference=merged_dir, max_tokens=EXPORT_QUALITY_TOKENS)
     step("quality against the merged model:\n" + table.format())
     return table
 
