@@ -16,7 +16,7 @@ from .methods import method_names, method_spec, needs_base
 
 # Parameter ranges the user can get wrong in a way mergekit would only notice mid-merge (or never).
 _RANGES = {
-    "t": (0.0, 1.0, True, "t must be within [0, 1] (0 = the base model, 1 = the other one)"),
+    "t": (0.0, 1.0, True, "t must be within [0, 1] (0 = the base or first model, 1 = the other one)"),
     "density": (0.0, 1.0, False, "density must be within (0, 1] (the fraction of each delta kept)"),
 }
 _TOKENIZER_KEYWORDS = ("union", "base")
@@ -44,7 +44,7 @@ class Recipe:
     """A validated mergekit configuration with every model reference made an absolute local path."""
 
     data: dict
-    source: str  # the YAML file, or "shorthand"
+    source: str  # the YAML file, or "the command line"
     inputs: tuple[ModelInput, ...] = field(default=())
 
     @property
@@ -133,7 +133,7 @@ def shorthand_recipe(method: str, models: tuple[Path, ...] | list[Path], base: P
     if t is not None:
         data["parameters"] = {"t": float(t)}
     data["dtype"] = dtype
-    return validate(data, "shorthand", Path.cwd())
+    return validate(data, "the command line", Path.cwd())
 
 
 def validate(data: dict, source: str, relative_to: Path) -> Recipe:
