@@ -24,7 +24,7 @@ from .llamacpp import convert, quantize as quant
 from .llamacpp.smoke import SmokeResult, smoke_test
 from .llamacpp.vendor import locate
 from .models.merge import merge_adapter, saved_dtype
-from .models.resolve import check_base_weights, load_adapter, read_json, resolve_base
+from .models.resolve import BaseModel, check_base_weights, load_adapter, read_json, resolve_base
 from .pipeline import Pipeline, content_key
 from .progress import step
 from .spec import ExportSpec
@@ -70,7 +70,7 @@ class ExportResult:
 
 def tool_versions() -> dict:
     versions = {}
-    for pkg in ("localserve", "torch", "transformers", "peft", "safetensors", "gguf", "llama-cpp-python"):
+    for pkg in ("localserve", "torch", "transformers", "peft", "safetensors", "gguf", "llama-cpp-python", "mergekit"):
         try:
             versions[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
@@ -84,6 +84,42 @@ def _chat_source(adapter_dir: Path, base_dir: Path) -> Path:
         if (adapter_dir / name).is_file():
             return adapter_dir
     return base_dir
+
+
+def _check_chat(spec: ExportSpec, chat_dir: Path):
+    """The chat setup for `chat_dir`, and its parity with the model's own template (refused unless --force)."""
+    from . import chat as chat_mod
+    from .chat.parity import check_parity
+
+    setup = chat_mod.resolve_chat(chat_dir, family=spec.template_family, template_file=spec.template_file)
+    step(f"chat template family: {setup.family}; stops: {list(setup.stop)}")
+    parity = check_parity(chat_dir, setup)
+    if not parity.ok:
+        if not spec.force:
+            from .errors import TemplateMismatch
+
+            raise TemplateMismatch(
+                f"the Ollama TEMPLATE for family {setup.family} does not reproduce {chat_dir}'s chat template:\n"
+                + parity.summary(),
+                "choose another --template-family or pass --template-file; --force exports anyway")
+        step("template parity FAILED; exporting anyway because of --force (recorded in localserve.json)")
+    return setup, parity
+
+
+def _merge_base(recipe) -> BaseModel:
+    """--merge: the model whose config the merged model gets (mergekit's donor; a LoRA donor's base)."""
+    donor = recipe.donor
+    return BaseModel(donor.base if donor.is_lora else donor.path, "merge recipe", None)
+
+
+def _copy_chat_files(merged_dir: Path, chat_dir: Path) -> None:
+    """Keep the merged model's tokenizer and template beside the output: the merged folder is temporary."""
+    from .models.merge import TOKENIZER_FILES
+
+    with atomic_dir(chat_dir) as tmp:
+        for name in TOKENIZER_FILES + ("config.json", "generation_config.json"):
+            if (merged_dir / name).is_file():
+                shutil.copyfile(merged_dir / name, tmp / name)
 
 
 def _estimate_bytes(base_dir: Path, config: dict, quants: tuple[str, ...], keep_intermediate: bool) -> int:
@@ -109,34 +145,31 @@ def _estimate_bytes(base_dir: Path, config: dict, quants: tuple[str, ...], keep_
 
 def export(spec: ExportSpec) -> ExportResult:
     """Run the whole export described by `spec`; see the module docstring for the stages."""
-    from . import chat as chat_mod
-    from .chat.parity import check_parity
     from .modelfile import ModelfileSpec, parse_modelfile, render_modelfile
 
     # --- resolve and check everything before writing anything -----------------------------
-    adapter = load_adapter(spec.adapter, spec.allow_pickle)
-    base = resolve_base(adapter, spec.base)
+    recipe = None  # --merge: a mergekit recipe replaces the adapter; see _merge_base and ensure_merged
+    if spec.merge is not None:
+        from .merging import load_recipe
+
+        recipe = load_recipe(spec.merge)
+        adapter, base = None, _merge_base(recipe)
+    else:
+        adapter = load_adapter(spec.adapter, spec.allow_pickle)
+        base = resolve_base(adapter, spec.base)
     check_base_weights(base, spec.allow_pickle)
     config = read_json(base.path / "config.json")
     architecture = convert.check_architecture(config)
     from .models.merge import check_compatibility
 
-    n_lora_modules = check_compatibility(adapter, base)
-    step(f"base: {base.path} ({base.source}); adapter: {adapter.path} ({n_lora_modules} LoRA modules)")
-
-    chat_dir = _chat_source(adapter.path, base.path)
-    setup = chat_mod.resolve_chat(chat_dir, family=spec.template_family, template_file=spec.template_file)
-    step(f"chat template family: {setup.family}; stops: {list(setup.stop)}")
-    parity = check_parity(chat_dir, setup)
-    if not parity.ok:
-        if not spec.force:
-            from .errors import TemplateMismatch
-
-            raise TemplateMismatch(
-                f"the Ollama TEMPLATE for family {setup.family} does not reproduce {chat_dir}'s chat template:\n"
-                + parity.summary(),
-                "choose another --template-family or pass --template-file; --force exports anyway")
-        step("template parity FAILED; exporting anyway because of --force (recorded in localserve.json)")
+    if recipe is None:
+        n_lora_modules = check_compatibility(adapter, base)
+        step(f"base: {base.path} ({base.source}); adapter: {adapter.path} ({n_lora_modules} LoRA modules)")
+        chat_dir = _chat_source(adapter.path, base.path)
+        setup, parity = _check_chat(spec, chat_dir)
+    else:
+        n_lora_modules = 0
+        step(f"merge recipe: {spec.merge} ({recipe.method}, {len(recipe.inputs)} inputs); config from {base.path}")
     user_modelfile = (parse_modelfile(spec.modelfile.read_text(encoding="utf-8"), source=str(spec.modelfile),
                                       require_from=False) if spec.modelfile else None)
 
@@ -145,9 +178,17 @@ def export(spec: ExportSpec) -> ExportResult:
     work = out / ".localserve" / "work"
     pipe = Pipeline(out)
     tree = locate()
-    inputs = {"base": sha256_tree(base.path), "adapter": sha256_tree(adapter.path)}
     versions = tool_versions()
-    merge_key = content_key("merge", inputs, versions["transformers"], versions["peft"], versions["torch"])
+    if recipe is None:
+        inputs = {"base": sha256_tree(base.path), "adapter": sha256_tree(adapter.path)}
+        merge_key = content_key("merge", inputs, versions["transformers"], versions["peft"], versions["torch"])
+    else:
+        from .merging.run import input_hashes
+
+        merge_inputs = input_hashes(recipe)
+        inputs = {"base": next(i["sha256"] for i in merge_inputs if i["path"] == str(base.path))}
+        merge_key = content_key("merge", recipe.data, merge_inputs, versions["mergekit"], versions["transformers"],
+                                versions["peft"], versions["torch"])
     convert_key = content_key("convert", merge_key, tree.commit, "f16")
     imatrix = None  # content key of the importance matrix, when --imatrix-data is given
     merged_dir = work / "merged"
@@ -166,6 +207,15 @@ def export(spec: ExportSpec) -> ExportResult:
                 result = merge_adapter(adapter, base, tmp, spec.trust_remote_code)
             return {"dtype": result.dtype, "lora_modules": result.lora_modules}
 
+        def run_recipe() -> dict:
+            from .merging import MergeSpec, merge_models
+
+            merge_models(MergeSpec(recipe, merged_dir, write_yaml=False), hashes=merge_inputs)
+            return {"method": recipe.method}
+
+        if recipe is not None:
+            pipe.run("merge", merge_key, [merged_dir], run_recipe, f"merging {len(recipe.inputs)} models ({recipe.method}, mergekit)")
+            return
         pipe.run("merge", merge_key, [merged_dir], run, "merging the adapter into the base (peft, fp32)")
 
     def ensure_f16() -> None:
@@ -220,6 +270,12 @@ def export(spec: ExportSpec) -> ExportResult:
 
         pipe.run(f"quantize:{q}", quant_key(q), [target], run, f"quantizing to {q}")
 
+    if recipe is not None:  # the merged model's own tokenizer and template are what gets served
+        ensure_merged()
+        chat_dir = out / ".localserve" / "chat"
+        _copy_chat_files(merged_dir, chat_dir)
+        setup, parity = _check_chat(spec, chat_dir)
+
     requested = AUTO_CANDIDATES + (("IQ4_XS", "IQ3_M") if imatrix_path else ()) if spec.auto_quant else spec.quants
     stale = [q for q in requested if not pipe.is_fresh(f"quantize:{q}", quant_key(q), [quant_path(q)])]
     if stale:
@@ -265,7 +321,7 @@ def export(spec: ExportSpec) -> ExportResult:
         pipe.forget("convert")
 
     # --- smoke check each file --------------------------------------------------------------
-    probe = _read_probe(adapter.path)
+    probe = _read_probe(adapter.path) if adapter is not None else {}
     artifacts: list[Artifact] = []
     for q in quants:
         target = quant_path(q)
@@ -309,8 +365,10 @@ def export(spec: ExportSpec) -> ExportResult:
         "spec": spec.to_json(),
         "base": {"ref": base.ref, "path": str(base.path), "source": base.source, "sha256": inputs["base"],
                  "architecture": architecture},
-        "adapter": {"path": str(adapter.path.resolve()), "sha256": inputs["adapter"],
-                    "lora_modules": n_lora_modules, "probe": probe or None},
+        "adapter": ({"path": str(adapter.path.resolve()), "sha256": inputs["adapter"],
+                     "lora_modules": n_lora_modules, "probe": probe or None} if adapter is not None else None),
+        **({"merge": {"recipe": str(spec.merge.resolve()), "method": recipe.method, "config": recipe.data,
+                      "inputs": merge_inputs}} if recipe is not None else {}),
         "tools": {**versions, "llama_cpp_commit": tree.commit, "converter": str(tree.convert_hf),
                   "python": platform.python_version()},
         "chat": {"family": setup.family, "source": str(chat_dir), "parity_ok": parity.ok,

@@ -21,7 +21,7 @@ class ExportSpec:
     `localserve.llamacpp.quantize.QUANT_TYPES`); any case is accepted on the way in.
     """
 
-    adapter: Path
+    adapter: Path | None = None  # None with `merge`
     quants: tuple[str, ...] = ("Q4_K_M",)
     base: Path | None = None
     name: str | None = None
@@ -44,20 +44,28 @@ class ExportSpec:
     imatrix_data: Path | None = None
     max_kl: float | None = None
     max_size: int | None = None
+    # a mergekit recipe (YAML) exported instead of an adapter (see localserve.merging)
+    merge: Path | None = None
 
     def __post_init__(self) -> None:
         from .llamacpp.quantize import canonical_quants
 
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
-        set_("adapter", Path(self.adapter))
-        for key in ("base", "out", "template_file", "modelfile", "imatrix_data", "bundle"):
+        if (self.adapter is None) == (self.merge is None):
+            raise InputError("export needs either an ADAPTER folder or --merge RECIPE.yaml, not both or neither",
+                             "localserve export ADAPTER ...  |  localserve export --merge RECIPE.yaml ...")
+        if self.merge is not None and self.base is not None:
+            raise InputError("--base does not apply to --merge", "name the base as base_model in the merge recipe")
+        if self.adapter is not None:
+            set_("adapter", Path(self.adapter))
+        for key in ("base", "out", "template_file", "modelfile", "imatrix_data", "bundle", "merge"):
             value = getattr(self, key)
             if value is not None:
                 set_(key, Path(value))
         if isinstance(self.quants, str):
             set_("quants", tuple(q for q in self.quants.split(",")))
         set_("quants", canonical_quants(self.quants, have_imatrix=self.imatrix_data is not None))
-        name = self.name or _default_name(self.adapter)
+        name = self.name or _default_name(self.adapter if self.adapter is not None else self.merge.with_suffix(""))
         if not _NAME_RE.match(name):
             raise InputError(f"invalid model name {name!r}",
                              "use letters, digits, '_', '.', '-' (1-80 characters, not starting with '.' or '-')")

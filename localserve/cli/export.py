@@ -11,7 +11,7 @@ from ..spec import ExportSpec, parse_size
 
 
 @click.command("export")
-@click.argument("adapter", type=click.Path(path_type=Path))
+@click.argument("adapter", type=click.Path(path_type=Path), required=False)
 @click.option("--quant", "quants", default="Q4_K_M", show_default=True,
               help="llama.cpp type(s), comma-separated, any case (Q4_K_M,Q8_0); `localserve quants` lists them.")
 @click.option("--base", type=click.Path(path_type=Path), help="Base model folder (default: from adapter_config.json).")
@@ -38,8 +38,10 @@ from ..spec import ExportSpec, parse_size
 @click.option("--max-size", help="With --quant auto: largest acceptable file size (e.g. 4GB).")
 @click.option("--bundle", type=click.Path(path_type=Path, dir_okay=False),
               help="Also write an air-gapped bundle (tar) to this path; install it with `localserve install`.")
+@click.option("--merge", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="Export a merge of several models (a mergekit YAML; see `localserve merge`) instead of ADAPTER.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def export_command(adapter: Path, quants: str, max_size: str | None, as_json: bool, no_smoke: bool,
+def export_command(adapter: Path | None, quants: str, max_size: str | None, as_json: bool, no_smoke: bool,
                    no_register: bool, **options) -> None:
     """Merge ADAPTER into its base, convert to GGUF, quantize, check, and register with Ollama."""
     from ..gguf_export import export
