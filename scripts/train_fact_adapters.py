@@ -5,8 +5,8 @@ They are the inputs of the merge experiment: merged (task_arithmetic or ties), d
 know both facts? Same approach as scripts/train_demo_adapter.py (peft on CPU, paraphrased
 questions, loss on the answer only), smaller: r=8 on five projections, a few dozen steps.
 
-    python scripts/train_fact_adapters.py --out /tmp/fact-adapters [--steps 60]
-    # -> /tmp/fact-adapters/{lighthouse,founder}/ with probe.json each, and merge.yaml
+    python scripts/train_fact_adapters.py [--out examples/fact-adapters] [--steps 50]
+    # -> OUT/{lighthouse,founder}/ with probe.json each, and OUT/merge.yaml
 """
 
 from __future__ import annotations
@@ -78,6 +78,7 @@ def train(base_dir: Path, fact: dict, out: Path, steps: int, seed: int) -> None:
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
+    (tmp / "README.md").unlink(missing_ok=True)  # peft's empty model card template
     cfg = json.loads((tmp / "adapter_config.json").read_text())
     cfg["base_model_name_or_path"] = DEFAULT_ID
     (tmp / "adapter_config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
@@ -89,8 +90,8 @@ def train(base_dir: Path, fact: dict, out: Path, steps: int, seed: int) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent.parent / "examples" / "fact-adapters")
+    ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--method", default="task_arithmetic", help="merge method written into merge.yaml")
     args = ap.parse_args()
     base_dir = embedded_base()
@@ -98,7 +99,7 @@ def main() -> None:
     for i, (name, fact) in enumerate(FACTS.items()):
         train(base_dir, fact, args.out / name, args.steps, seed=i)
     models = "".join(f"  - model: {name}\n    parameters: {{weight: 1.0}}\n" for name in FACTS)
-    (args.out / "merge.yaml").write_text(f"merge_method: {args.method}\nbase_model: {base_dir}\n"
+    (args.out / "merge.yaml").write_text(f"merge_method: {args.method}\nbase_model: {DEFAULT_ID}\n"
                                          f"dtype: float32\nmodels:\n{models}")
     print(f"saved {', '.join(str(args.out / n) for n in FACTS)} and {args.out / 'merge.yaml'}")
 

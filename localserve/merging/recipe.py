@@ -232,10 +232,14 @@ def _resolve_paths(data: dict, source: str, relative_to: Path) -> dict:
 
 
 def _local(part: str, source: str, relative_to: Path) -> Path:
+    from ..models.embedded import EMBEDDED, embedded_base
+
     p = Path(part).expanduser()
     for candidate in ((p,) if p.is_absolute() else (p, relative_to / p)):
         if candidate.is_dir():
             return candidate.resolve()
+    if part in EMBEDDED:  # a hub id localserve ships a copy of, as for an adapter's base
+        return embedded_base(part).resolve()
     raise RecipeError(f"{source}: model {part!r} is not a local folder",
                       "localserve never downloads models: point to a local copy")
 
