@@ -132,3 +132,15 @@ def test_a_model_that_is_not_local(models, tmp_path):
     line = one_line_error(invoke("merge", "--method", "linear", models["a"], "someone/some-model", "-o", tmp_path / "x"))
     assert "someone/some-model" in line and "local" in line
     assert not (tmp_path / "x").exists()
+
+
+def test_output_shards_are_bounded(models, tmp_path):
+    out = tmp_path / "sharded"
+    result = invoke("merge", "--method", "linear", models["a"], models["b"], "-o", out, "--shard-size", "0.5MB")
+    assert result.exit_code == 0, result.output
+    shards = sorted(out.glob("model-*.safetensors"))
+    assert len(shards) > 2
+    largest_tensor = max(v.numel() * v.element_size() for v in tensors(models["a"]).values())
+    assert all(s.stat().st_size <= 500_000 + largest_tensor for s in shards)
+    a, b, merged = tensors(models["a"]), tensors(models["b"]), tensors(out)
+    torch.testing.assert_close(merged["lm_head.weight"], (a["lm_head.weight"] + b["lm_head.weight"]) / 2)

@@ -71,3 +71,22 @@ def test_export_needs_an_adapter_or_a_recipe_not_both(merge_export, tiny_adapter
         result = CliRunner().invoke(cli, ["export", *args, "--out", str(tmp_path / "x"), "--no-register"])
         assert result.exit_code != 0
         assert "either an ADAPTER folder or --merge" in result.stderr
+
+
+def test_the_recipes_chat_template_is_the_one_served(tiny_base, tmp_path):
+    """`chat_template:` in the recipe (mergekit's chatml, worded differently from the base's) reaches the GGUF,
+    and the parity check runs on it, not on the base's."""
+    from gguf import GGUFReader
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"merge_method: linear\nchat_template: chatml\nmodels:\n  - model: {tiny_base}\n"
+                      f"    parameters: {{weight: 1.0}}\n")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(cli, ["--quiet", "export", "--merge", str(recipe), "--quant", "Q8_0",
+                                      "--out", str(out), "--no-smoke", "--no-register"])
+    assert result.exit_code == 0, result.output
+    served = GGUFReader(out / "recipe-Q8_0.gguf").fields["tokenizer.chat_template"].contents()
+    base_template = (tiny_base / "chat_template.jinja").read_text()
+    assert served.strip() != base_template.strip() and "<|im_start|>" in served
+    lineage = json.loads((out / "localserve.json").read_text())
+    assert lineage["chat"]["parity_ok"] is True and lineage["chat"]["family"] == "chatml"
