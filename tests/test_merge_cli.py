@@ -144,3 +144,15 @@ def test_output_shards_are_bounded(models, tmp_path):
     assert all(s.stat().st_size <= 500_000 + largest_tensor for s in shards)
     a, b, merged = tensors(models["a"]), tensors(models["b"]), tensors(out)
     torch.testing.assert_close(merged["lm_head.weight"], (a["lm_head.weight"] + b["lm_head.weight"]) / 2)
+
+
+def test_yaml_missing_a_required_parameter_or_malformed(models, tmp_path):
+    no_t = tmp_path / "no-t.yaml"
+    no_t.write_text(f"merge_method: slerp\nbase_model: {models['a']}\nmodels:\n"
+                    f"  - model: {models['a']}\n  - model: {models['b']}\n")
+    line = one_line_error(invoke("merge", no_t, "-o", tmp_path / "x"))
+    assert "slerp needs parameter t" in line and "--t" in line
+    malformed = tmp_path / "malformed.yaml"
+    malformed.write_text(f"merge_method: linear\nslices: 3\nmodels:\n  - model: {models['a']}\n")
+    line = one_line_error(invoke("merge", malformed, "-o", tmp_path / "x"))
+    assert "not a valid mergekit configuration" in line and "slices" in line

@@ -144,6 +144,13 @@ def validate(data: dict, source: str, relative_to: Path) -> Recipe:
     if not isinstance(method, str):
         raise RecipeError(f"{source}: merge_method must be a name, not {method!r}")
     spec = method_spec(method)  # UnknownName listing the valid methods
+    try:  # structure first, on the text as written (model references are not looked up here)
+        from mergekit.config import MergeConfiguration
+
+        MergeConfiguration.model_validate(data)
+    except Exception as e:  # pydantic ValidationError, or RuntimeError from mergekit's own validators
+        raise RecipeError(f"{source} is not a valid mergekit configuration: {_first_error(e)}",
+                          "see mergekit's README for the configuration format") from e
     data = _resolve_paths(data, source, relative_to)
     if needs_base(method) and not _has_base(data):
         raise RecipeError(f"merge method {method} needs a base model, and {source} names none",
@@ -157,13 +164,7 @@ def validate(data: dict, source: str, relative_to: Path) -> Recipe:
     if spec.contract.max_inputs == 2 and data.get("models") and len(data["models"]) != 2:
         raise RecipeError(f"merge method {method} merges exactly 2 models; {source} lists {len(data['models'])}",
                           "list two models (the first is the base for slerp)")
-    try:
-        from mergekit.config import MergeConfiguration
-
-        MergeConfiguration.model_validate(data)
-    except Exception as e:  # pydantic ValidationError, or RuntimeError from mergekit's own validators
-        raise RecipeError(f"{source} is not a valid mergekit configuration: {_first_error(e)}",
-                          "see mergekit's README for the configuration format") from e
+    _check_required_parameters(spec, data, source)
     inputs = tuple(_describe_input(ref, source) for ref in dict.fromkeys(_all_refs(data)))
     _check_compatible(inputs, source)
     return Recipe(data, source, inputs)
@@ -317,6 +318,31 @@ def _parameters(data: Any, where: str = "the recipe") -> Iterator[tuple[str, Any
     elif isinstance(data, list):
         for item in data:
             yield from _parameters(item, where)
+
+
+def _check_required_parameters(spec, data: dict, source: str) -> None:
+    """A parameter without a default must be set globally or for every (non-base) model.
+
+    Checked for the `models:` form; slices and modules are left to mergekit.
+    """
+    if not data.get("models"):
+        return
+    global_params = data.get("parameters") or {}
+    base = data.get("base_model")
+    for p in spec.parameters:
+        if not p.required or p.name in global_params:
+            continue
+        entries = data["models"]
+        if p.scope.value == "non_base":
+            entries = [m for m in entries if m.get("model") != base]
+        elif p.scope.value == "shared":
+            entries = [None]
+        missing = [m for m in entries if m is None or p.name not in (m.get("parameters") or {})]
+        if missing:
+            where = ("`parameters:`" if p.scope.value == "shared"
+                     else f"each model's `parameters:` (missing for {Path(missing[0]['model']).name})")
+            raise RecipeError(f"merge method {spec.name} needs parameter {p.name}, and {source} does not set it",
+                              f"add `{p.name}: ...` to {where} (shorthand: --{p.name})")
 
 
 def _where(where: str, parent: dict, key: str) -> str:

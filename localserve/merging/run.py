@@ -84,7 +84,7 @@ def merge_models(spec: MergeSpec, hashes: list[dict] | None = None) -> MergeResu
             except (RuntimeError, ValueError, TypeError, KeyError, AssertionError) as e:
                 first = " ".join(str(e).split())[:400]
                 raise ToolError("mergekit", f"the {recipe.method} merge failed: {first}",
-                                hint="check that every input is a fine-tune of the same base") from e
+                                hint="check the recipe's parameters, and that every input is a fine-tune of one base") from e
             if not any((tmp / name).is_file() for name in TOKENIZER_MARKERS):
                 raise ToolError("mergekit", f"the merged model has no tokenizer (donor: {recipe.donor.path})",
                                 hint="set tokenizer_source in the recipe to a model with a tokenizer")
