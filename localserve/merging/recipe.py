@@ -133,7 +133,15 @@ def shorthand_recipe(method: str, models: tuple[Path, ...] | list[Path], base: P
     if t is not None:
         data["parameters"] = {"t": float(t)}
     data["dtype"] = dtype
-    return validate(data, "the command line", Path.cwd())
+    recipe = validate(data, "the command line", Path.cwd())
+    # compute in `dtype`, but save in the dtype the models were published in (a bf16 model stays bf16)
+    from ..models.merge import saved_dtype
+
+    donor = recipe.donor
+    config = json.loads(((donor.base if donor.is_lora else donor.path) / "config.json").read_text(encoding="utf-8"))
+    if saved_dtype(config) != dtype:
+        recipe = Recipe({**recipe.data, "out_dtype": saved_dtype(config)}, recipe.source, recipe.inputs)
+    return recipe
 
 
 def validate(data: dict, source: str, relative_to: Path) -> Recipe:

@@ -105,7 +105,8 @@ def _with_loras_merged(recipe: Recipe, scratch: Path) -> dict:
     from ..models.resolve import BaseModel, load_adapter
 
     replacements: dict[str, str] = {}
-    for i, item in enumerate(i for i in recipe.inputs if i.is_lora):
+    loras = [item for item in recipe.inputs if item.is_lora]
+    for i, item in enumerate(loras):
         target = scratch / f"{i}-{item.path.name}"
         merge_adapter(load_adapter(item.path), BaseModel(item.base, "merge recipe", None), target)
         replacements[item.ref] = str(target)
