@@ -47,6 +47,11 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   pip install --no-deps -e "$here"
   echo "$want" >"$stamp"
 fi
+# The venv is shared between checkouts: make its editable install point at this one.
+if [ "$(cd / && "$VENV/bin/python" -c 'import localserve, os; print(os.path.dirname(os.path.dirname(localserve.__file__)))' 2>/dev/null)" != "$here" ]; then
+  log "linking the virtualenv to this checkout ($here)"
+  pip install --no-deps -e "$here"
+fi
 
 # llama.cpp's converter and gguf-py, from the very sdist llama-cpp-python was built from.
 "$VENV/bin/python" -m localserve.llamacpp.vendor --ensure

@@ -315,3 +315,11 @@ def test_export_bundle_writes_one_verified_archive(tiny_export, tiny_adapter, tm
     with tarfile.open(result.bundle) as tar:
         names = {Path(m.name).name for m in tar.getmembers() if m.isfile()}
     assert {"tiny-Q4_K_M.gguf", "tiny-Q8_0.gguf", "Modelfile", "localserve.json", "SHA256SUMS"} <= names
+
+
+def test_several_adapters_without_lora_are_refused_with_the_alternatives(tiny_adapter):
+    _assert_one_line_error(run_cli("export", str(tiny_adapter), str(tiny_adapter)), "2 adapters", "--lora", "--merge")
+
+
+def test_vllm_sizing_options_need_the_vllm_target(tiny_adapter):
+    _assert_one_line_error(run_cli("export", str(tiny_adapter), "--gpus", "2"), "--gpus", "--target vllm")

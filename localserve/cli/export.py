@@ -7,11 +7,21 @@ from pathlib import Path
 
 import click
 
+from ..errors import InputError
 from ..spec import ExportSpec, parse_size
 
 
 @click.command("export")
-@click.argument("adapter", type=click.Path(path_type=Path), required=False)
+@click.argument("adapters", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--target", type=click.Choice(["ollama", "vllm"]), default="ollama", show_default=True,
+              help="ollama: quantized GGUF + Modelfile; vllm: Hugging Face folder + vLLM serve configuration.")
+@click.option("--lora", is_flag=True,
+              help="Several adapters, unmerged: one shared base plus one adapter per tenant.")
+@click.option("--gpu-memory", help="vLLM: memory per GPU for the layout (e.g. 80GB).")
+@click.option("--gpus", type=click.IntRange(min=1), help="vLLM: GPUs per node.")
+@click.option("--nodes", type=click.IntRange(min=1), help="vLLM: nodes (pipeline parallel across nodes, Ray).")
+@click.option("--ctx", type=click.IntRange(min=1), help="vLLM: context length per sequence.")
+@click.option("--concurrency", type=click.IntRange(min=1), help="vLLM: concurrent sequences to size the KV cache for.")
 @click.option("--quant", "quants", default="Q4_K_M", show_default=True,
               help="llama.cpp type(s), comma-separated, any case (Q4_K_M,Q8_0); `localserve quants` lists them.")
 @click.option("--base", type=click.Path(path_type=Path), help="Base model folder (default: from adapter_config.json).")
@@ -41,9 +51,36 @@ from ..spec import ExportSpec, parse_size
 @click.option("--merge", type=click.Path(path_type=Path, exists=True, dir_okay=False),
               help="Export a merge of several models (a mergekit YAML; see `localserve merge`) instead of ADAPTER.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def export_command(adapter: Path | None, quants: str, max_size: str | None, as_json: bool, no_smoke: bool,
-                   no_register: bool, **options) -> None:
-    """Merge ADAPTER into its base, convert to GGUF, quantize, check, and register with Ollama."""
+def export_command(adapters: tuple[Path, ...], target: str, lora: bool, quants: str, max_size: str | None,
+                   as_json: bool, no_smoke: bool, no_register: bool, **options) -> None:
+    """Merge ADAPTER into its base, convert to GGUF, quantize, check, and register with Ollama.
+
+    With --target vllm, write a Hugging Face folder and its vLLM serve configuration instead; with
+    --lora, keep several ADAPTERS unmerged on one shared base (multi-tenant serving).
+    """
+    vllm_options = {k: options.pop(k) for k in ("gpu_memory", "gpus", "nodes", "ctx", "concurrency")}
+    common = dict(quants=quants, max_size=max_size, as_json=as_json, no_smoke=no_smoke, no_register=no_register)
+    if target == "vllm":
+        from ._vllm_export import run as run_vllm
+
+        run_vllm(adapters, lora=lora, **common, **vllm_options, **options)
+        return
+    given = [k.replace("_", "-") for k, v in vllm_options.items() if v is not None]
+    if given:
+        raise InputError(f"--{given[0]} applies to --target vllm only", "drop it, or add --target vllm")
+    if lora:
+        from ._tenant_export import run as run_tenants
+
+        run_tenants(adapters, **common, **options)
+        return
+    if len(adapters) > 1:
+        raise InputError(f"{len(adapters)} adapters given: export merges one adapter into its base",
+                         "pass one ADAPTER, add --lora to serve several on one base, or merge them with --merge")
+    _export_gguf(adapters[0] if adapters else None, **common, **options)
+
+
+def _export_gguf(adapter: Path | None, quants: str, max_size: str | None, as_json: bool, no_smoke: bool,
+                 no_register: bool, **options) -> None:
     from ..gguf_export import export
 
     spec = ExportSpec(adapter=adapter, quants=tuple(quants.split(",")), smoke=not no_smoke,
