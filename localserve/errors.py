@@ -100,3 +100,19 @@ class ChecksumMismatch(LocalserveError):
 
 class UnsafeArchive(InputError):
     """An archive member with an absolute path, `..`, a link or a device."""
+
+
+class VllmError(LocalserveError):
+    """A running vLLM server answered with an error."""
+
+
+class VllmUnreachable(VllmError):
+    exit_code = 3
+
+
+class RuntimeLoraDisabled(VllmError):
+    """The vLLM server runs without VLLM_ALLOW_RUNTIME_LORA_UPDATING=True: no load/unload routes."""
+
+
+class AdapterRefused(VllmError):
+    """vLLM refused a LoRA adapter (incompatible with its base or limits, unknown name, already loaded)."""
