@@ -4,17 +4,21 @@ LOCALSERVE_HOME ?= $(HOME)/.cache/localserve
 VENV ?= $(LOCALSERVE_HOME)/venv
 export LOCALSERVE_HOME
 
-.PHONY: demo test test-fast bootstrap bench
+.PHONY: demo test test-fast bootstrap bootstrap-vllm bench
 
 bootstrap:
 	bash scripts/bootstrap.sh
+
+# The real vLLM (CPU build) in its own virtualenv, $(LOCALSERVE_HOME)/vllm-venv: once, ~2 minutes.
+bootstrap-vllm:
+	bash scripts/bootstrap_vllm.sh
 
 # The main job on the embedded default: export the demo adapter to Q4_K_M and show its answer.
 demo: bootstrap
 	$(VENV)/bin/localserve export examples/demo-adapter --quant Q4_K_M --out exports/demo --name demo
 
-# Every test tier, once (fast tiny-model tests, Go template tests, slow end-to-end tests).
-test: bootstrap
+# Every test tier, once (fast tiny-model tests, Go template tests, slow end-to-end tests, the real vLLM).
+test: bootstrap bootstrap-vllm
 	$(VENV)/bin/python -m pytest -q
 
 test-fast: bootstrap

@@ -1,0 +1,356 @@
+"""`export --target vllm`: a Hugging Face folder vLLM serves as is, plus its serve configuration.
+
+    VllmExportSpec -> load adapters, resolve the base -> check (LoRA rules, or merge compatibility)
+                   -> layout (plan/layout) -> merge (peft) | copy base + adapters
+                   -> bounded safetensors shards, tokenizer, exact chat template,
+                      generation_config.json with every end-of-turn id
+                   -> vllm-config.yaml, launch.sh, docker-compose.yml, k8s/ -> localserve.json
+
+Everything is checked before anything is written; the export folder is built beside its
+destination and renamed into place whole.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import platform
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import AdapterError, InputError
+from ..fsutil import atomic_dir, human_bytes, require_free_space, sha256_tree, write_json
+from ..models.merge import TOKENIZER_FILES, check_compatibility, merge_adapter
+from ..models.resolve import Adapter, BaseModel, check_base_weights, load_adapter, read_json, resolve_base
+from ..plan.layout import Layout, parallel_layout
+from ..progress import step
+from . import serve
+from .lora import LoraPlan, plan_lora
+from .weights import DEFAULT_SHARD_BYTES, write_shards
+
+LINEAGE_FILE = "localserve.json"
+MODEL_DIR = "model"
+ADAPTERS_DIR = "adapters"
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+# vLLM's --dtype auto: float32 checkpoints are served in float16, the others as stored.
+_DTYPE_BYTES = {"auto": 2, "half": 2, "float16": 2, "bfloat16": 2, "float": 4, "float32": 4}
+_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,79}$")
+
+
+@dataclass(frozen=True)
+class VllmExportSpec:
+    """Everything `localserve export --target vllm` needs; validated once in `__post_init__`.
+
+    Without `lora`, one adapter is merged into its base. With `lora`, every adapter is kept unmerged
+    on the shared base and served by name (`model=NAME`). The layout options size the server:
+    `gpu_memory` (bytes per GPU) is required with any of `gpus`, `nodes`, `ctx`, `concurrency`.
+    """
+
+    adapters: tuple[Path, ...]
+    lora: bool = False
+    base: Path | None = None
+    name: str | None = None
+    out: Path | None = None
+    allow_pickle: bool = False
+    trust_remote_code: bool = False
+    template_family: str | None = None  # chat family whose end-of-turn markers join EOS (default: detected)
+    dtype: str = "auto"
+    shard_bytes: int = DEFAULT_SHARD_BYTES
+    gpu_memory: int | None = None
+    gpus: int | None = None
+    nodes: int | None = None
+    ctx: int | None = None
+    concurrency: int | None = None
+    gpu_memory_utilization: float = 0.9
+    max_loras: int | None = None
+    max_cpu_loras: int | None = None
+    port: int = 8000
+
+    def __post_init__(self) -> None:
+        set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
+        set_("adapters", tuple(Path(a) for a in self.adapters))
+        for key in ("base", "out"):
+            if getattr(self, key) is not None:
+                set_(key, Path(getattr(self, key)))
+        if not self.adapters:
+            raise InputError("export --target vllm needs an ADAPTER folder",
+                             "localserve export ADAPTER --target vllm  |  localserve export A1 A2 --target vllm --lora")
+        if len(self.adapters) > 1 and not self.lora:
+            raise InputError(f"{len(self.adapters)} adapters given: a merged export takes one",
+                             "add --lora to serve them unmerged on one base")
+        if self.dtype not in _DTYPE_BYTES:
+            raise InputError(f"unknown vLLM dtype {self.dtype!r}; valid: {', '.join(_DTYPE_BYTES)}")
+        if self.shard_bytes <= 0:
+            raise InputError(f"shard size must be positive, not {self.shard_bytes}")
+        sizing = [k for k in ("gpus", "nodes", "ctx", "concurrency") if getattr(self, k) is not None]
+        if sizing and self.gpu_memory is None:
+            raise InputError(f"--{sizing[0]} sizes the layout, which needs the memory of one GPU",
+                             "add --gpu-memory, e.g. --gpu-memory 80GB")
+        for key in ("gpu_memory", "gpus", "nodes", "ctx", "concurrency", "max_loras", "max_cpu_loras", "port"):
+            value = getattr(self, key)
+            if value is not None and value <= 0:
+                raise InputError(f"--{key.replace('_', '-')} must be positive, not {value}")
+        if not self.lora and (self.max_loras or self.max_cpu_loras):
+            raise InputError("max_loras/max_cpu_loras apply to --lora only")
+        # Under --lora the adapters keep their folder names; the base's name is known once it is resolved.
+        name = self.name or (None if self.lora else _clean(self.adapters[0].resolve().name))
+        if name is not None and not _NAME_RE.match(name):
+            raise InputError(f"invalid model name {name!r}",
+                             "use letters, digits, '_', '.', '-' (1-80 characters, not starting with '.' or '-')")
+        set_("name", name)
+
+    def out_dir(self, name: str) -> Path:
+        return self.out if self.out is not None else Path("exports") / f"{name}-vllm"
+
+    def to_json(self) -> dict[str, Any]:
+        def plain(v: Any) -> Any:
+            if isinstance(v, Path):
+                return str(v.resolve())
+            if isinstance(v, tuple):
+                return [plain(x) for x in v]
+            return v
+
+        return {f.name: plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+
+@dataclass(frozen=True)
+class VllmExportResult:
+    out_dir: Path
+    name: str
+    model_dir: Path
+    adapters: tuple[tuple[str, Path], ...]  # (served name, folder) under --lora
+    serve_files: tuple[Path, ...]
+    config_file: Path
+    lineage_path: Path
+    end_of_turn_ids: tuple[int, ...]
+    layout: Layout | None
+    lora: LoraPlan | None
+    model_bytes: int
+
+    def to_json(self) -> dict:
+        return {"out_dir": str(self.out_dir), "name": self.name, "model_dir": str(self.model_dir),
+                "adapters": {n: str(p) for n, p in self.adapters}, "config": str(self.config_file),
+                "files": [str(p) for p in self.serve_files], "lineage": str(self.lineage_path),
+                "end_of_turn_ids": list(self.end_of_turn_ids), "model_bytes": self.model_bytes,
+                "tensor_parallel_size": self.layout.tensor_parallel_size if self.layout else 1,
+                "pipeline_parallel_size": self.layout.pipeline_parallel_size if self.layout else 1,
+                "arithmetic": list(self.layout.lines) if self.layout else [],
+                "lora": self.lora.lines() if self.lora else None}
+
+
+def _clean(raw: str) -> str:
+    return (re.sub(r"[^A-Za-z0-9_.-]+", "-", raw).strip(".-") or "model")[:80]
+
+
+def _chat_source(adapter: Adapter, base: BaseModel) -> Path:
+    """The adapter's own tokenizer/template win (fine-tuning often changes them), else the base's."""
+    if any((adapter.path / n).is_file() for n in ("chat_template.jinja", "tokenizer_config.json", "tokenizer.json")):
+        return adapter.path
+    return base.path
+
+
+def end_of_turn_ids(chat_dir: Path, template_family: str | None = None) -> tuple[int, ...]:
+    """Every token id that ends a turn: EOS, generation_config's eos ids, the family's end markers.
+
+    vLLM stops on the ids in generation_config.json's eos_token_id; a model whose template ends
+    turns with a marker other than EOS (e.g. <|eot_id|> beside <|end_of_text|>) rambles without them.
+    """
+    from transformers import AutoTokenizer
+
+    from ..chat import stop_tokens
+    from ..chat.families import get_family
+    from ..chat.hf import load_hf_chat
+    from ..chat.setup import detect_family
+
+    hf = load_hf_chat(chat_dir)
+    try:
+        family_stops = (get_family(template_family) if template_family else detect_family(hf)).stop
+    except InputError:
+        family_stops = ()  # an unknown family: EOS and generation_config's ids still apply
+    tokenizer = AutoTokenizer.from_pretrained(str(chat_dir), trust_remote_code=False)
+    ids: list[int] = list(hf.generation_eos_ids)
+    for text in stop_tokens(hf, family_stops):
+        token_id = tokenizer.convert_tokens_to_ids(text)
+        if isinstance(token_id, int) and token_id != tokenizer.unk_token_id:
+            ids.append(token_id)
+    if tokenizer.eos_token_id is not None:
+        ids.insert(0, tokenizer.eos_token_id)
+    return tuple(dict.fromkeys(ids))
+
+
+def _write_model_folder(weights_from: Path, config_from: Path, chat_dir: Path, generation_from: Path, dest: Path,
+                        eot_ids: tuple[int, ...], shard_bytes: int) -> None:
+    dest.mkdir(parents=True)
+    write_shards(weights_from, dest, shard_bytes)
+    shutil.copyfile(config_from / "config.json", dest / "config.json")
+    for name in TOKENIZER_FILES:
+        if (chat_dir / name).is_file():
+            shutil.copyfile(chat_dir / name, dest / name)
+    gen_file = generation_from / "generation_config.json"
+    generation = json.loads(gen_file.read_text(encoding="utf-8")) if gen_file.is_file() else {}
+    generation["eos_token_id"] = list(eot_ids)
+    (dest / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n", encoding="utf-8")
+    from ..chat.hf import load_hf_chat
+
+    if load_hf_chat(dest).template != load_hf_chat(chat_dir).template:
+        raise AssertionError(f"the chat template in {dest} differs from {chat_dir}'s")
+
+
+def _layout(spec: VllmExportSpec, config: dict) -> Layout | None:
+    if spec.gpu_memory is None:
+        return None
+    ctx = spec.ctx or config.get("max_position_embeddings") or 4096
+    return parallel_layout(config, spec.gpu_memory, spec.gpus or 1, spec.nodes or 1, ctx, spec.concurrency or 1,
+                           gpu_memory_utilization=spec.gpu_memory_utilization,
+                           dtype_bytes=_DTYPE_BYTES[spec.dtype] if spec.dtype != "auto" else None)
+
+
+def _check_out(out: Path) -> None:
+    """Refuse to replace a folder that is not an earlier vLLM export."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise InputError(f"--out {out} is a file", "pass a folder path")
+    lineage = out / LINEAGE_FILE
+    if any(out.iterdir()):
+        target = json.loads(lineage.read_text(encoding="utf-8")).get("target") if lineage.is_file() else None
+        if target != "vllm":
+            raise InputError(f"--out {out} already holds files that are not a vLLM export",
+                             "pass an empty or new folder with --out")
+
+
+def export_vllm(spec: VllmExportSpec) -> VllmExportResult:
+    """Run the vLLM export described by `spec`; see the module docstring for the stages."""
+
+    # --- resolve and check everything before writing anything -----------------------------
+    loaded = [load_adapter(a, spec.allow_pickle) for a in spec.adapters]
+    pickled = [a.path for a in loaded if a.pickled]
+    if pickled:
+        raise AdapterError(f"{pickled[0]} holds pickle weights (adapter_model.bin); vLLM loads safetensors adapters",
+                           "re-save the adapter as safetensors")
+    bases = [resolve_base(a, spec.base) for a in loaded]
+    base = bases[0]
+    check_base_weights(base, allow_pickle=False)
+    config = read_json(base.path / "config.json")
+    architecture = (config.get("architectures") or ["?"])[0]
+    name = spec.name or _clean(base.path.name)
+    lora_plan: LoraPlan | None = None
+    if spec.lora:
+        names = [(_clean(a.path.resolve().name), a, b) for a, b in zip(loaded, bases)]
+        lora_plan = plan_lora(names, architecture, spec.max_loras, spec.max_cpu_loras)
+        if any(a.name == name for a in lora_plan.adapters):
+            raise InputError(f"adapter name {name!r} is also the base model's served name",
+                             "pass --name with another name for the base")
+        _check_shared_chat(loaded, base)
+        chat_dir = base.path
+        for line in lora_plan.lines():
+            step(line)
+    else:
+        n_modules = check_compatibility(loaded[0], base)
+        step(f"base: {base.path} ({base.source}); adapter: {loaded[0].path} ({n_modules} LoRA modules)")
+        chat_dir = _chat_source(loaded[0], base)
+    eot_ids = end_of_turn_ids(chat_dir, spec.template_family)
+    step(f"end-of-turn ids for generation_config.json: {list(eot_ids)}")
+    layout = _layout(spec, config)
+    if layout is not None:
+        step("layout:\n  " + "\n  ".join(layout.lines))
+    serve_config = serve.ServeConfig(
+        name=name, model=f"./{MODEL_DIR}", dtype=spec.dtype, max_model_len=spec.ctx,
+        max_num_seqs=spec.concurrency,
+        tensor_parallel_size=layout.tensor_parallel_size if layout else 1,
+        pipeline_parallel_size=layout.pipeline_parallel_size if layout else 1,
+        nodes=-(-layout.gpus // (spec.gpus or 1)) if layout else 1, gpus_per_node=spec.gpus or 1,
+        gpu_memory_utilization=spec.gpu_memory_utilization, port=spec.port,
+        lora_modules=tuple((a.name, f"./{ADAPTERS_DIR}/{a.name}") for a in lora_plan.adapters) if lora_plan else (),
+        max_lora_rank=lora_plan.max_lora_rank if lora_plan else None,
+        max_loras=lora_plan.max_loras if lora_plan else None,
+        max_cpu_loras=lora_plan.max_cpu_loras if lora_plan else None,
+        arithmetic=layout.lines if layout else ())
+    out = spec.out_dir(name)
+    _check_out(out)
+    weights = sum(p.stat().st_size for p in base.path.glob("*.safetensors"))
+    require_free_space(out.parent, weights * (3 if not spec.lora else 1) + (1 << 26), "the vLLM export")
+
+    # --- write: the whole folder is built beside `out` and renamed into place --------------
+    inputs = {"base": sha256_tree(base.path), **{f"adapter:{a.path.name}": sha256_tree(a.path) for a in loaded}}
+    with atomic_dir(out) as tmp:
+        model = tmp / MODEL_DIR
+        if lora_plan is None:
+            merged = tmp / ".merged"
+            step("merging the adapter into the base (peft, fp32)")
+            merge_adapter(loaded[0], base, merged, spec.trust_remote_code)
+            _write_model_folder(merged, merged, chat_dir, base.path, model, eot_ids, spec.shard_bytes)
+            shutil.rmtree(merged)
+        else:
+            step(f"copying the base {base.path.name} and {len(lora_plan.adapters)} adapter(s) unmerged")
+            _write_model_folder(base.path, base.path, chat_dir, base.path, model, eot_ids, spec.shard_bytes)
+            for a in lora_plan.adapters:
+                dest = tmp / ADAPTERS_DIR / a.name
+                dest.mkdir(parents=True)
+                for name in ADAPTER_FILES:
+                    shutil.copyfile(a.adapter.path / name, dest / name)
+                for name in ("probe.json", "README.md"):
+                    if (a.adapter.path / name).is_file():
+                        shutil.copyfile(a.adapter.path / name, dest / name)
+        files = serve.write(serve_config, tmp)
+        model_bytes = sum(p.stat().st_size for p in model.glob("*.safetensors"))
+        lineage = {
+            "target": "vllm",
+            "localserve_version": _version("localserve"),
+            "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "name": name,
+            "spec": spec.to_json(),
+            "base": {"ref": base.ref, "path": str(base.path), "source": base.source, "sha256": inputs["base"],
+                     "architecture": architecture},
+            "adapters": [{"name": n, "path": str(a.path.resolve()), "sha256": inputs[f"adapter:{a.path.name}"]}
+                         for n, a in zip(_served_names(loaded, lora_plan), loaded)],
+            "merged": lora_plan is None,
+            "chat": {"source": str(chat_dir), "end_of_turn_ids": list(eot_ids)},
+            "layout": ({"tensor_parallel_size": layout.tensor_parallel_size,
+                        "pipeline_parallel_size": layout.pipeline_parallel_size, "nodes": serve_config.nodes,
+                        "arithmetic": list(layout.lines)} if layout else None),
+            "lora": ({"max_lora_rank": lora_plan.max_lora_rank, "max_loras": lora_plan.max_loras,
+                      "max_cpu_loras": lora_plan.max_cpu_loras,
+                      "ranks": {a.name: a.rank for a in lora_plan.adapters},
+                      "modules": {a.name: list(a.modules) for a in lora_plan.adapters}} if lora_plan else None),
+            "serve": {"options": serve_config.options(), "environment": serve_config.environment,
+                      "files": [p.relative_to(tmp).as_posix() for p in files]},
+            "tools": {p: _version(p) for p in ("torch", "transformers", "peft", "safetensors")}
+                     | {"python": platform.python_version()},
+        }
+        write_json(tmp / LINEAGE_FILE, lineage)
+    step(f"wrote {MODEL_DIR}/ ({human_bytes(model_bytes)}), {serve.CONFIG_FILE} and serve files to {out}")
+    return VllmExportResult(
+        out_dir=out, name=name, model_dir=out / MODEL_DIR,
+        adapters=tuple((a.name, out / ADAPTERS_DIR / a.name) for a in lora_plan.adapters) if lora_plan else (),
+        serve_files=tuple(out / p.relative_to(tmp) for p in files), config_file=out / serve.CONFIG_FILE,
+        lineage_path=out / LINEAGE_FILE, end_of_turn_ids=eot_ids, layout=layout, lora=lora_plan,
+        model_bytes=model_bytes)
+
+
+def _served_names(loaded: list[Adapter], plan: LoraPlan | None) -> list[str | None]:
+    return [a.name for a in plan.adapters] if plan else [None] * len(loaded)
+
+
+def _check_shared_chat(adapters: list[Adapter], base: BaseModel) -> None:
+    """Unmerged adapters share the base's tokenizer: an adapter that brings its own cannot be served so."""
+    for a in adapters:
+        for name in ("chat_template.jinja", "tokenizer.json", "tokenizer_config.json"):
+            own = a.path / name
+            if own.is_file() and (not (base.path / name).is_file()
+                                  or own.read_bytes() != (base.path / name).read_bytes()):
+                raise AdapterError(f"{a.path} brings its own {name}, but adapters served with --lora share the "
+                                   f"base's tokenizer and chat template", "export this adapter merged (drop --lora)")
+
+
+def _version(package: str) -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
