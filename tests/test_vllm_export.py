@@ -97,6 +97,7 @@ def multi_tenant(tiny_adapter, tmp_path_factory):
 
 def test_lora_config_enables_runtime_updating_and_lists_each_adapter(multi_tenant):
     config = yaml.safe_load(multi_tenant.config_file.read_text())
+    assert config["served-model-name"] == multi_tenant.name == "tiny-base"
     assert config["enable-lora"] is True and config["max-lora-rank"] == 8
     assert config["max-loras"] == 1 and config["max-cpu-loras"] == 1
     assert config["lora-modules"] == ["adapter=./adapters/adapter"]

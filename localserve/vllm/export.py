@@ -291,11 +291,9 @@ def export_vllm(spec: VllmExportSpec) -> VllmExportResult:
             for a in lora_plan.adapters:
                 dest = tmp / ADAPTERS_DIR / a.name
                 dest.mkdir(parents=True)
-                for name in ADAPTER_FILES:
-                    shutil.copyfile(a.adapter.path / name, dest / name)
-                for name in ("probe.json", "README.md"):
-                    if (a.adapter.path / name).is_file():
-                        shutil.copyfile(a.adapter.path / name, dest / name)
+                for file in ADAPTER_FILES + ("probe.json", "README.md"):
+                    if (a.adapter.path / file).is_file():
+                        shutil.copyfile(a.adapter.path / file, dest / file)
         files = serve.write(serve_config, tmp)
         model_bytes = sum(p.stat().st_size for p in model.glob("*.safetensors"))
         lineage = {

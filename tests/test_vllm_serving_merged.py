@@ -1,0 +1,37 @@
+"""The real vLLM serving the merged export, from its own launch.sh and vllm-config.yaml: the demo
+adapter's answer, stopping on its own (generation_config.json carries the end-of-turn ids)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from localserve.vllm import VllmExportSpec, export_vllm
+from localserve.vllm.runtime import CPU_ARGS, serve_export
+from vllmtier import chat, pytestmark  # noqa: F401  (the tier's marks and skip)
+
+
+@pytest.fixture(scope="module")
+def merged(demo_adapter, embedded_base, tmp_path_factory):
+    return export_vllm(VllmExportSpec(adapters=(demo_adapter,), name="demo",
+                                      out=tmp_path_factory.mktemp("vllm") / "merged"))
+
+
+@pytest.fixture(scope="module")
+def server(merged):
+    with serve_export(merged.out_dir, list(CPU_ARGS)) as running:
+        yield running
+
+
+def test_the_merged_model_answers_like_the_adapter(server, demo_adapter):
+    expected = json.loads((demo_adapter / "probe.json").read_text())
+    answer = chat(server.url, "demo", expected["question"])
+    assert expected["expected"] in answer["message"]["content"], answer
+    assert answer["finish_reason"] == "stop"
+
+
+def test_the_server_serves_the_exported_name_only(server):
+    from localserve.vllm import VllmClient
+
+    assert [(m.name, m.parent) for m in VllmClient(server.url).models()] == [("demo", None)]
