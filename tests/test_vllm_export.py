@@ -72,7 +72,7 @@ def test_the_serve_config_names_the_model_folder_relative_to_the_export(merged):
     config = yaml.safe_load(merged.config_file.read_text())
     assert config["model"] == "./model" and config["served-model-name"] == "tiny"
     assert config["tensor-parallel-size"] == 1 and config["pipeline-parallel-size"] == 1
-    assert "enable-lora" not in config
+    assert "enable-lora" not in config and "trust-remote-code" not in config  # never unless asked
     launch = (merged.out_dir / "launch.sh").read_text()
     assert "--config vllm-config.yaml" in launch and "VLLM_ALLOW_RUNTIME_LORA_UPDATING" not in launch
     lineage = json.loads(merged.lineage_path.read_text())

@@ -200,11 +200,11 @@ def _write_model_folder(weights_from: Path, config_from: Path, chat_dir: Path, g
         raise AssertionError(f"the chat template in {dest} differs from {chat_dir}'s")
 
 
-def _layout(spec: VllmExportSpec, config: dict) -> Layout | None:
+def _layout(spec: VllmExportSpec, config: dict, base_dir: Path) -> Layout | None:
     if spec.gpu_memory is None:
         return None
     ctx = spec.ctx or config.get("max_position_embeddings") or 4096
-    return parallel_layout(config, spec.gpu_memory, spec.gpus or 1, spec.nodes or 1, ctx, spec.concurrency or 1,
+    return parallel_layout(base_dir / "config.json", spec.gpu_memory, spec.gpus or 1, spec.nodes or 1, ctx, spec.concurrency or 1,
                            gpu_memory_utilization=spec.gpu_memory_utilization,
                            dtype_bytes=_DTYPE_BYTES[spec.dtype] if spec.dtype != "auto" else None)
 
@@ -255,7 +255,7 @@ def export_vllm(spec: VllmExportSpec) -> VllmExportResult:
         chat_dir = _chat_source(loaded[0], base)
     eot_ids = end_of_turn_ids(chat_dir, spec.template_family)
     step(f"end-of-turn ids for generation_config.json: {list(eot_ids)}")
-    layout = _layout(spec, config)
+    layout = _layout(spec, config, base.path)
     if layout is not None:
         step("layout:\n  " + "\n  ".join(layout.lines))
     serve_config = serve.ServeConfig(
@@ -264,7 +264,7 @@ def export_vllm(spec: VllmExportSpec) -> VllmExportResult:
         tensor_parallel_size=layout.tensor_parallel_size if layout else 1,
         pipeline_parallel_size=layout.pipeline_parallel_size if layout else 1,
         nodes=-(-layout.gpus // (spec.gpus or 1)) if layout else 1, gpus_per_node=spec.gpus or 1,
-        gpu_memory_utilization=spec.gpu_memory_utilization, port=spec.port,
+        gpu_memory_utilization=spec.gpu_memory_utilization, port=spec.port, trust_remote_code=spec.trust_remote_code,
         lora_modules=tuple((a.name, f"./{ADAPTERS_DIR}/{a.name}") for a in lora_plan.adapters) if lora_plan else (),
         max_lora_rank=lora_plan.max_lora_rank if lora_plan else None,
         max_loras=lora_plan.max_loras if lora_plan else None,

@@ -146,6 +146,7 @@ def serve_export(export_dir: Path, extra_args: list[str] = (), timeout: float = 
         yield server
     finally:
         _stop(process)
+    log.unlink(missing_ok=True)  # kept only when something failed: its tail is in the error
 
 
 def _wait_healthy(server: RunningServer, timeout: float) -> None:

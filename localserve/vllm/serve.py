@@ -41,6 +41,7 @@ class ServeConfig:
     max_lora_rank: int | None = None
     max_loras: int | None = None
     max_cpu_loras: int | None = None
+    trust_remote_code: bool = False  # only when the user asked: it runs the model repo's Python code
     generation_config: str = "auto"  # vLLM reads every end-of-turn id from the folder's generation_config.json
     arithmetic: tuple[str, ...] = field(default=(), compare=False)
 
@@ -62,6 +63,8 @@ class ServeConfig:
         """vLLM's long option names (without --) and values, in the order they are written."""
         opts: dict[str, object] = {"model": self.model, "served-model-name": self.name, "dtype": self.dtype,
                                    "generation-config": self.generation_config, "port": self.port}
+        if self.trust_remote_code:
+            opts["trust-remote-code"] = True
         if self.max_model_len:
             opts["max-model-len"] = self.max_model_len
         if self.max_num_seqs:
