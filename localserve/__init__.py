@@ -18,6 +18,8 @@ _API = {
     "ExportSpec": "localserve.spec",
     "ExportResult": "localserve.gguf_export",
     "export": "localserve.gguf_export",
+    "TenantExportSpec": "localserve.tenants",
+    "export_tenants": "localserve.tenants",
     "LocalserveError": "localserve.errors",
     "embedded_base": "localserve.models.embedded",
     "check_template": "localserve.chat.check",

@@ -31,10 +31,18 @@ class SmokeResult:
         return {**asdict(self), "probe_passed": self.probe_passed}
 
 
-def load(gguf: Path, n_ctx: int = 2048):
+def load(gguf: Path, n_ctx: int = 2048, lora: Path | None = None):
+    """`gguf` in llama.cpp; `lora` (a GGUF LoRA adapter) is applied on top at full scale."""
     from llama_cpp import Llama
 
-    return Llama(model_path=str(gguf), n_ctx=n_ctx, verbose=False, seed=0)
+    extra = {"lora_path": str(lora)} if lora is not None else {}
+    try:
+        return Llama(model_path=str(gguf), n_ctx=n_ctx, verbose=False, seed=0, **extra)
+    except ValueError as e:
+        if lora is None:
+            raise
+        raise SmokeTestFailed(f"llama.cpp could not apply the LoRA {Path(lora).name} to {Path(gguf).name}: {e}",
+                              "the adapter's architecture or shapes do not fit this base") from None
 
 
 def chat(llm, messages: list[dict], max_tokens: int = 256):
@@ -54,9 +62,12 @@ def chat(llm, messages: list[dict], max_tokens: int = 256):
 
 
 def smoke_test(gguf: Path, question: str | None = None, expected: str | None = None,
-               max_tokens: int = 256) -> SmokeResult:
-    """Ask one question; raise SmokeTestFailed if the answer is empty, never stops, or misses `expected`."""
-    llm = load(gguf)
+               max_tokens: int = 256, lora: Path | None = None) -> SmokeResult:
+    """Ask one question; raise SmokeTestFailed if the answer is empty, never stops, or misses `expected`.
+
+    With `lora`, the question goes to `gguf` with that GGUF LoRA adapter applied (llama.cpp's lora_path).
+    """
+    llm = load(gguf, lora=lora)
     question = question or DEFAULT_QUESTION
     start = time.perf_counter()
     first = None
@@ -73,7 +84,7 @@ def smoke_test(gguf: Path, question: str | None = None, expected: str | None = N
     ttft = (first or end) - start
     decode = (n - 1) / (end - first) if first and n > 1 and end > first else 0.0
     result = SmokeResult(question, answer.strip(), reason, n, round(ttft, 3), round(decode, 1), expected)
-    name = Path(gguf).name
+    name = Path(gguf).name + (f" + {Path(lora).name}" if lora is not None else "")
     if not result.answer:
         raise SmokeTestFailed(f"{name} produced no text for {question!r} in llama.cpp",
                               "check the chat template and the end-of-turn token of the model")

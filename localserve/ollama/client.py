@@ -164,23 +164,28 @@ class OllamaServer:
 
     # --- create -------------------------------------------------------------------------------
     def create(self, name: str, gguf_file: str, digest: str, recipe: ModelRecipe,
-               on_status: Callable[[dict], None] | None = None) -> str:
-        """Create `name` from an uploaded GGUF blob; returns the form used ("json" or "modelfile")."""
+               on_status: Callable[[dict], None] | None = None,
+               adapter: tuple[str, str] | None = None) -> str:
+        """Create `name` from an uploaded GGUF blob; returns the form used ("json" or "modelfile").
+
+        `adapter` is (file name, digest) of an uploaded GGUF LoRA: the model gets an ADAPTER layer
+        on top of the `digest` model layer (spec §2.2 `adapters`; `ADAPTER @digest` before 0.5.5).
+        """
         parse_name(name)
         version = self.version()
         if parse_version(version) >= STRUCTURED_CREATE:
-            self._create_json(name, gguf_file, digest, recipe, on_status)
+            self._create_json(name, gguf_file, digest, recipe, on_status, adapter)
             return "json"
-        self._create_legacy(name, digest, recipe, version, on_status)
+        self._create_legacy(name, digest, recipe, version, on_status, adapter)
         return "modelfile"
 
-    def _create_json(self, name, gguf_file, digest, recipe: ModelRecipe, on_status) -> None:
+    def _create_json(self, name, gguf_file, digest, recipe: ModelRecipe, on_status, adapter=None) -> None:
         import ollama
 
         # Never `from_`: a name missing locally makes Ollama try a registry pull.
         try:
             stream = self.client.create(
-                model=name, files={gguf_file: digest},
+                model=name, files={gguf_file: digest}, adapters=dict([adapter]) if adapter else None,
                 template=recipe.template, system=recipe.system,
                 parameters=dict(recipe.parameters) or None,
                 messages=list(recipe.messages) or None, license=list(recipe.license) or None, stream=True)
@@ -192,9 +197,9 @@ class OllamaServer:
         except httpx.ConnectError as e:
             raise _unreachable(self.host, str(e), self.source) from None
 
-    def _create_legacy(self, name, digest, recipe: ModelRecipe, version, on_status) -> None:
+    def _create_legacy(self, name, digest, recipe: ModelRecipe, version, on_status, adapter=None) -> None:
         try:
-            modelfile = modelfile_text(f"@{digest}", recipe)
+            modelfile = modelfile_text(f"@{digest}", recipe, adapter=f"@{adapter[1]}" if adapter else None)
         except InputError as e:
             raise ServerTooOld(
                 f"Ollama {version} at {self.host} only takes a Modelfile string, and this model's "

@@ -326,13 +326,13 @@ def read_export(folder: str | Path) -> ExportInfo:
 
 # --- the legacy (<= 0.5.4) Modelfile string form ----------------------------------------------------
 
-def modelfile_text(from_: str, recipe: ModelRecipe) -> str:
+def modelfile_text(from_: str, recipe: ModelRecipe, adapter: str | None = None) -> str:
     """A Modelfile for `ollama create -f` or a pre-0.5.5 server, rendered by localserve.modelfile.
 
     Raises InputError when a value cannot be written in Modelfile syntax (e.g. text with \"\"\")."""
     from ..modelfile import ModelfileSpec, render_modelfile
 
     return render_modelfile(ModelfileSpec(
-        from_=from_, template=recipe.template or None, system=recipe.system or None,
+        from_=from_, adapter=adapter, template=recipe.template or None, system=recipe.system or None,
         parameters=dict(recipe.parameters), messages=tuple((m["role"], m["content"]) for m in recipe.messages),
         license=tuple(recipe.license)))

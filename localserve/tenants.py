@@ -1,0 +1,403 @@
+"""`export A1 A2 ... --lora` for Ollama: one shared base GGUF plus one GGUF LoRA per adapter (tenant).
+
+    TenantExportSpec -> check adapters (one base, LoRA only) -> chat template of the base
+        -> convert the base once -> quantize it -> convert each adapter (convert_lora_to_gguf.py)
+        -> smoke each tenant in llama.cpp (base + lora_path) -> Modelfile per tenant
+        -> localserve.json (lineage) -> register each tenant with Ollama if one answers
+
+Every tenant's Modelfile says `FROM ./<base>.gguf` and `ADAPTER ./<tenant>.gguf`; registered, each
+tenant is an Ollama model whose model layer is the same blob, stored once (see ollama/tenants.py
+for which Ollama versions can load adapters on which architectures). Stages run under `Pipeline`
+exactly as in gguf_export, so re-running with one new adapter converts only that adapter.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import platform
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import AdapterError, InputError, SmokeTestFailed
+from .fsutil import atomic_path, human_bytes, require_free_space, sha256_file, sha256_tree, write_json, write_text
+from .gguf_export import LINEAGE_FILE, _check_chat, _estimate_bytes, _read_probe, tool_versions
+from .models.resolve import Adapter, BaseModel, check_base_weights, load_adapter, read_json, resolve_base
+from .pipeline import Pipeline, content_key
+from .progress import step
+from .spec import _NAME_RE, _default_name
+
+# Tokenizer files a LoRA cannot change: a tenant whose adapter ships different ones was trained on
+# a different vocabulary or chat format than the shared base serves.
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "added_tokens.json", "chat_template.jinja",
+                    "chat_template.json")
+# PEFT keys of whole modules saved beside the LoRA (modules_to_save), e.g.
+# base_model.model.lm_head.modules_to_save.default.weight or base_model.model.model.embed_tokens.weight
+_LORA_PART = re.compile(r"\.(lora_A|lora_B|lora_embedding_A|lora_embedding_B)(\.|$)")
+
+
+@dataclass(frozen=True)
+class TenantExportSpec:
+    """Everything `localserve export A1 A2 ... --lora` (target ollama) needs; validated once."""
+
+    adapters: tuple[Path, ...]
+    quant: str = "Q4_K_M"
+    base: Path | None = None
+    name: str | None = None  # prefix of tenant names (NAME-<adapter folder>) and the export's name
+    out: Path | None = None
+    keep_intermediate: bool = False
+    allow_pickle: bool = False
+    smoke: bool = True
+    register: bool = True
+    ollama_host: str | None = None
+    template_family: str | None = None
+    template_file: Path | None = None
+    force: bool = False
+    ollama_template: str = "go"
+    system: str | None = None
+
+    def __post_init__(self) -> None:
+        from .llamacpp.quantize import canonical_quants
+
+        set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
+        if not self.adapters:
+            raise InputError("--lora needs at least one ADAPTER folder", "localserve export A1 A2 ... --lora")
+        set_("adapters", tuple(Path(a) for a in self.adapters))
+        for key in ("base", "out", "template_file"):
+            if getattr(self, key) is not None:
+                set_(key, Path(getattr(self, key)))
+        quants = canonical_quants((self.quant,))
+        if quants == ("auto",):
+            raise InputError("--quant auto does not apply to --lora", "pass one type, e.g. --quant Q4_K_M")
+        set_("quant", quants[0])
+        if self.name is not None and not _NAME_RE.match(self.name):
+            raise InputError(f"invalid model name {self.name!r}",
+                             "use letters, digits, '_', '.', '-' (1-80 characters, not starting with '.' or '-')")
+        if self.ollama_template not in ("go", "native"):
+            raise InputError(f"--ollama-template must be 'go' or 'native', not {self.ollama_template!r}")
+        seen: dict[str, Path] = {}
+        for adapter, tenant in zip(self.adapters, self.tenant_names):
+            if not _NAME_RE.match(tenant):
+                raise InputError(f"tenant name {tenant!r} (from {adapter}) is not a valid Ollama model name",
+                                 "rename the adapter folder, or pass --name")
+            if tenant.lower() in seen:
+                raise InputError(f"two adapters would both be tenant {tenant!r}: {seen[tenant.lower()]} and {adapter}",
+                                 "tenant names come from the adapter folder names; rename one folder")
+            seen[tenant.lower()] = adapter
+
+    @property
+    def tenant_names(self) -> tuple[str, ...]:
+        names = tuple(_default_name(a) for a in self.adapters)
+        return tuple(f"{self.name}-{n}"[:80] for n in names) if self.name else names
+
+    @property
+    def export_name(self) -> str:
+        return self.name or "tenants"
+
+    @property
+    def out_dir(self) -> Path:
+        return self.out if self.out is not None else Path("exports") / f"{self.export_name}-lora"
+
+    def to_json(self) -> dict[str, Any]:
+        def plain(v: Any) -> Any:
+            if isinstance(v, Path):
+                return str(v.resolve())
+            if isinstance(v, tuple):
+                return [plain(x) for x in v]
+            return v
+
+        return {f.name: plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+
+@dataclass
+class TenantArtifact:
+    tenant: str  # tenant name (the adapter folder's, or NAME-folder)
+    ollama_name: str  # e.g. founder:q4_k_m
+    adapter: str  # the PEFT adapter folder
+    adapter_sha256: str  # of that folder (sha256_tree)
+    file: str  # the GGUF LoRA, relative to the export folder
+    size: int
+    sha256: str
+    modelfile: str
+    rank: int | None
+    alpha: float | None
+    lora_modules: int
+    probe: dict | None = None
+    smoke: dict | None = None
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class TenantExportResult:
+    out_dir: Path
+    name: str
+    base_file: str
+    base_quant: str
+    base_size: int
+    base_sha256: str
+    architecture: str  # the GGUF general.architecture of base and adapters
+    support: dict  # which Ollama versions load adapters on this architecture (ollama.tenants)
+    tenants: list[TenantArtifact]
+    lineage_path: Path
+    registered: dict | None = None
+    register_hint: str | None = None
+    stages: list[dict] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {"out_dir": str(self.out_dir), "name": self.name,
+                "base": {"file": self.base_file, "quant": self.base_quant, "size": self.base_size,
+                         "sha256": self.base_sha256, "architecture": self.architecture},
+                "ollama_adapter_support": self.support, "tenants": [t.to_json() for t in self.tenants],
+                "lineage": str(self.lineage_path), "registered": self.registered,
+                "register_hint": self.register_hint, "stages": self.stages}
+
+
+# --- checks -------------------------------------------------------------------------------------
+
+def check_gguf_lora(adapter: Adapter) -> None:
+    """Refuse what a GGUF LoRA cannot carry: whole saved modules, DoRA, per-module rank or alpha."""
+    cfg = adapter.config
+    where = f"adapter {adapter.path}"
+    if cfg.get("use_dora"):
+        raise AdapterError(f"{where} is a DoRA adapter (use_dora); llama.cpp's GGUF LoRA has no magnitude vectors",
+                           "export it merged (`localserve export ADAPTER`)")
+    if cfg.get("lora_bias"):
+        raise AdapterError(f"{where} trains a bias in lora_B (lora_bias); a GGUF LoRA holds only the A and B matrices",
+                           "export it merged (`localserve export ADAPTER`)")
+    saved = [m for m in (cfg.get("modules_to_save") or []) if m]
+    if not saved:
+        from .models.merge import adapter_tensor_shapes
+
+        saved = sorted({k for k in adapter_tensor_shapes(adapter) if not _LORA_PART.search(k)})
+    if saved:
+        raise AdapterError(f"{where} saves whole modules beside its LoRA (modules_to_save: {', '.join(saved[:4])}); "
+                           "a GGUF LoRA holds only low-rank pairs, so a tenant cannot carry them",
+                           "export this adapter merged (`localserve export ADAPTER`), or retrain it without "
+                           "modules_to_save")
+    for key in ("rank_pattern", "alpha_pattern"):
+        if cfg.get(key):
+            raise AdapterError(f"{where} sets {key}; a GGUF LoRA has one rank and one alpha for every module",
+                               "export it merged (`localserve export ADAPTER`)")
+    if cfg.get("use_rslora"):
+        raise AdapterError(f"{where} uses rsLoRA scaling (alpha/sqrt(r)); llama.cpp scales by alpha/r",
+                           "export it merged (`localserve export ADAPTER`)")
+
+
+def _check_tokenizer(adapter: Adapter, base: BaseModel) -> None:
+    for name in _TOKENIZER_FILES:
+        mine = adapter.path / name
+        if not mine.is_file():
+            continue
+        theirs = base.path / name
+        if not theirs.is_file() or theirs.read_bytes() != mine.read_bytes():
+            raise AdapterError(f"adapter {adapter.path} ships its own {name}, different from the base's "
+                               f"({base.path}); a tenant is served with the shared base's tokenizer and chat template",
+                               "export this adapter merged (`localserve export ADAPTER`), or remove the file if "
+                               "it is an unchanged copy")
+
+
+def check_shared_base(adapters: list[Adapter], override: Path | None) -> BaseModel:
+    """The one base every adapter was trained on; the odd one out is named."""
+    bases = [resolve_base(a, override) for a in adapters]
+    groups: dict[Path, list[int]] = {}
+    for i, b in enumerate(bases):
+        groups.setdefault(b.path.resolve(), []).append(i)
+    if len(groups) > 1:
+        main = max(groups.values(), key=len)
+        odd = next(i for i in range(len(adapters)) if i not in main)
+        raise AdapterError(
+            f"adapters must share one base: {adapters[odd].path} is on {bases[odd].ref or bases[odd].path} "
+            f"({bases[odd].path}), the others on {bases[main[0]].ref or bases[main[0]].path} ({bases[main[0]].path})",
+            "export that adapter on its own, or pass --base if they really share one")
+    return bases[0]
+
+
+def check_adapters(spec: TenantExportSpec) -> tuple[list[Adapter], BaseModel, list[int]]:
+    """Everything checked before any work: each adapter loads, is GGUF-LoRA-able, fits the one base."""
+    from .models.merge import check_compatibility
+
+    adapters = [load_adapter(a, spec.allow_pickle) for a in spec.adapters]
+    for a in adapters:
+        check_gguf_lora(a)
+    base = check_shared_base(adapters, spec.base)
+    check_base_weights(base, spec.allow_pickle)
+    counts = []
+    for a in adapters:
+        try:
+            counts.append(check_compatibility(a, base))
+        except AdapterError as e:
+            raise AdapterError(f"adapter {a.path}: {e.message}", e.hint) from None
+        _check_tokenizer(a, base)
+    return adapters, base, counts
+
+
+# --- the export ---------------------------------------------------------------------------------
+
+def export_tenants(spec: TenantExportSpec) -> TenantExportResult:
+    """Run the multi-tenant export described by `spec`; see the module docstring for the stages."""
+    from .llamacpp import convert, quantize as quant
+    from .llamacpp.lora import ADAPTER_OUTTYPE, answer, convert_lora_to_gguf
+    from .llamacpp.smoke import smoke_test
+    from .llamacpp.vendor import locate
+    from .modelfile import ModelfileSpec, render_modelfile
+    from .ollama.layers import gguf_info
+    from .ollama.registration import default_name
+    from .ollama.tenants import adapter_support
+
+    adapters, base, n_modules = check_adapters(spec)
+    config = read_json(base.path / "config.json")
+    hf_architecture = convert.check_architecture(config)
+    step(f"base: {base.path} ({base.source}); {len(adapters)} tenants: "
+         + ", ".join(f"{t} ({a.path})" for t, a in zip(spec.tenant_names, adapters)))
+    setup, parity = _check_chat(spec, base.path)
+    probes = [_read_probe(a.path) for a in adapters]
+
+    out = spec.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    work = out / ".localserve" / "work"
+    pipe = Pipeline(out)
+    tree = locate()
+    versions = tool_versions()
+    base_hash = sha256_tree(base.path)
+    convert_key = content_key("convert", base_hash, tree.commit, "f16")
+    quant_key = content_key("quantize", convert_key, spec.quant, None)
+    f16_path = work / "base-F16.gguf"
+    base_file = f"{_default_name(base.path)}-{spec.quant}.gguf"
+    base_path = out / base_file
+
+    if not pipe.is_fresh(f"quantize:{spec.quant}", quant_key, [base_path]):
+        require_free_space(out, _estimate_bytes(base.path, config, (spec.quant,), spec.keep_intermediate),
+                           f"converting the base and quantizing it to {spec.quant}")
+        pipe.run("convert", convert_key, [f16_path],
+                 lambda: {"size": convert.convert_hf_to_gguf(base.path, f16_path, "f16", tree).stat().st_size},
+                 "converting the shared base to a 16-bit GGUF (llama.cpp's converter)")
+
+    def run_quant() -> dict:
+        if spec.quant == "F16":
+            with atomic_path(base_path) as tmp:
+                shutil.copyfile(f16_path, tmp)
+        else:
+            quant.quantize(f16_path, base_path, spec.quant)
+        return {"size": base_path.stat().st_size, "sha256": sha256_file(base_path)}
+
+    base_info = pipe.run(f"quantize:{spec.quant}", quant_key, [base_path], run_quant,
+                         f"quantizing the shared base to {spec.quant}").info
+    if not spec.keep_intermediate and work.exists():
+        shutil.rmtree(work)
+        pipe.forget("convert")
+    architecture = gguf_info(base_path).architecture
+    support = adapter_support(architecture)
+    step(support.message)
+
+    # --- one GGUF LoRA per tenant, smoked on the shared base -----------------------------------
+    tenants: list[TenantArtifact] = []
+    for tenant, adapter, probe, n in zip(spec.tenant_names, adapters, probes, n_modules):
+        adapter_hash = sha256_tree(adapter.path)
+        lora_key = content_key("lora", adapter_hash, sha256_file(base.path / "config.json"), tree.commit,
+                               ADAPTER_OUTTYPE)
+        lora_path = out / f"{tenant}-lora-{ADAPTER_OUTTYPE.upper()}.gguf"
+
+        def run_lora(adapter=adapter, lora_path=lora_path) -> dict:
+            convert_lora_to_gguf(adapter.path, base.path, lora_path, ADAPTER_OUTTYPE, tree)
+            lora_arch = gguf_info(lora_path).architecture
+            if lora_arch != architecture:  # llama.cpp would only say so at load time (spec §5)
+                raise AdapterError(f"{lora_path.name} has architecture {lora_arch}, the base {architecture}",
+                                   "the adapter was not trained on this base")
+            return {"size": lora_path.stat().st_size, "sha256": sha256_file(lora_path)}
+
+        facts = pipe.run(f"lora:{tenant}", lora_key, [lora_path], run_lora,
+                         f"converting {adapter.path} to a GGUF LoRA (convert_lora_to_gguf.py)").info
+
+        smoke = None
+        if spec.smoke:
+            def run_smoke(probe=probe, lora_path=lora_path) -> dict:
+                result = smoke_test(base_path, probe.get("question"), probe.get("expected"), lora=lora_path).to_json()
+                if probe:
+                    # the probe proves the adapter is applied only if the base alone does not know it
+                    plain = answer(base_path, probe["question"])
+                    result["base_answer"] = plain
+                    if probe["expected"].lower() in plain.lower():
+                        raise SmokeTestFailed(
+                            f"{base_path.name} answers {probe['question']!r} with {probe['expected']!r} even "
+                            f"without the adapter {lora_path.name}, so the probe cannot tell whether it is applied",
+                            "put a question in probe.json that only the fine-tune answers, or pass --no-smoke")
+                return result
+
+            smoke = pipe.run(f"smoke:{tenant}", content_key("smoke", quant_key, lora_key, probe), [base_path, lora_path],
+                             run_smoke, f"smoke test of {tenant}: {base_path.name} + {lora_path.name} in llama.cpp").info
+            step(f"{tenant}: {smoke['answer']!r}" + (f" (base alone: {smoke['base_answer']!r})"
+                                                     if "base_answer" in smoke else ""))
+        tenants.append(TenantArtifact(
+            tenant=tenant, ollama_name=default_name(tenant, spec.quant), adapter=str(adapter.path.resolve()),
+            adapter_sha256=adapter_hash, file=lora_path.name, size=facts["size"], sha256=facts["sha256"],
+            modelfile=f"Modelfile.{tenant}", rank=adapter.config.get("r"), alpha=adapter.config.get("lora_alpha"),
+            lora_modules=n, probe=probe or None, smoke=smoke))
+
+    # --- Modelfiles and lineage -----------------------------------------------------------------
+    parameters = {**setup.parameters, "stop": list(setup.stop)}
+    system = spec.system or getattr(setup, "system", None)
+    template = setup.template if spec.ollama_template == "go" else None
+    for t in tenants:
+        write_text(out / t.modelfile, render_modelfile(ModelfileSpec(
+            from_=f"./{base_file}", adapter=f"./{t.file}", template=template, system=system, parameters=parameters)))
+
+    lineage = {
+        "localserve_version": versions["localserve"],
+        "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "kind": "lora-tenants",
+        "name": spec.export_name,
+        "spec": spec.to_json(),
+        "base": {"ref": base.ref, "path": str(base.path), "source": base.source, "sha256": base_hash,
+                 "architecture": hf_architecture, "gguf_architecture": architecture},
+        "ollama_adapter_support": support.to_json(),
+        "tenants": [t.to_json() for t in tenants],
+        "tools": {**versions, "llama_cpp_commit": tree.commit, "converter": str(tree.convert_hf),
+                  "lora_converter": str(tree.convert_lora), "python": platform.python_version()},
+        "chat": {"family": setup.family, "source": str(base.path), "parity_ok": parity.ok,
+                 "forced": bool(spec.force and not parity.ok), "parity": parity.to_json()},
+        # the shared base, in the shape `localserve register/bundle` read (it registers the base alone)
+        "modelfile": {"template": template, "system": system, "parameters": parameters, "messages": [],
+                      "license": [], "ollama_template": spec.ollama_template},
+        "artifacts": [{"quant": spec.quant, "file": base_file, "size": base_info["size"],
+                       "sha256": base_info["sha256"]}],
+        "stages": [r.to_json() for r in pipe.records],
+    }
+    lineage_path = write_json(out / LINEAGE_FILE, lineage)
+    total = base_info["size"] + sum(t.size for t in tenants)
+    step(f"wrote 1 base GGUF + {len(tenants)} GGUF LoRA ({human_bytes(total)}), Modelfiles and {LINEAGE_FILE} "
+         f"to {out}")
+
+    result = TenantExportResult(out, spec.export_name, base_file, spec.quant, base_info["size"], base_info["sha256"],
+                                architecture, support.to_json(), tenants, lineage_path,
+                                stages=[r.to_json() for r in pipe.records])
+    if spec.register:
+        from .ollama.client import resolve_host, server_available
+
+        if server_available(spec.ollama_host):
+            register_export(result, spec.ollama_host)
+        else:
+            later = "; ".join(f"`ollama create {t.ollama_name} -f {out / t.modelfile}`" for t in tenants[:2])
+            result.register_hint = (f"no Ollama server answered at {resolve_host(spec.ollama_host)}; register later "
+                                    f"with {later}" + ("; …" if len(tenants) > 2 else ""))
+    return result
+
+
+def register_export(result: TenantExportResult, host: str | None = None) -> dict:
+    """Register every tenant of a finished export with the Ollama at `host`; recorded in localserve.json."""
+    from .ollama.layers import ModelRecipe
+    from .ollama.tenants import Tenant, adapter_support, register_tenants
+
+    lineage = json.loads(result.lineage_path.read_text(encoding="utf-8"))
+    out = result.out_dir
+    reg = register_tenants(out / result.base_file, result.base_sha256,
+                           [Tenant(t.ollama_name, out / t.file, t.sha256) for t in result.tenants],
+                           ModelRecipe.from_json(lineage["modelfile"]), adapter_support(result.architecture), host)
+    result.registered = lineage["registered"] = reg.to_json()
+    write_json(result.lineage_path, lineage)
+    return result.registered
