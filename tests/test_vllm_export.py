@@ -58,6 +58,18 @@ def test_tokenizer_and_the_exact_chat_template_are_served(merged, tiny_base):
     assert (merged.model_dir / "tokenizer.json").read_bytes() == (tiny_base / "tokenizer.json").read_bytes()
 
 
+def test_an_adapters_own_chat_template_is_served_over_the_bases(tiny_adapter, tmp_path):
+    import shutil
+
+    adapter = shutil.copytree(tiny_adapter, tmp_path / "own")
+    own = "{% for m in messages %}<|im_start|>{{ m['role'] }}: {{ m['content'] }}<|im_end|>{% endfor %}"
+    (adapter / "tokenizer_config.json").write_text(json.dumps({"chat_template": own, "eos_token": "<|im_end|>"}))
+    result = export_vllm(VllmExportSpec(adapters=(adapter,), out=tmp_path / "out"))
+    assert not (result.model_dir / "chat_template.jinja").exists()  # the base's would shadow the adapter's
+    assert json.loads((result.model_dir / "tokenizer_config.json").read_text())["chat_template"] == own
+    assert (result.model_dir / "tokenizer.json").is_file()  # the rest of the tokenizer comes from the base
+
+
 def test_generation_config_carries_every_end_of_turn_id(merged):
     from transformers import AutoTokenizer
 
@@ -160,6 +172,11 @@ def test_an_impossible_layout_is_refused_with_the_reason_and_nothing_is_written(
 def test_sizing_without_gpu_memory_is_refused():
     with pytest.raises(InputError, match="--gpus sizes the layout.*--gpu-memory"):
         VllmExportSpec(adapters=("a",), gpus=8)
+
+
+def test_an_unknown_template_family_lists_the_known_ones():
+    with pytest.raises(InputError, match="unknown .*'chatmel'.*chatml"):
+        VllmExportSpec(adapters=("a",), template_family="chatmel")
 
 
 def test_several_adapters_without_lora_are_refused():

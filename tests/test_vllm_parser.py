@@ -74,7 +74,15 @@ def test_the_layouts_are_the_ones_intended(exports):
 
 def test_vllms_parser_refuses_what_vllm_would_refuse(exports):
     """The check has teeth: a rank vLLM does not accept, and LoRA limits that contradict each other."""
-    with pytest.raises(ToolError, match="invalid choice: 17"):
-        parse_with_vllm(exports["lora"].config_file, ["--max-lora-rank", "17"])
-    with pytest.raises(ToolError, match=r"max_cpu_loras \(1\) must be >= max_loras \(2\)"):
-        parse_with_vllm(exports["lora"].config_file, ["--max-loras", "2", "--max-cpu-loras", "1"])
+    config = exports["lora"].config_file
+    bad_rank, bad_limits = parse_many_with_vllm([(config, ["--max-lora-rank", "17"]),
+                                                 (config, ["--max-loras", "2", "--max-cpu-loras", "1"])])
+    assert "invalid choice: 17" in bad_rank["error"]
+    assert "max_cpu_loras (1) must be >= max_loras (2)" in bad_limits["error"]
+
+
+def test_a_refusal_is_a_tool_error_naming_the_config(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: ./model\ntensor-parallel-size: two\n")
+    with pytest.raises(ToolError, match=r"vLLM argument parser: refused .*bad.yaml"):
+        parse_with_vllm(bad)

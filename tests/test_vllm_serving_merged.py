@@ -35,3 +35,13 @@ def test_the_server_serves_the_exported_name_only(server):
     from localserve.vllm import VllmClient
 
     assert [(m.name, m.parent) for m in VllmClient(server.url).models()] == [("demo", None)]
+
+
+def test_a_server_without_runtime_updating_refuses_loads_in_one_line(server, demo_adapter):
+    """The merged export's server runs without VLLM_ALLOW_RUNTIME_LORA_UPDATING: no load route."""
+    from localserve.errors import RuntimeLoraDisabled
+    from localserve.vllm import VllmClient
+
+    with pytest.raises(RuntimeLoraDisabled, match="runtime LoRA updating is disabled") as refused:
+        VllmClient(server.url).load("late", demo_adapter)
+    assert "\n" not in str(refused.value) and "VLLM_ALLOW_RUNTIME_LORA_UPDATING=True" in str(refused.value)

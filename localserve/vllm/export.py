@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import AdapterError, InputError
+from ..errors import AdapterError, InputError, TemplateMismatch
 from ..fsutil import atomic_dir, human_bytes, require_free_space, sha256_tree, write_json
 from ..models.merge import TOKENIZER_FILES, check_compatibility, merge_adapter
 from ..models.resolve import Adapter, BaseModel, check_base_weights, load_adapter, read_json, resolve_base
@@ -82,6 +82,10 @@ class VllmExportSpec:
         if len(self.adapters) > 1 and not self.lora:
             raise InputError(f"{len(self.adapters)} adapters given: a merged export takes one",
                              "add --lora to serve them unmerged on one base")
+        if self.template_family is not None:
+            from ..chat.families import get_family
+
+            get_family(self.template_family)  # an unknown name lists the known ones
         if self.dtype not in _DTYPE_BYTES:
             raise InputError(f"unknown vLLM dtype {self.dtype!r}; valid: {', '.join(_DTYPE_BYTES)}")
         if self.shard_bytes <= 0:
@@ -146,11 +150,31 @@ def _clean(raw: str) -> str:
     return (re.sub(r"[^A-Za-z0-9_.-]+", "-", raw).strip(".-") or "model")[:80]
 
 
-def _chat_source(adapter: Adapter, base: BaseModel) -> Path:
-    """The adapter's own tokenizer/template win (fine-tuning often changes them), else the base's."""
-    if any((adapter.path / n).is_file() for n in ("chat_template.jinja", "tokenizer_config.json", "tokenizer.json")):
-        return adapter.path
-    return base.path
+_TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")
+
+
+def _carries_template(folder: Path) -> bool:
+    if any((folder / n).is_file() for n in _TEMPLATE_FILES):
+        return True
+    config = folder / "tokenizer_config.json"
+    return config.is_file() and bool(json.loads(config.read_text(encoding="utf-8")).get("chat_template"))
+
+
+def chat_files(adapter: Adapter | None, base: BaseModel) -> tuple[dict[str, Path], Path]:
+    """(file name -> source) of the tokenizer and chat template to serve, and the folder whose template it is.
+
+    The adapter's own files win (fine-tuning often changes the template or adds tokens), each file
+    falling back to the base's; a template the adapter carries is never shadowed by the base's
+    chat_template.jinja, which transformers would prefer.
+    """
+    own_template = adapter is not None and _carries_template(adapter.path)
+    files: dict[str, Path] = {}
+    for name in TOKENIZER_FILES:
+        if adapter is not None and (adapter.path / name).is_file():
+            files[name] = adapter.path / name
+        elif (base.path / name).is_file() and not (own_template and name in _TEMPLATE_FILES):
+            files[name] = base.path / name
+    return files, (adapter.path if own_template else base.path)
 
 
 def end_of_turn_ids(chat_dir: Path, template_family: str | None = None) -> tuple[int, ...]:
@@ -167,10 +191,13 @@ def end_of_turn_ids(chat_dir: Path, template_family: str | None = None) -> tuple
     from ..chat.setup import detect_family
 
     hf = load_hf_chat(chat_dir)
-    try:
-        family_stops = (get_family(template_family) if template_family else detect_family(hf)).stop
-    except InputError:
-        family_stops = ()  # an unknown family: EOS and generation_config's ids still apply
+    if template_family:
+        family_stops = get_family(template_family).stop
+    else:
+        try:
+            family_stops = detect_family(hf).stop
+        except (InputError, TemplateMismatch):
+            family_stops = ()  # a template of no known family: EOS and generation_config's ids still apply
     tokenizer = AutoTokenizer.from_pretrained(str(chat_dir), trust_remote_code=False)
     ids: list[int] = list(hf.generation_eos_ids)
     for text in stop_tokens(hf, family_stops):
@@ -182,22 +209,34 @@ def end_of_turn_ids(chat_dir: Path, template_family: str | None = None) -> tuple
     return tuple(dict.fromkeys(ids))
 
 
-def _write_model_folder(weights_from: Path, config_from: Path, chat_dir: Path, generation_from: Path, dest: Path,
-                        eot_ids: tuple[int, ...], shard_bytes: int) -> None:
+def _write_model_folder(weights_from: Path, config_from: Path, chat: tuple[dict[str, Path], Path],
+                        generation_from: Path, dest: Path, template_family: str | None,
+                        shard_bytes: int) -> tuple[int, ...]:
+    """Shards, config, tokenizer, template and generation_config.json; returns the end-of-turn ids."""
+    from ..chat.hf import load_hf_chat
+
+    files, template_source = chat
     dest.mkdir(parents=True)
     write_shards(weights_from, dest, shard_bytes)
     shutil.copyfile(config_from / "config.json", dest / "config.json")
-    for name in TOKENIZER_FILES:
-        if (chat_dir / name).is_file():
-            shutil.copyfile(chat_dir / name, dest / name)
+    for name, source in files.items():
+        shutil.copyfile(source, dest / name)
     gen_file = generation_from / "generation_config.json"
     generation = json.loads(gen_file.read_text(encoding="utf-8")) if gen_file.is_file() else {}
+    if "eos_token_id" not in generation and isinstance(_read(config_from / "config.json").get("eos_token_id"), (int, list)):
+        generation["eos_token_id"] = _read(config_from / "config.json")["eos_token_id"]
+    (dest / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n", encoding="utf-8")
+    eot_ids = end_of_turn_ids(dest, template_family)
     generation["eos_token_id"] = list(eot_ids)
     (dest / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n", encoding="utf-8")
-    from ..chat.hf import load_hf_chat
+    if load_hf_chat(dest).template != load_hf_chat(template_source).template:
+        raise AssertionError(f"the chat template in {dest} differs from {template_source}'s")
+    step(f"end-of-turn ids in generation_config.json: {list(eot_ids)}")
+    return eot_ids
 
-    if load_hf_chat(dest).template != load_hf_chat(chat_dir).template:
-        raise AssertionError(f"the chat template in {dest} differs from {chat_dir}'s")
+
+def _read(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
 def _layout(spec: VllmExportSpec, config: dict, base_dir: Path) -> Layout | None:
@@ -229,12 +268,13 @@ def export_vllm(spec: VllmExportSpec) -> VllmExportResult:
     # --- resolve and check everything before writing anything -----------------------------
     loaded = [load_adapter(a, spec.allow_pickle) for a in spec.adapters]
     pickled = [a.path for a in loaded if a.pickled]
-    if pickled:
-        raise AdapterError(f"{pickled[0]} holds pickle weights (adapter_model.bin); vLLM loads safetensors adapters",
-                           "re-save the adapter as safetensors")
+    if pickled and spec.lora:  # merged, --allow-pickle adapters are fine: the output is safetensors
+        raise AdapterError(f"{pickled[0]} holds pickle weights (adapter_model.bin); served unmerged, vLLM would "
+                           "unpickle them", "re-save the adapter as safetensors, or export it merged (drop --lora)")
     bases = [resolve_base(a, spec.base) for a in loaded]
     base = bases[0]
-    check_base_weights(base, allow_pickle=False)
+    # The shipped folder holds safetensors only; unmerged, the base's own weights are what vLLM loads.
+    check_base_weights(base, allow_pickle=spec.allow_pickle and not spec.lora)
     config = read_json(base.path / "config.json")
     architecture = (config.get("architectures") or ["?"])[0]
     name = spec.name or _clean(base.path.name)
@@ -246,15 +286,16 @@ def export_vllm(spec: VllmExportSpec) -> VllmExportResult:
             raise InputError(f"adapter name {name!r} is also the base model's served name",
                              "pass --name with another name for the base")
         _check_shared_chat(loaded, base)
-        chat_dir = base.path
+        chat = chat_files(None, base)
         for line in lora_plan.lines():
             step(line)
     else:
         n_modules = check_compatibility(loaded[0], base)
         step(f"base: {base.path} ({base.source}); adapter: {loaded[0].path} ({n_modules} LoRA modules)")
-        chat_dir = _chat_source(loaded[0], base)
-    eot_ids = end_of_turn_ids(chat_dir, spec.template_family)
-    step(f"end-of-turn ids for generation_config.json: {list(eot_ids)}")
+        chat = chat_files(loaded[0], base)
+    from ..chat.hf import load_hf_chat
+
+    load_hf_chat(chat[1])  # no template to serve: refused here, before anything is written
     layout = _layout(spec, config, base.path)
     if layout is not None:
         step("layout:\n  " + "\n  ".join(layout.lines))
@@ -283,11 +324,14 @@ def export_vllm(spec: VllmExportSpec) -> VllmExportResult:
             merged = tmp / ".merged"
             step("merging the adapter into the base (peft, fp32)")
             merge_adapter(loaded[0], base, merged, spec.trust_remote_code)
-            _write_model_folder(merged, merged, chat_dir, base.path, model, eot_ids, spec.shard_bytes)
+            own = loaded[0].path / "generation_config.json"
+            eot_ids = _write_model_folder(merged, merged, chat, own.parent if own.is_file() else base.path, model,
+                                          spec.template_family, spec.shard_bytes)
             shutil.rmtree(merged)
         else:
             step(f"copying the base {base.path.name} and {len(lora_plan.adapters)} adapter(s) unmerged")
-            _write_model_folder(base.path, base.path, chat_dir, base.path, model, eot_ids, spec.shard_bytes)
+            eot_ids = _write_model_folder(base.path, base.path, chat, base.path, model, spec.template_family,
+                                          spec.shard_bytes)
             for a in lora_plan.adapters:
                 dest = tmp / ADAPTERS_DIR / a.name
                 dest.mkdir(parents=True)
@@ -307,7 +351,8 @@ def export_vllm(spec: VllmExportSpec) -> VllmExportResult:
             "adapters": [{"name": n, "path": str(a.path.resolve()), "sha256": inputs[f"adapter:{a.path.name}"]}
                          for n, a in zip(_served_names(loaded, lora_plan), loaded)],
             "merged": lora_plan is None,
-            "chat": {"source": str(chat_dir), "end_of_turn_ids": list(eot_ids)},
+            "chat": {"template_from": str(chat[1]), "files": {n: str(p) for n, p in chat[0].items()},
+                     "end_of_turn_ids": list(eot_ids)},
             "layout": ({"tensor_parallel_size": layout.tensor_parallel_size,
                         "pipeline_parallel_size": layout.pipeline_parallel_size, "nodes": serve_config.nodes,
                         "arithmetic": list(layout.lines)} if layout else None),

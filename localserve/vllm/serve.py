@@ -18,7 +18,8 @@ from ..paths import data_dir
 
 # Where the containers mount the export folder (docker-compose, Kubernetes).
 MOUNT = "/export"
-IMAGE = "vllm/vllm-openai:latest"
+# The vLLM release whose argument parser the test tier checks every generated config against.
+IMAGE = "vllm/vllm-openai:v0.32.0"
 RAY_PORT = 6379
 
 

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Start vLLM for big from vllm-config.yaml (written by localserve). Extra arguments are
+# passed to vLLM and override the config file, e.g.:  ./launch.sh --host 0.0.0.0 --port 8080
+# VLLM_PYTHON selects the Python that has vLLM installed (default: python3).
+#
+# Multi-node (2 nodes, Ray): on the head node run  ./launch.sh head
+# and on each of the other 1 node(s)          ./launch.sh worker HEAD_ADDRESS
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")"
+export VLLM_ALLOW_RUNTIME_LORA_UPDATING="${VLLM_ALLOW_RUNTIME_LORA_UPDATING:-True}"
+PY="${VLLM_PYTHON:-python3}"
+role="${1:-head}"
+case "$role" in
+  head)
+    shift || true
+    ray start --head --port=6379
+    # vLLM places its pipeline stages once every node has joined the Ray cluster.
+    until [ "$(ray status 2>/dev/null | grep -c ' node_')" -ge 2 ]; do sleep 5; done
+    ;;
+  worker)
+    head="${2:?usage: ./launch.sh worker HEAD_ADDRESS}"
+    exec ray start --block --address="$head:6379"
+    ;;
+  *)
+    echo "usage: ./launch.sh head [VLLM ARGS...] | ./launch.sh worker HEAD_ADDRESS" >&2
+    exit 2
+    ;;
+esac
+exec "$PY" -m vllm.entrypoints.openai.api_server --config vllm-config.yaml "$@"

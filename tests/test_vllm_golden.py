@@ -1,0 +1,36 @@
+"""Golden vLLM serve files (tests/golden/vllm/), reviewed in diffs: one GPU merged, one GPU with
+LoRA tenants, and two nodes on Ray. Regenerate after an intended change with
+LOCALSERVE_UPDATE_GOLDEN=1 and review the diff."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from localserve.vllm import ServeConfig, render
+
+GOLDEN = Path(__file__).parent / "golden" / "vllm"
+LORA = dict(lora_modules=(("support", "./adapters/support"), ("legal", "./adapters/legal")), max_lora_rank=16,
+            max_loras=2, max_cpu_loras=2)
+CONFIGS = {
+    "merged": ServeConfig(name="demo"),
+    "lora": ServeConfig(name="smol", max_model_len=8192, max_num_seqs=16, **LORA),
+    "ray": ServeConfig(name="big", max_model_len=32768, max_num_seqs=64, tensor_parallel_size=8,
+                       pipeline_parallel_size=2, nodes=2, gpus_per_node=8,
+                       arithmetic=("TP=8 x PP=2 = 16 GPU(s); a stage holds up to 40 of 80 layers",), **LORA),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CONFIGS))
+def test_golden_serve_files(case):
+    files = render(CONFIGS[case])
+    folder = GOLDEN / case
+    if os.environ.get("LOCALSERVE_UPDATE_GOLDEN"):
+        for name, text in files.items():
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
+            (folder / name).write_text(text, encoding="utf-8", newline="")
+    assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()) == sorted(files)
+    for name, text in files.items():
+        assert (folder / name).read_text(encoding="utf-8") == text, name
