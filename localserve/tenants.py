@@ -13,12 +13,15 @@ exactly as in gguf_export, so re-running with one new adapter converts only that
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
 import json
+import math
 import platform
 import re
 import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -128,6 +131,7 @@ class TenantArtifact:
     lora_modules: int
     probe: dict | None = None
     smoke: dict | None = None
+    gguf_alpha: float | None = None  # adapter.lora.alpha in the GGUF (differs from alpha under rsLoRA)
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -184,9 +188,37 @@ def check_gguf_lora(adapter: Adapter) -> None:
         if cfg.get(key):
             raise AdapterError(f"{where} sets {key}; a GGUF LoRA has one rank and one alpha for every module",
                                "export it merged (`localserve export ADAPTER`)")
-    if cfg.get("use_rslora"):
-        raise AdapterError(f"{where} uses rsLoRA scaling (alpha/sqrt(r)); llama.cpp scales by alpha/r",
-                           "export it merged (`localserve export ADAPTER`)")
+
+
+def gguf_alpha(config: dict) -> float | None:
+    """The alpha to write into the GGUF so that llama.cpp's scale alpha/r equals PEFT's.
+
+    rsLoRA scales by alpha/sqrt(r); llama.cpp always divides by r, so alpha*sqrt(r) gives the same
+    update. The converter copies lora_alpha as it finds it, hence _as_plain_lora.
+    """
+    alpha, r = config.get("lora_alpha"), config.get("r")
+    if alpha is None or not r:
+        return alpha
+    return float(alpha) * math.sqrt(r) if config.get("use_rslora") else float(alpha)
+
+
+@contextlib.contextmanager
+def _as_plain_lora(adapter: Adapter, scratch: Path):
+    """The adapter folder the converter should read: itself, or for rsLoRA a view with the alpha
+    rescaled (links to the same weights, a rewritten adapter_config.json) inside `scratch`."""
+    if not adapter.config.get("use_rslora"):
+        yield adapter.path
+        return
+    scratch.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=scratch, prefix="rslora-") as tmp:
+        view = Path(tmp) / adapter.path.name
+        view.mkdir()
+        view.joinpath(adapter.weights.name).symlink_to(adapter.weights.resolve())
+        config = {**adapter.config, "lora_alpha": gguf_alpha(adapter.config), "use_rslora": False}
+        view.joinpath("adapter_config.json").write_text(json.dumps(config), encoding="utf-8")
+        step(f"{adapter.path.name}: rsLoRA, written with alpha {config['lora_alpha']:g} so llama.cpp's alpha/r "
+             "matches PEFT's alpha/sqrt(r)")
+        yield view
 
 
 def _check_tokenizer(adapter: Adapter, base: BaseModel) -> None:
@@ -304,7 +336,8 @@ def export_tenants(spec: TenantExportSpec) -> TenantExportResult:
         lora_path = out / f"{tenant}-lora-{ADAPTER_OUTTYPE.upper()}.gguf"
 
         def run_lora(adapter=adapter, lora_path=lora_path) -> dict:
-            convert_lora_to_gguf(adapter.path, base.path, lora_path, ADAPTER_OUTTYPE, tree)
+            with _as_plain_lora(adapter, out / ".localserve") as source:
+                convert_lora_to_gguf(source, base.path, lora_path, ADAPTER_OUTTYPE, tree)
             lora_arch = gguf_info(lora_path).architecture
             if lora_arch != architecture:  # llama.cpp would only say so at load time (spec §5)
                 raise AdapterError(f"{lora_path.name} has architecture {lora_arch}, the base {architecture}",
@@ -337,7 +370,7 @@ def export_tenants(spec: TenantExportSpec) -> TenantExportResult:
             tenant=tenant, ollama_name=default_name(tenant, spec.quant), adapter=str(adapter.path.resolve()),
             adapter_sha256=adapter_hash, file=lora_path.name, size=facts["size"], sha256=facts["sha256"],
             modelfile=f"Modelfile.{tenant}", rank=adapter.config.get("r"), alpha=adapter.config.get("lora_alpha"),
-            lora_modules=n, probe=probe or None, smoke=smoke))
+            lora_modules=n, probe=probe or None, smoke=smoke, gguf_alpha=gguf_alpha(adapter.config)))
 
     # --- Modelfiles and lineage -----------------------------------------------------------------
     parameters = {**setup.parameters, "stop": list(setup.stop)}

@@ -146,13 +146,26 @@ def test_adapters_on_different_bases_name_the_odd_one_out(first_adapter, second_
     ({"modules_to_save": ["lm_head"]}, r"modules_to_save: lm_head"),
     ({"use_dora": True}, "DoRA"),
     ({"rank_pattern": {"q_proj": 16}}, "rank_pattern"),
-    ({"use_rslora": True}, "rsLoRA"),
 ])
 def test_what_a_gguf_lora_cannot_carry_is_refused(first_adapter, tmp_path, changes, message):
     bad = _edit_config(first_adapter, tmp_path / "bad", **changes)
     with pytest.raises(AdapterError, match=message):
         export_tenants(TenantExportSpec(adapters=(first_adapter, bad), out=tmp_path / "out", register=False))
     assert not (tmp_path / "out").exists()
+
+
+def test_rslora_is_written_with_the_alpha_that_gives_llama_cpp_the_same_scale(first_adapter, tiny_base, tmp_path):
+    from localserve.llamacpp.lora import convert_lora_to_gguf
+    from localserve.models.resolve import load_adapter
+    from localserve.tenants import _as_plain_lora, gguf_alpha
+
+    rs = load_adapter(_edit_config(first_adapter, tmp_path / "rs", use_rslora=True))
+    assert gguf_alpha(rs.config) == pytest.approx(16 * 8 ** 0.5)  # llama.cpp: alpha/r == PEFT: 16/sqrt(8)
+    with _as_plain_lora(rs, tmp_path / "scratch") as source:
+        convert_lora_to_gguf(source, tiny_base, tmp_path / "rs.gguf")
+    assert _gguf_kv(tmp_path / "rs.gguf")["adapter.lora.alpha"] == pytest.approx(16 * 8 ** 0.5)
+    assert json.loads((rs.path / "adapter_config.json").read_text())["use_rslora"] is True, "the input is untouched"
+    assert not list((tmp_path / "scratch").iterdir())
 
 
 def test_saved_lm_head_weights_are_refused_even_if_the_config_does_not_say(first_adapter, tmp_path):
