@@ -282,3 +282,48 @@ def test_export_registers_every_tenant_when_ollama_answers(steer, first_adapter,
     assert [t["name"] for t in result.registered["tenants"]] == ["alpha:q8_0", "beta:q8_0"]
     meta = json.loads(result.lineage_path.read_text())
     assert meta["registered"]["base_digest"] == f"sha256:{result.base_sha256}"
+
+
+# --- a LoRA that does not fit is an error, never a crash (llama-cpp-python would segfault) ----------
+
+def _misfit_lora(path: Path, arch: str = "llama") -> Path:
+    import gguf
+    import numpy as np
+
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_type("adapter")
+    w.add_string("adapter.type", "lora")
+    w.add_float32("adapter.lora.alpha", 16.0)
+    w.add_tensor("blk.0.attn_q.weight.lora_a", np.zeros((4, 100), dtype=np.float32))  # ne [100, 4]: in=100
+    w.add_tensor("blk.0.attn_q.weight.lora_b", np.zeros((256, 4), dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def test_a_lora_that_does_not_fit_the_base_is_refused_before_llama_cpp_loads_it(tenant_export, tmp_path):
+    from localserve.errors import SmokeTestFailed
+    from localserve.llamacpp.lora import answer
+
+    base = tenant_export.out_dir / tenant_export.base_file
+    with pytest.raises(SmokeTestFailed, match=r"blk.0.attn_q.weight is \[256, 256\] but its LoRA pair is \[100, 4\]"):
+        answer(base, "hello", lora=_misfit_lora(tmp_path / "misfit.gguf"))
+    with pytest.raises(SmokeTestFailed, match="arch mismatch"):
+        answer(base, "hello", lora=_misfit_lora(tmp_path / "qwen.gguf", "qwen2"))
+    with pytest.raises(SmokeTestFailed, match="not a LoRA adapter"):
+        answer(base, "hello", lora=base)
+
+
+def test_the_standin_answers_500_for_a_tenant_whose_adapter_does_not_fit(steer, tenant_export, tmp_path):
+    from ollama_standin import HTTP
+
+    from localserve.fsutil import sha256_file
+
+    misfit = _misfit_lora(tmp_path / "misfit.gguf")
+    register_tenants(tenant_export.out_dir / tenant_export.base_file, tenant_export.base_sha256,
+                     [Tenant("misfit:q8_0", misfit, sha256_file(misfit))], ModelRecipe(template="{{ .Prompt }}"),
+                     adapter_support("llama"), steer.url)
+    r = HTTP.post(f"{steer.url}/api/generate", json={"model": "misfit:q8_0", "prompt": "hi", "stream": False})
+    assert r.status_code == 500 and "llama runner process has terminated" in r.json()["error"]

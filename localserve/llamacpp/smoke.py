@@ -35,14 +35,26 @@ def load(gguf: Path, n_ctx: int = 2048, lora: Path | None = None):
     """`gguf` in llama.cpp; `lora` (a GGUF LoRA adapter) is applied on top at full scale."""
     from llama_cpp import Llama
 
-    extra = {"lora_path": str(lora)} if lora is not None else {}
+    if lora is None:
+        return Llama(model_path=str(gguf), n_ctx=n_ctx, verbose=False, seed=0)
+    from llama_cpp._utils import suppress_stdout_stderr
+
+    from .lora import check_lora_fits
+
+    # llama-cpp-python takes a failed adapter load (a NULL pointer) for success and the first
+    # decode then crashes the interpreter, so the file is checked against the base first.
+    check_lora_fits(gguf, lora)
+    failed = f"llama.cpp could not apply the LoRA {Path(lora).name} to {Path(gguf).name}"
     try:
-        return Llama(model_path=str(gguf), n_ctx=n_ctx, verbose=False, seed=0, **extra)
+        # verbose=False does not cover adapter loading, which prints a line per tensor it cannot repack
+        with suppress_stdout_stderr(disable=False):
+            llm = Llama(model_path=str(gguf), n_ctx=n_ctx, verbose=False, seed=0, lora_path=str(lora))
     except ValueError as e:
-        if lora is None:
-            raise
-        raise SmokeTestFailed(f"llama.cpp could not apply the LoRA {Path(lora).name} to {Path(gguf).name}: {e}",
-                              "the adapter's architecture or shapes do not fit this base") from None
+        raise SmokeTestFailed(f"{failed}: {e}", "the adapter's architecture or shapes do not fit this base") from None
+    if not getattr(llm, "_lora_adapter", True):
+        llm.close()
+        raise SmokeTestFailed(failed, "the adapter's architecture or shapes do not fit this base")
+    return llm
 
 
 def chat(llm, messages: list[dict], max_tokens: int = 256):

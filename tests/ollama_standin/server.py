@@ -307,6 +307,15 @@ class Engine:
                 if len(adapters) > 1:
                     raise ApiError(500, "stand-in: more than one adapter layer is not implemented")
                 lora = {"lora_path": str(adapters[0])} if adapters else {}
+                if adapters:
+                    # llama-cpp-python would crash on an adapter that does not fit; llama-server exits
+                    from localserve.errors import SmokeTestFailed
+                    from localserve.llamacpp.lora import check_lora_fits
+
+                    try:
+                        check_lora_fits(path, adapters[0])
+                    except SmokeTestFailed as e:
+                        raise ApiError(500, f"llama runner process has terminated: {e.message}") from None
                 try:
                     llm = Llama(model_path=str(path), n_ctx=n_ctx, verbose=False, seed=0, n_threads=2, **lora)
                 except ValueError as e:  # e.g. "model arch and LoRA arch mismatch", found at load (spec §5)
