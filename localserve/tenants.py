@@ -423,14 +423,34 @@ def export_tenants(spec: TenantExportSpec) -> TenantExportResult:
 
 def register_export(result: TenantExportResult, host: str | None = None) -> dict:
     """Register every tenant of a finished export with the Ollama at `host`; recorded in localserve.json."""
+    result.registered = register_folder(result.out_dir, host)
+    return result.registered
+
+
+def is_tenant_export(folder: Path) -> bool:
+    """True for a folder written by `export --lora` (what `localserve register` then registers)."""
+    try:
+        return json.loads((Path(folder) / LINEAGE_FILE).read_text(encoding="utf-8")).get("kind") == "lora-tenants"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def register_folder(folder: Path, host: str | None = None) -> dict:
+    """Register every tenant of the `export --lora` folder `folder`, from its localserve.json."""
     from .ollama.layers import ModelRecipe
     from .ollama.tenants import Tenant, adapter_support, register_tenants
 
-    lineage = json.loads(result.lineage_path.read_text(encoding="utf-8"))
-    out = result.out_dir
-    reg = register_tenants(out / result.base_file, result.base_sha256,
-                           [Tenant(t.ollama_name, out / t.file, t.sha256) for t in result.tenants],
-                           ModelRecipe.from_json(lineage["modelfile"]), adapter_support(result.architecture), host)
-    result.registered = lineage["registered"] = reg.to_json()
-    write_json(result.lineage_path, lineage)
-    return result.registered
+    folder = Path(folder)
+    lineage_path = folder / LINEAGE_FILE
+    lineage = json.loads(lineage_path.read_text(encoding="utf-8"))
+    base = lineage["artifacts"][0]
+    tenants = [Tenant(t["ollama_name"], folder / t["file"], t["sha256"]) for t in lineage["tenants"]]
+    missing = [str(p) for p in [folder / base["file"], *(t.adapter_gguf for t in tenants)] if not p.is_file()]
+    if missing:
+        raise InputError(f"{lineage_path} lists files that are not there: {', '.join(missing)}",
+                         "re-run `localserve export ... --lora` into this folder")
+    reg = register_tenants(folder / base["file"], base["sha256"], tenants, ModelRecipe.from_json(lineage["modelfile"]),
+                           adapter_support(lineage["base"]["gguf_architecture"]), host)
+    lineage["registered"] = reg.to_json()
+    write_json(lineage_path, lineage)
+    return lineage["registered"]

@@ -327,3 +327,12 @@ def test_the_standin_answers_500_for_a_tenant_whose_adapter_does_not_fit(steer, 
                      adapter_support("llama"), steer.url)
     r = HTTP.post(f"{steer.url}/api/generate", json={"model": "misfit:q8_0", "prompt": "hi", "stream": False})
     assert r.status_code == 500 and "llama runner process has terminated" in r.json()["error"]
+
+
+def test_localserve_register_registers_every_tenant_of_the_folder(steer, tenant_export):
+    out = str(tenant_export.out_dir)
+    result = run_cli("register", out, "--host", steer.url)
+    assert result.exit_code == 0, result.output
+    assert result.output.strip().splitlines()[-1].startswith("registered alpha:q8_0, beta:q8_0 on Ollama")
+    refused = run_cli("register", out, "--name", "x:y", "--host", steer.url)
+    assert refused.exit_code == 2 and "--name does not apply to the multi-tenant export" in refused.output

@@ -20,7 +20,7 @@ _NOT_FOR_TENANTS = {
 }
 
 
-def run(adapters, *, quants: str, max_size, as_json: bool, no_smoke: bool, no_register: bool, **options) -> None:
+def run(adapters, *, quants: str | None, max_size, as_json: bool, no_smoke: bool, no_register: bool, **options) -> None:
     from ..tenants import TenantExportSpec, export_tenants
 
     for key, (default, hint) in _NOT_FOR_TENANTS.items():
@@ -30,7 +30,7 @@ def run(adapters, *, quants: str, max_size, as_json: bool, no_smoke: bool, no_re
                              f"drop {flag}; {hint}")
     if max_size is not None:
         raise InputError("--max-size does not apply to --lora (it bounds --quant auto)", "drop --max-size")
-    quant_list = [q for q in quants.split(",") if q.strip()]
+    quant_list = [q for q in (quants or "Q4_K_M").split(",") if q.strip()]
     if len(quant_list) > 1:
         raise InputError(f"--lora quantizes the shared base to one type, not {len(quant_list)} ({quants})",
                          "pass one, e.g. --quant Q4_K_M")
