@@ -4,7 +4,7 @@ LOCALSERVE_HOME ?= $(HOME)/.cache/localserve
 VENV ?= $(LOCALSERVE_HOME)/venv
 export LOCALSERVE_HOME
 
-.PHONY: demo test test-fast bootstrap bootstrap-vllm bench
+.PHONY: demo test test-fast bootstrap bootstrap-vllm bootstrap-gpuquant bench
 
 bootstrap:
 	bash scripts/bootstrap.sh
@@ -12,6 +12,9 @@ bootstrap:
 # The real vLLM (CPU build) in its own virtualenv, $(LOCALSERVE_HOME)/vllm-venv: once, ~2 minutes.
 bootstrap-vllm:
 	bash scripts/bootstrap_vllm.sh
+
+bootstrap-gpuquant:
+	bash scripts/bootstrap_gpuquant.sh
 
 # The main job on the embedded default: export the demo adapter to Q4_K_M and show its answer.
 demo: bootstrap

@@ -22,8 +22,15 @@ from ..spec import ExportSpec, parse_size
 @click.option("--nodes", type=click.IntRange(min=1), help="vLLM: nodes (pipeline parallel across nodes, Ray).")
 @click.option("--ctx", type=click.IntRange(min=1), help="vLLM: context length per sequence.")
 @click.option("--concurrency", type=click.IntRange(min=1), help="vLLM: concurrent sequences to size the KV cache for.")
-@click.option("--quant", "quants", default="Q4_K_M", show_default=True,
-              help="llama.cpp type(s), comma-separated, any case (Q4_K_M,Q8_0); `localserve quants` lists them.")
+@click.option("--quant", "quants",
+              help="Ollama: llama.cpp type(s), comma-separated, any case (default Q4_K_M; `localserve quants` lists "
+                   "them). vLLM: gptq-w4a16, fp8-dynamic or w8a8 (llm-compressor; default: unquantized).")
+@click.option("--group-size", type=int, help="vLLM gptq-w4a16: columns per scale (default: 128, 64 or 32, "
+                                             "the largest dividing every layer's input width).")
+@click.option("--calibration", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="vLLM --quant: the fine-tune's chat JSONL to calibrate on (default: the shipped corpus).")
+@click.option("--calibration-samples", type=click.IntRange(min=1), help="vLLM --quant: calibration samples (default 64).")
+@click.option("--calibration-seq-len", type=click.IntRange(min=8), help="vLLM --quant: tokens per sample (default 512).")
 @click.option("--base", type=click.Path(path_type=Path), help="Base model folder (default: from adapter_config.json).")
 @click.option("--name", help="Model name (default: the adapter folder's name).")
 @click.option("--out", type=click.Path(path_type=Path), help="Output folder (default: exports/NAME).")
@@ -51,14 +58,15 @@ from ..spec import ExportSpec, parse_size
 @click.option("--merge", type=click.Path(path_type=Path, exists=True, dir_okay=False),
               help="Export a merge of several models (a mergekit YAML; see `localserve merge`) instead of ADAPTER.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def export_command(adapters: tuple[Path, ...], target: str, lora: bool, quants: str, max_size: str | None,
+def export_command(adapters: tuple[Path, ...], target: str, lora: bool, quants: str | None, max_size: str | None,
                    as_json: bool, no_smoke: bool, no_register: bool, **options) -> None:
     """Merge ADAPTER into its base, convert to GGUF, quantize, check, and register with Ollama.
 
     With --target vllm, write a Hugging Face folder and its vLLM serve configuration instead; with
     --lora, keep several ADAPTERS unmerged on one shared base (multi-tenant serving).
     """
-    vllm_options = {k: options.pop(k) for k in ("gpu_memory", "gpus", "nodes", "ctx", "concurrency")}
+    vllm_options = {k: options.pop(k) for k in ("gpu_memory", "gpus", "nodes", "ctx", "concurrency", "group_size",
+                                                "calibration", "calibration_samples", "calibration_seq_len")}
     common = dict(quants=quants, max_size=max_size, as_json=as_json, no_smoke=no_smoke, no_register=no_register)
     if target == "vllm":
         from ._vllm_export import run as run_vllm
@@ -68,6 +76,7 @@ def export_command(adapters: tuple[Path, ...], target: str, lora: bool, quants: 
     given = [k.replace("_", "-") for k, v in vllm_options.items() if v is not None]
     if given:
         raise InputError(f"--{given[0]} applies to --target vllm only", "drop it, or add --target vllm")
+    common["quants"] = quants or "Q4_K_M"
     if lora:
         from ._tenant_export import run as run_tenants
 

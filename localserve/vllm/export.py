@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import AdapterError, InputError, TemplateMismatch
+from ..gpuquant.export import CalibrationOptions, QuantResult, plan_quant, quantize_folder
 from ..fsutil import atomic_dir, human_bytes, require_free_space, sha256_tree, write_json
 from ..models.merge import TOKENIZER_FILES, check_compatibility, merge_adapter
 from ..models.resolve import Adapter, BaseModel, check_base_weights, load_adapter, read_json, resolve_base
@@ -69,11 +70,19 @@ class VllmExportSpec:
     max_loras: int | None = None
     max_cpu_loras: int | None = None
     port: int = 8000
+    # GPU formats (llm-compressor, see localserve.gpuquant): a name from gpuquant.FORMATS, or None.
+    quant: str | None = None
+    group_size: int | None = None  # default: the largest of 128, 64, 32 that fits the model
+    calibration: Path | None = None  # the fine-tune's chat JSONL (default: the shipped corpus)
+    calibration_samples: int = 64
+    calibration_seq_len: int = 512
+    measure_quality: bool = True  # KL / top-1 against the unquantized merged model
+    quality_tokens: int = 2048  # of the shipped corpus; the GGUF export's quality gate uses as many
 
     def __post_init__(self) -> None:
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
         set_("adapters", tuple(Path(a) for a in self.adapters))
-        for key in ("base", "out"):
+        for key in ("base", "out", "calibration"):
             if getattr(self, key) is not None:
                 set_(key, Path(getattr(self, key)))
         if not self.adapters:
@@ -100,12 +109,40 @@ class VllmExportSpec:
                 raise InputError(f"--{key.replace('_', '-')} must be positive, not {value}")
         if not self.lora and (self.max_loras or self.max_cpu_loras):
             raise InputError("max_loras/max_cpu_loras apply to --lora only")
+        self._check_quant()
         # Under --lora the adapters keep their folder names; the base's name is known once it is resolved.
         name = self.name or (None if self.lora else _clean(self.adapters[0].resolve().name))
         if name is not None and not _NAME_RE.match(name):
             raise InputError(f"invalid model name {name!r}",
                              "use letters, digits, '_', '.', '-' (1-80 characters, not starting with '.' or '-')")
         set_("name", name)
+
+    def _check_quant(self) -> None:
+        from ..gpuquant import get_format
+
+        if self.quant is None:
+            given = [k for k in ("group_size", "calibration") if getattr(self, k) is not None]
+            if given:
+                raise InputError(f"--{given[0].replace('_', '-')} applies to a quantized export",
+                                 "add --quant gptq-w4a16 (or fp8-dynamic, w8a8)")
+            return
+        fmt = get_format(self.quant)
+        set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
+        set_("quant", fmt.name)
+        if self.lora:
+            raise InputError(f"--quant {fmt.name} quantizes the merged model; --lora keeps the base unmerged",
+                             "drop --lora, or drop --quant")
+        if self.group_size is not None and not fmt.grouped:
+            raise InputError(f"--group-size applies to grouped formats (gptq-w4a16); {fmt.name} is scaled per channel",
+                             "drop --group-size")
+        if self.calibration is not None:
+            if not fmt.calibrated:
+                raise InputError(f"{fmt.name} needs no calibration data", "drop --calibration")
+            if not self.calibration.is_file():
+                raise InputError(f"no such calibration file: {self.calibration}", "pass the fine-tune's chat JSONL")
+        for key in ("calibration_samples", "calibration_seq_len", "quality_tokens"):
+            if getattr(self, key) <= 0:
+                raise InputError(f"--{key.replace('_', '-')} must be positive, not {getattr(self, key)}")
 
     def out_dir(self, name: str) -> Path:
         return self.out if self.out is not None else Path("exports") / f"{name}-vllm"
@@ -134,6 +171,7 @@ class VllmExportResult:
     layout: Layout | None
     lora: LoraPlan | None
     model_bytes: int
+    quantization: QuantResult | None = None
 
     def to_json(self) -> dict:
         return {"out_dir": str(self.out_dir), "name": self.name, "model_dir": str(self.model_dir),
@@ -143,7 +181,8 @@ class VllmExportResult:
                 "tensor_parallel_size": self.layout.tensor_parallel_size if self.layout else 1,
                 "pipeline_parallel_size": self.layout.pipeline_parallel_size if self.layout else 1,
                 "arithmetic": list(self.layout.lines) if self.layout else [],
-                "lora": self.lora.lines() if self.lora else None}
+                "lora": self.lora.lines() if self.lora else None,
+                "quantization": self.quantization.to_json() if self.quantization else None}
 
 
 def _clean(raw: str) -> str:
@@ -299,8 +338,12 @@ def export_vllm(spec: VllmExportSpec) -> VllmExportResult:
     layout = _layout(spec, config, base.path)
     if layout is not None:
         step("layout:\n  " + "\n  ".join(layout.lines))
+    quant_plan = plan_quant(spec.quant, base.path, spec.group_size) if spec.quant else None
     serve_config = serve.ServeConfig(
-        name=name, model=f"./{MODEL_DIR}", dtype=spec.dtype, max_model_len=spec.ctx,
+        name=name, model=f"./{MODEL_DIR}", max_model_len=spec.ctx,
+        dtype=quant_plan.format.serve_dtype if quant_plan and spec.dtype == "auto" else spec.dtype,
+        quantization="compressed-tensors" if quant_plan else None,
+        notes=quant_plan.serve_notes if quant_plan else (),
         max_num_seqs=spec.concurrency,
         tensor_parallel_size=layout.tensor_parallel_size if layout else 1,
         pipeline_parallel_size=layout.pipeline_parallel_size if layout else 1,
@@ -318,6 +361,7 @@ def export_vllm(spec: VllmExportSpec) -> VllmExportResult:
 
     # --- write: the whole folder is built beside `out` and renamed into place --------------
     inputs = {"base": sha256_tree(base.path), **{f"adapter:{a.path.name}": sha256_tree(a.path) for a in loaded}}
+    quantization = None
     with atomic_dir(out) as tmp:
         model = tmp / MODEL_DIR
         if lora_plan is None:
@@ -328,6 +372,9 @@ def export_vllm(spec: VllmExportSpec) -> VllmExportResult:
             eot_ids = _write_model_folder(merged, merged, chat, own.parent if own.is_file() else base.path, model,
                                           spec.template_family, spec.shard_bytes)
             shutil.rmtree(merged)
+            if quant_plan is not None:
+                quantization = quantize_folder(quant_plan, model, tmp, CalibrationOptions(
+                    spec.calibration, spec.calibration_samples, spec.calibration_seq_len), spec.quality_tokens if spec.measure_quality else None)
         else:
             step(f"copying the base {base.path.name} and {len(lora_plan.adapters)} adapter(s) unmerged")
             eot_ids = _write_model_folder(base.path, base.path, chat, base.path, model, spec.template_family,
@@ -351,6 +398,7 @@ def export_vllm(spec: VllmExportSpec) -> VllmExportResult:
             "adapters": [{"name": n, "path": str(a.path.resolve()), "sha256": inputs[f"adapter:{a.path.name}"]}
                          for n, a in zip(_served_names(loaded, lora_plan), loaded)],
             "merged": lora_plan is None,
+            "quantization": quantization.to_json() if quantization else None,
             "chat": {"template_from": str(chat[1]), "files": {n: str(p) for n, p in chat[0].items()},
                      "end_of_turn_ids": list(eot_ids)},
             "layout": ({"tensor_parallel_size": layout.tensor_parallel_size,
@@ -363,7 +411,7 @@ def export_vllm(spec: VllmExportSpec) -> VllmExportResult:
             "serve": {"options": serve_config.options(), "environment": serve_config.environment,
                       "files": [p.relative_to(tmp).as_posix() for p in files]},
             "tools": {p: _version(p) for p in ("torch", "transformers", "peft", "safetensors")}
-                     | {"python": platform.python_version()},
+                     | {"python": platform.python_version()} | (quantization.tools if quantization else {}),
         }
         write_json(tmp / LINEAGE_FILE, lineage)
     step(f"wrote {MODEL_DIR}/ ({human_bytes(model_bytes)}), {serve.CONFIG_FILE} and serve files to {out}")
@@ -372,7 +420,7 @@ def export_vllm(spec: VllmExportSpec) -> VllmExportResult:
         adapters=tuple((a.name, out / ADAPTERS_DIR / a.name) for a in lora_plan.adapters) if lora_plan else (),
         serve_files=tuple(out / p.relative_to(tmp) for p in files), config_file=out / serve.CONFIG_FILE,
         lineage_path=out / LINEAGE_FILE, end_of_turn_ids=eot_ids, layout=layout, lora=lora_plan,
-        model_bytes=model_bytes)
+        model_bytes=model_bytes, quantization=quantization)
 
 
 def _served_names(loaded: list[Adapter], plan: LoraPlan | None) -> list[str | None]:

@@ -44,7 +44,9 @@ class ServeConfig:
     max_cpu_loras: int | None = None
     trust_remote_code: bool = False  # only when the user asked: it runs the model repo's Python code
     generation_config: str = "auto"  # vLLM reads every end-of-turn id from the folder's generation_config.json
+    quantization: str | None = None  # "compressed-tensors": the folder's config.json says which scheme
     arithmetic: tuple[str, ...] = field(default=(), compare=False)
+    notes: tuple[str, ...] = field(default=(), compare=False)  # comment lines for whoever runs it
 
     @property
     def lora(self) -> bool:
@@ -64,6 +66,8 @@ class ServeConfig:
         """vLLM's long option names (without --) and values, in the order they are written."""
         opts: dict[str, object] = {"model": self.model, "served-model-name": self.name, "dtype": self.dtype,
                                    "generation-config": self.generation_config, "port": self.port}
+        if self.quantization:
+            opts["quantization"] = self.quantization
         if self.trust_remote_code:
             opts["trust-remote-code"] = True
         if self.max_model_len:
