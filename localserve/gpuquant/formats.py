@@ -27,9 +27,9 @@ class GpuFormat:
     refused: str | None = None  # why localserve will not write it (measured), or None
 
 
-_AWQ_REFUSED = ("AWQ W4A16 is refused: on this path (llm-compressor 0.14 on CPU) the AWQ result lost the "
-                "adapter's answer in transformers and in vLLM, while GPTQ W4A16 at the same group size "
-                "kept it (see README, 'GPU formats')")
+_AWQ_REFUSED = ("AWQ W4A16 is refused until proven in vLLM: an earlier CPU run (llm-compressor 0.14) lost the "
+                "adapter's answer; with fp32 calibration and the pin_memory fix it kept it in transformers, but "
+                "took 12 min and is not yet checked in vLLM")
 
 FORMATS: dict[str, GpuFormat] = {f.name: f for f in (
     GpuFormat("gptq-w4a16", "GPTQ int4 weights, 16-bit activations", "gptq", 4, True, True, "bfloat16"),
