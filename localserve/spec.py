@@ -96,14 +96,20 @@ class ExportSpec:
         return self.out if self.out is not None else Path("exports") / str(self.name)
 
     def to_json(self) -> dict[str, Any]:
-        def plain(v: Any) -> Any:
-            if isinstance(v, Path):
-                return str(v.resolve())
-            if isinstance(v, tuple):
-                return list(v)
-            return v
+        return spec_to_json(self)
 
-        return {f.name: plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+def spec_to_json(spec: Any) -> dict[str, Any]:
+    """A spec dataclass as JSON for localserve.json: paths absolute, tuples as lists."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, Path):
+            return str(v.resolve())
+        if isinstance(v, tuple):
+            return [plain(x) for x in v]
+        return v
+
+    return {f.name: plain(getattr(spec, f.name)) for f in dataclasses.fields(spec)}
 
 
 def _default_name(adapter: Path) -> str:

@@ -32,7 +32,7 @@ from .gguf_export import LINEAGE_FILE, _check_chat, _estimate_bytes, _read_probe
 from .models.resolve import Adapter, BaseModel, check_base_weights, load_adapter, read_json, resolve_base
 from .pipeline import Pipeline, content_key
 from .progress import step
-from .spec import _NAME_RE, _default_name
+from .spec import _NAME_RE, _default_name, spec_to_json
 
 # Tokenizer files a LoRA cannot change: a tenant whose adapter ships different ones was trained on
 # a different vocabulary or chat format than the shared base serves.
@@ -106,14 +106,7 @@ class TenantExportSpec:
         return self.out if self.out is not None else Path("exports") / f"{self.export_name}-lora"
 
     def to_json(self) -> dict[str, Any]:
-        def plain(v: Any) -> Any:
-            if isinstance(v, Path):
-                return str(v.resolve())
-            if isinstance(v, tuple):
-                return [plain(x) for x in v]
-            return v
-
-        return {f.name: plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        return spec_to_json(self)
 
 
 @dataclass

@@ -12,7 +12,6 @@ destination and renamed into place whole.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as _dt
 import json
 import platform
@@ -29,6 +28,7 @@ from ..models.merge import TOKENIZER_FILES, check_compatibility, merge_adapter
 from ..models.resolve import Adapter, BaseModel, check_base_weights, load_adapter, read_json, resolve_base
 from ..plan.layout import Layout, parallel_layout
 from ..progress import step
+from ..spec import spec_to_json
 from . import serve
 from .lora import LoraPlan, plan_lora
 from .weights import DEFAULT_SHARD_BYTES, write_shards
@@ -148,14 +148,7 @@ class VllmExportSpec:
         return self.out if self.out is not None else Path("exports") / f"{name}-vllm"
 
     def to_json(self) -> dict[str, Any]:
-        def plain(v: Any) -> Any:
-            if isinstance(v, Path):
-                return str(v.resolve())
-            if isinstance(v, tuple):
-                return [plain(x) for x in v]
-            return v
-
-        return {f.name: plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        return spec_to_json(self)
 
 
 @dataclass(frozen=True)
