@@ -13,6 +13,7 @@ bootstrap:
 bootstrap-vllm:
 	bash scripts/bootstrap_vllm.sh
 
+# llm-compressor (GPTQ/FP8/int8 for vLLM) in its own virtualenv, $(LOCALSERVE_HOME)/gpuquant-venv: once, ~2 minutes.
 bootstrap-gpuquant:
 	bash scripts/bootstrap_gpuquant.sh
 
@@ -20,8 +21,9 @@ bootstrap-gpuquant:
 demo: bootstrap
 	$(VENV)/bin/localserve export examples/demo-adapter --quant Q4_K_M --out exports/demo --name demo
 
-# Every test tier, once (fast tiny-model tests, Go template tests, slow end-to-end tests, the real vLLM).
-test: bootstrap bootstrap-vllm
+# Every test tier, once (fast tiny-model tests, Go template tests, slow end-to-end tests, the real vLLM
+# serving merged, LoRA and GPU-quantized exports).
+test: bootstrap bootstrap-vllm bootstrap-gpuquant
 	$(VENV)/bin/python -m pytest -q
 
 test-fast: bootstrap

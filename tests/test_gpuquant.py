@@ -131,3 +131,30 @@ def test_a_quantized_export_without_llmcompressor_is_one_line_and_writes_nothing
     assert result.exit_code == 1
     assert result.output.count("\n") == 1 and result.output.startswith("error: llm-compressor is not installed")
     assert not (tmp_path / "o").exists()
+
+
+def test_quality_refuses_an_unquantized_folder_as_a_model_to_measure(tiny_base):
+    result = invoke("quality", tiny_base, "--reference", tiny_base)
+    assert result.exit_code != 0
+    assert "is not a quantized model" in result.output and "--reference" in result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) <= 2
+
+
+def _qconfig(weights: dict, activations: dict | None = None) -> dict:
+    return {"quant_method": "compressed-tensors",
+            "config_groups": {"group_0": {"targets": ["Linear"], "weights": weights,
+                                          "input_activations": activations}}}
+
+
+@pytest.mark.parametrize("weights, activations, name", [
+    ({"num_bits": 4, "type": "int", "symmetric": True, "strategy": "group", "group_size": 64}, None, "gptq-w4a16"),
+    ({"num_bits": 4, "type": "int", "symmetric": False, "strategy": "group", "group_size": 64}, None, "awq-w4a16"),
+    ({"num_bits": 8, "type": "float", "strategy": "channel"}, {"num_bits": 8, "type": "float", "dynamic": True},
+     "fp8-dynamic"),
+    ({"num_bits": 8, "type": "int", "strategy": "channel"}, {"num_bits": 8, "type": "int", "dynamic": True}, "w8a8"),
+    ({"num_bits": 2, "type": "int", "strategy": "channel"}, None, "W2A16"),
+])
+def test_a_quantized_folder_is_named_by_the_format_users_type(weights, activations, name):
+    from localserve.gpuquant.formats import format_of
+
+    assert format_of(_qconfig(weights, activations)) == name

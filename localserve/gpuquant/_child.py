@@ -2,7 +2,7 @@
 
     python _child.py JOB.json
 
-JOB is {"task": "quantize", ...} or {"task": "logprobs", ...} (see `localserve/gpuquant/run.py`).
+JOB is {"task": "quantize" | "logprobs" | "chat", ...} (see `localserve/gpuquant/run.py`).
 It imports nothing from localserve: that venv has llm-compressor's pins, not ours. Progress goes
 to stdout as "LOCALSERVE-STEP <text>" lines; the answer as one "LOCALSERVE-RESULT <json>" line.
 """
@@ -100,9 +100,29 @@ def logprobs(job):
     return {"n_positions": n_positions}
 
 
+def chat(job):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils.quantization_config import CompressedTensorsConfig
+
+    # The same decompressed weights as `logprobs`: what the quantized model says, greedily.
+    model = AutoModelForCausalLM.from_pretrained(job["model"], dtype=torch.float32,
+                                                 quantization_config=CompressedTensorsConfig(run_compressed=False))
+    tokenizer = AutoTokenizer.from_pretrained(job["model"])
+    ids = tokenizer.apply_chat_template(job["messages"], add_generation_prompt=True, return_tensors="pt",
+                                        return_dict=True)["input_ids"]
+    with torch.inference_mode():
+        out = model.generate(ids, max_new_tokens=job["max_tokens"], do_sample=False)
+    new = out[0, ids.shape[1]:].tolist()
+    eos = model.generation_config.eos_token_id
+    eos = set(eos if isinstance(eos, list) else [eos])
+    stopped = bool(new) and new[-1] in eos
+    return {"text": tokenizer.decode(new, skip_special_tokens=True), "finish": "stop" if stopped else "length"}
+
+
 if __name__ == "__main__":
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     with open(sys.argv[1], encoding="utf-8") as f:
         job = json.load(f)
-    result = {"quantize": quantize, "logprobs": logprobs}[job["task"]](job)
+    result = {"quantize": quantize, "logprobs": logprobs, "chat": chat}[job["task"]](job)
     print("LOCALSERVE-RESULT " + json.dumps(result), flush=True)

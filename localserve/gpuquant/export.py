@@ -29,8 +29,9 @@ class QuantPlan:
     def serve_notes(self) -> tuple[str, ...]:
         notes = [f"{self.format.name}: {self.format.display} (compressed-tensors, written by llm-compressor)."]
         if self.format.weight_bits == 4:
-            notes.append("vLLM's CPU build has no float32 W4A16 kernel: on CPU keep dtype bfloat16 and add "
-                         "--enforce-eager (./launch.sh --enforce-eager).")
+            notes.append("On CPU, vLLM runs W4A16 only in its AVX-512 build (the AVX2 one has no cpu_gemm_wna16 "
+                         "kernel) and not in float32: keep dtype bfloat16 and add --enforce-eager "
+                         "(./launch.sh --enforce-eager). GPUs run it as written.")
         return tuple(notes)
 
 
@@ -86,9 +87,9 @@ def quantize_folder(plan: QuantPlan, model_dir: Path, work: Path, calibration: C
                         "samples": [list(s) for s in calib.samples] if calib else []})
     quality = None
     if quality_tokens:
-        from .quality import measure_gpu
+        from ..quality import measure
 
-        table = measure_gpu([(fmt.name, staged)], reference=model_dir, max_tokens=quality_tokens)
+        table = measure([staged], reference=model_dir, max_tokens=quality_tokens)
         rows = tuple(dataclasses.replace(r, file=model_dir.name, path=f"./{model_dir.name}") for r in table.rows)
         quality = dataclasses.replace(table, rows=rows,
                                       reference={**table.reference, "path": "the merged model before quantizing"})

@@ -106,3 +106,22 @@ def choose_group_size(widths: dict[str, int], override: int | None = None) -> Gr
 
 def _list(xs) -> str:
     return ", ".join(map(str, xs))
+
+
+def format_of(quantization_config: dict) -> str:
+    """The name users type for a compressed-tensors `quantization_config` (config.json) — "gptq-w4a16",
+    "fp8-dynamic", ... — or a generic "W4A16" style label for a scheme localserve does not write."""
+    groups = list((quantization_config.get("config_groups") or {}).values())
+    if len(groups) != 1:
+        return str(quantization_config.get("format") or quantization_config.get("quant_method") or "quantized")
+    weights = groups[0].get("weights") or {}
+    acts = groups[0].get("input_activations") or {}
+    w_bits, w_type = weights.get("num_bits"), weights.get("type")
+    a_bits = acts.get("num_bits", 16)
+    if w_bits == 8 and w_type == "float" and acts.get("type") == "float" and acts.get("dynamic"):
+        return "fp8-dynamic"
+    if w_bits == 8 and w_type == "int" and a_bits == 8 and acts.get("dynamic"):
+        return "w8a8"
+    if w_bits == 4 and w_type == "int" and not acts and weights.get("strategy") == "group":
+        return "gptq-w4a16" if weights.get("symmetric") else "awq-w4a16"
+    return f"W{w_bits}A{a_bits}"

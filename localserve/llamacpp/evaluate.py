@@ -111,6 +111,31 @@ def tokenize(gguf_path: Path, texts: Sequence[str], special: bool = False) -> To
         llm.close()
 
 
+def hf_tokenizer(model_dir: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(model_dir))
+
+
+def hf_chat_template(model_dir: Path) -> tuple[str, str, str] | None:
+    """(template, bos text, eos text) of an HF folder's tokenizer, as `chat_template` gives for a GGUF."""
+    tokenizer = hf_tokenizer(model_dir)
+    template = tokenizer.chat_template
+    if not isinstance(template, str):
+        return None
+    return template, tokenizer.bos_token or "", tokenizer.eos_token or ""
+
+
+def hf_tokenize(model_dir: Path, texts: Sequence[str], n_vocab: int, special: bool = False) -> Tokens:
+    """`tokenize` with an HF folder's tokenizer (for measuring GPU-format folders without any GGUF)."""
+    tokenizer = hf_tokenizer(model_dir)
+    ids: list[int] = []
+    for text in texts:
+        ids.extend(tokenizer(text, add_special_tokens=False, split_special_tokens=not special)["input_ids"])
+    add_bos = bool(getattr(tokenizer, "add_bos_token", False)) and tokenizer.bos_token_id is not None
+    return Tokens(tuple(ids), tokenizer.bos_token_id if add_bos else None, n_vocab)
+
+
 def chunked(tokens: Tokens, n_ctx: int) -> list[list[int]]:
     """Windows of at most n_ctx tokens (BOS included), covering the text once, in order."""
     body = n_ctx - (1 if tokens.bos is not None else 0)

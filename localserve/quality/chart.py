@@ -59,12 +59,15 @@ def write_chart(table: QualityTable, path: Path, title: str | None = None) -> Pa
         ax.fill_between(xs, [y / 2 for y in ys], [y * 2 for y in ys], color="0.85", zorder=0,
                         label="published ±2x band")
 
-    for imatrix, marker, color in ((False, "o", "tab:blue"), (True, "s", "tab:orange")):
-        pts = [r for r in rows if r.imatrix == imatrix]
+    series = (("this model, GGUF", lambda r: r.runtime != "vllm" and not r.imatrix, "o", "tab:blue", 4),
+              ("this model, GGUF + imatrix", lambda r: r.runtime != "vllm" and r.imatrix, "s", "tab:orange", -10),
+              ("this model, GPU format (vLLM)", lambda r: r.runtime == "vllm", "^", "tab:green", 4))
+    for label, belongs, marker, color, dy in series:
+        pts = [r for r in rows if belongs(r)]
         if not pts:
             continue
         ax.scatter([r.size / mb for r in pts], [max(r.kl_mean, KL_FLOOR) for r in pts], marker=marker,
-                   color=color, zorder=3, label="this model" + (" + imatrix" if imatrix else ""))
+                   color=color, zorder=3, label=label)
         # Some types fall back to the same tensor formats on small models (SmolLM2's Q2_K and
         # Q3_K_S are the same file): one point, one label naming all of them.
         labels: dict[tuple[int, float], list[str]] = {}
@@ -74,11 +77,11 @@ def write_chart(table: QualityTable, path: Path, title: str | None = None) -> Pa
                 names.append(r.quant)
         for (size, kl), names in labels.items():
             ax.annotate(" / ".join(names), (size / mb, max(kl, KL_FLOOR)), textcoords="offset points",
-                        xytext=(5, -10 if imatrix else 4), fontsize=8, color=color)
+                        xytext=(5, dy), fontsize=8, color=color)
     ax.set_yscale("log")
     ax.set_xlabel("file size (MB)")
     ax.set_ylabel("mean KL divergence vs reference (nats, log)")
-    ax.set_title(title or f"Quantization cost: {Path(table.reference.get('path', '')).name or 'model'}")
+    ax.set_title(title or f"Quantization cost: {_model_name(table.reference.get('path', ''))}")
     bpw_axis = ax.secondary_xaxis("top", functions=(lambda x: x * mb / scale, lambda b: b * scale / mb))
     bpw_axis.set_xlabel("bits per weight")
     ax.grid(True, which="both", alpha=0.3)
@@ -88,3 +91,9 @@ def write_chart(table: QualityTable, path: Path, title: str | None = None) -> Pa
         fig.savefig(tmp, format="png")
     plt.close(fig)
     return path
+
+
+def _model_name(reference: str) -> str:
+    path = Path(reference)
+    # A vLLM export keeps its weights in model/: the export's folder names the model.
+    return (path.parent.name if path.name == "model" else path.name) or "model"

@@ -1,4 +1,4 @@
-"""The measured table: one row per GGUF, its text and JSON forms, and choosing a quant from it."""
+"""The measured table: one row per quantized model (GGUF file or GPU-format folder), its text and JSON forms, and choosing a quant from it."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ from ..fsutil import human_bytes
 
 @dataclass(frozen=True)
 class QualityRow:
-    """One GGUF measured against the reference on the same tokens."""
+    """One quantized model measured against the reference on the same tokens."""
 
-    file: str  # file name
+    file: str  # file (or folder) name
     path: str
-    quant: str  # "Q4_K_M", "F16", ...
+    quant: str  # "Q4_K_M", "F16", ..., or a GPU format ("gptq-w4a16")
     imatrix: bool  # quantized with an importance matrix (llama-quantize recorded one)
     size: int  # file bytes
     bpw: float  # bits per weight of the tensor data
@@ -25,6 +25,7 @@ class QualityRow:
     kl_p99: float
     top1: float  # fraction of positions where both pick the same most likely token
     seconds: float  # wall time to load and evaluate this file
+    runtime: str = "llama.cpp"  # what serves this format: "llama.cpp" (GGUF) or "vllm" (GPU folders)
 
     @property
     def label(self) -> str:

