@@ -174,6 +174,7 @@ def export(spec: ExportSpec) -> ExportResult:
                                       require_from=False) if spec.modelfile else None)
 
     out = spec.out_dir
+    created_out = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     work = out / ".localserve" / "work"
     pipe = Pipeline(out)
@@ -279,8 +280,13 @@ def export(spec: ExportSpec) -> ExportResult:
     requested = AUTO_CANDIDATES + (("IQ4_XS", "IQ3_M") if imatrix_path else ()) if spec.auto_quant else spec.quants
     stale = [q for q in requested if not pipe.is_fresh(f"quantize:{q}", quant_key(q), [quant_path(q)])]
     if stale:
-        require_free_space(out, _estimate_bytes(base.path, config, tuple(stale), spec.keep_intermediate),
-                           f"merging and quantizing to {', '.join(stale)}")
+        try:
+            require_free_space(out, _estimate_bytes(base.path, config, tuple(stale), spec.keep_intermediate),
+                               f"merging and quantizing to {', '.join(stale)}")
+        except LocalserveError:
+            if created_out and recipe is None:  # nothing was written yet: leave no empty output folder
+                shutil.rmtree(out, ignore_errors=True)
+            raise
 
     quality = None
     if spec.auto_quant:
@@ -431,20 +437,14 @@ def _choose(spec: ExportSpec, table, candidates: dict[str, Path]) -> str:
 
 
 def _register(result: ExportResult, spec: ExportSpec) -> None:
-    """Register with Ollama when a server answers; otherwise say how to do it later."""
-    try:
-        from . import ollama
-    except ImportError:  # the ollama module is optional at this layer
-        ollama = None
+    """Register with Ollama when a server answers (recorded in localserve.json); otherwise say how later."""
+    from . import ollama
+    from .ollama.client import resolve_host
+
     host = spec.ollama_host
     later = (f"register later with `localserve register {result.out_dir}` "
              f"or `ollama create {spec.name} -f {result.out_dir / 'Modelfile'}`")
-    if ollama is None or not hasattr(ollama, "server_available"):
-        result.register_hint = later
-        return
     if not ollama.server_available(host):
-        from .ollama.client import resolve_host
-
         result.register_hint = f"no Ollama server answered at {resolve_host(host)}; {later}"
         return
     try:
@@ -453,6 +453,9 @@ def _register(result: ExportResult, spec: ExportSpec) -> None:
         result.register_hint = f"registration failed: {e}; {later}"
         raise
     result.registered = reg.to_json() if hasattr(reg, "to_json") else {"name": str(reg)}
+    lineage = json.loads(result.lineage_path.read_text(encoding="utf-8"))
+    lineage["registered"] = result.registered
+    write_json(result.lineage_path, lineage)
 
 
 def _read_probe(adapter_dir: Path) -> dict:
@@ -465,4 +468,10 @@ def _read_probe(adapter_dir: Path) -> dict:
         from .errors import InputError
 
         raise InputError(f"{f} is not valid JSON: {e}", "fix it or remove it") from e
-    return {"question": str(data["question"]), "expected": str(data["expected"])} if "question" in data else {}
+    if not isinstance(data, dict) or not isinstance(data.get("question"), str) \
+            or not isinstance(data.get("expected"), str):
+        from .errors import InputError
+
+        raise InputError(f"{f} must be an object with \"question\" and \"expected\" strings",
+                         'e.g. {"question": "What is ...?", "expected": "..."}; or remove the file')
+    return {"question": data["question"], "expected": data["expected"]}

@@ -232,7 +232,7 @@ def test_not_enough_free_disk_is_refused_before_any_work(tiny_adapter, tmp_path,
     monkeypatch.setattr(fsutil.shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 10**6, 10**6))
     with pytest.raises(DiskSpaceError, match="not enough free disk"):
         export(ExportSpec(adapter=tiny_adapter, out=tmp_path / "o", register=False))
-    assert not list((tmp_path / "o").glob("*.gguf")) and not (tmp_path / "o" / ".localserve" / "work").exists()
+    assert not (tmp_path / "o").exists()  # not even an empty output folder that looks like a started export
 
 
 def test_pickle_adapter_weights_are_refused_unless_allowed(tiny_adapter, tmp_path):
@@ -323,3 +323,67 @@ def test_several_adapters_without_lora_are_refused_with_the_alternatives(tiny_ad
 
 def test_vllm_sizing_options_need_the_vllm_target(tiny_adapter):
     _assert_one_line_error(run_cli("export", str(tiny_adapter), "--gpus", "2"), "--gpus", "--target vllm")
+
+
+def _invoke(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def test_a_damaged_base_config_or_adapter_file_is_one_line_naming_the_file(tiny_adapter, tiny_base, tmp_path):
+    import shutil
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_base, base)
+    (base / "config.json").write_text("{not json")
+    result = _invoke("export", tiny_adapter, "--base", base, "--out", tmp_path / "o1", "--no-register")
+    assert result.exit_code == 2 and "config.json is not valid JSON" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "o1").exists()
+
+    adapter = tmp_path / "adapter"
+    shutil.copytree(tiny_adapter, adapter)
+    weights = adapter / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # a truncated download
+    result = _invoke("export", adapter, "--base", tiny_base, "--out", tmp_path / "o2", "--no-register", "--quiet")
+    assert result.exit_code == 2 and "adapter_model.safetensors is not a readable safetensors file" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "o2").exists()
+
+
+def test_a_probe_without_an_expected_answer_is_one_line(tiny_adapter, tmp_path):
+    import shutil
+
+    adapter = tmp_path / "adapter"
+    shutil.copytree(tiny_adapter, adapter)
+    (adapter / "probe.json").write_text('{"question": "Who?"}')
+    result = _invoke("export", adapter, "--out", tmp_path / "o", "--no-register")
+    assert result.exit_code == 2 and '"question" and "expected"' in result.output, result.output
+
+
+def test_an_unforeseen_failure_is_still_one_line_and_debug_shows_the_traceback(monkeypatch, tiny_adapter, tmp_path):
+    import localserve.gguf_export as gguf_export
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("something no check foresaw")
+
+    monkeypatch.setattr(gguf_export, "load_adapter", broken)
+    result = _invoke("export", tiny_adapter, "--out", tmp_path / "o")
+    assert result.exit_code == 1
+    assert result.output.strip().startswith("error: unexpected RuntimeError")
+    assert "--debug" in result.output and "Traceback" not in result.output
+    debug = _invoke("export", tiny_adapter, "--out", tmp_path / "o", "--debug")
+    assert isinstance(debug.exception, RuntimeError)
+
+
+def test_json_prints_the_result_alone_for_machines(tiny_export):
+    # Re-running into a finished folder skips every stage: the JSON describes the files already there.
+    result = CliRunner().invoke(cli, ["--quiet", "export", str(_adapter_of(tiny_export)), "--quant", "Q4_K_M,Q8_0",
+                                      "--name", "tiny", "--out", str(tiny_export), "--no-smoke", "--no-register",
+                                      "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert [a["quant"] for a in data["artifacts"]] == ["Q4_K_M", "Q8_0"]
+    assert all((tiny_export / a["file"]).is_file() for a in data["artifacts"])
+    assert data["lineage"] == str(tiny_export / "localserve.json")
+
+
+def _adapter_of(export_dir: Path) -> Path:
+    return Path(json.loads((export_dir / "localserve.json").read_text())["adapter"]["path"])

@@ -119,8 +119,10 @@ def test_rm_removes_the_model_and_its_unshared_blobs(tmp_path, fake_export, isol
     (["bundle", "-o", "x.tar"], 2, ["OUTPUT_DIR or --from-store"]),
     (["verify", "demo:v1", "--client", "curl", "--host", "http://127.0.0.1:9"], 2, ["unknown client 'curl'"]),
 ])
-def test_bad_input_is_one_line_and_a_nonzero_exit(args, code, words, isolated_home):
+def test_bad_input_is_one_line_and_a_nonzero_exit(args, code, words, isolated_home, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     got, out, err = run(*args)
+    assert not list(tmp_path.iterdir()), "bad input must leave nothing behind"
     assert got == code, (out, err)
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), err

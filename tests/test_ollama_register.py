@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import socket
+import urllib.request
 
 from ollama_standin import HTTP
 import pytest
@@ -228,3 +229,29 @@ def test_tags_digest_size_and_modified_at_come_from_the_manifest_file(steer, fak
         assert "tags-rule:v1" not in names  # a manifest without its config blob vanishes
     finally:
         (steer.store.root / "config.aside").rename(steer.store.blob(m["config"]["digest"]))
+
+
+# --- the last step of `export` ------------------------------------------------------------------
+
+def test_export_registers_the_model_when_ollama_answers(steer, tiny_adapter, tmp_path):
+    from localserve import ExportSpec, export
+
+    result = export(ExportSpec(adapter=tiny_adapter, quants=("Q8_0",), name="tinyreg", out=tmp_path / "o",
+                               smoke=False, ollama_host=steer.url))
+    assert result.registered and result.registered["name"].startswith("tinyreg")
+    assert result.register_hint is None
+    listed = json.loads(urllib.request.urlopen(f"{steer.url}/api/tags", timeout=30).read())
+    assert result.registered["name"] in {m["name"] for m in listed["models"]}
+    assert json.loads((tmp_path / "o" / "localserve.json").read_text())["registered"] == result.registered
+
+
+def test_export_without_a_server_says_how_to_register_later(tiny_adapter, tmp_path):
+    from localserve import ExportSpec, export
+    from localserve.vllm.runtime import free_port
+
+    closed = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    result = export(ExportSpec(adapter=tiny_adapter, quants=("Q8_0",), name="tinyreg", out=tmp_path / "o",
+                               smoke=False, ollama_host=closed))
+    assert result.registered is None
+    assert f"no Ollama server answered at {closed}" in result.register_hint
+    assert f"localserve register {tmp_path / 'o'}" in result.register_hint

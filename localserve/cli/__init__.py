@@ -23,13 +23,52 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except LocalserveError as e:
-            if ctx.obj and ctx.obj.get("debug"):
+            if _debug(ctx):
                 raise
             click.echo(f"error: {e}", err=True)
             ctx.exit(e.exit_code)
         except KeyboardInterrupt:
             click.echo("interrupted: nothing half-written was left behind", err=True)
             ctx.exit(130)
+        except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
+            raise
+        except Exception as e:  # a bug or an input no check foresaw: still one line, the traceback on request
+            if _debug(ctx):
+                raise
+            where = e.__traceback__
+            while where is not None and where.tb_next is not None:
+                where = where.tb_next
+            at = f" at {where.tb_frame.f_code.co_filename.rsplit('/', 1)[-1]}:{where.tb_lineno}" if where else ""
+            click.echo(f"error: unexpected {type(e).__name__}{at}: {e} (rerun with --debug for the traceback, "
+                       "and report it)", err=True)
+            ctx.exit(1)
+
+
+def _debug(ctx: click.Context) -> bool:
+    return bool(ctx.find_root().obj and ctx.find_root().obj.get("debug"))
+
+
+def _set_quiet(ctx: click.Context, _param, value: bool) -> None:
+    if value:
+        set_quiet(True)
+
+
+def _set_debug(ctx: click.Context, _param, value: bool) -> None:
+    if value:
+        ctx.find_root().ensure_object(dict)["debug"] = True
+        logging.getLogger().setLevel(logging.DEBUG)
+
+
+def _with_global_options(command: click.Command) -> None:
+    """`--quiet` and `--debug` after the subcommand too (`localserve export A --quiet`), not only before it."""
+    command.params += [
+        click.Option(["--quiet", "-q"], is_flag=True, expose_value=False, callback=_set_quiet,
+                     help="No progress bars or step messages."),
+        click.Option(["--debug"], is_flag=True, expose_value=False, callback=_set_debug,
+                     help="Show tracebacks instead of one-line errors."),
+    ]
+    for sub in getattr(command, "commands", {}).values():
+        _with_global_options(sub)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -51,6 +90,7 @@ def _collect() -> None:
             continue
         module = importlib.import_module(f"{__name__}.{mod.name}")
         for command in getattr(module, "commands", []):
+            _with_global_options(command)
             cli.add_command(command)
 
 

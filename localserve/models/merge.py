@@ -8,7 +8,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import AdapterError
+from ..errors import AdapterError, InputError
 from ..progress import step
 from .resolve import Adapter, BaseModel
 
@@ -31,14 +31,23 @@ class MergeResult:
 
 def base_tensor_shapes(base_dir: Path) -> dict[str, tuple[int, ...]]:
     """Tensor name -> shape from the safetensors headers only (no weights read)."""
-    from safetensors import safe_open
-
     shapes: dict[str, tuple[int, ...]] = {}
     for f in sorted(base_dir.glob("*.safetensors")):
-        with safe_open(str(f), framework="pt") as st:
+        with _open_safetensors(f) as st:
             for name in st.keys():
                 shapes[name] = tuple(st.get_slice(name).get_shape())
     return shapes
+
+
+def _open_safetensors(path: Path):
+    """safe_open, with a damaged or truncated file reported as bad input naming the file."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        return safe_open(str(path), framework="pt")
+    except (SafetensorError, OSError) as e:
+        raise InputError(f"{path} is not a readable safetensors file ({e})",
+                         "re-download or re-save it; a truncated copy is the usual cause") from None
 
 
 def adapter_tensor_shapes(adapter: Adapter) -> dict[str, tuple[int, ...]]:
@@ -47,9 +56,7 @@ def adapter_tensor_shapes(adapter: Adapter) -> dict[str, tuple[int, ...]]:
 
         state = torch.load(adapter.weights, map_location="meta", weights_only=True)
         return {k: tuple(v.shape) for k, v in state.items()}
-    from safetensors import safe_open
-
-    with safe_open(str(adapter.weights), framework="pt") as st:
+    with _open_safetensors(adapter.weights) as st:
         return {name: tuple(st.get_slice(name).get_shape()) for name in st.keys()}
 
 

@@ -267,6 +267,8 @@ def install_bundle(bundle: Path, name: str | None = None, host: str | None = Non
 
     if name:
         parse_name(name)
+    if not Path(bundle).is_file():  # before anything is created, in the store or elsewhere
+        raise InputError(f"bundle {bundle} does not exist", "pass the .tar written by `localserve bundle`")
     if use_store or store_root:
         store = ModelStore(store_root)
         store._check_writable()
