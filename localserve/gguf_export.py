@@ -358,6 +358,9 @@ def export(spec: ExportSpec) -> ExportResult:
         system = spec.system or user_modelfile.system or system
         messages, licenses = user_modelfile.messages, user_modelfile.license
     template = setup.template if spec.ollama_template == "go" else None
+    if template is None:
+        step("--ollama-template native: the Modelfile has no TEMPLATE; Ollama >= 0.30 applies the GGUF's own chat "
+             "template, older servers would send prompts unformatted (registration refuses them)")
     modelfile_path = out / "Modelfile"
     for i, art in enumerate(artifacts):
         mf = ModelfileSpec(from_=f"./{art.file}", template=template, system=system, parameters=parameters,

@@ -70,3 +70,14 @@ def test_json_strings_compare_by_value_too():
     # Go's encoding/json escapes <, > and & in strings; Python's json.dumps does not.
     assert canonical_json_text('ipython: "21\\u00b0C \\u003csunny\\u003e"') == canonical_json_text('ipython: "21°C <sunny>"')
     assert canonical_json_text('say "hi" now') != canonical_json_text('say "ho" now')
+
+
+def test_identical_text_that_tokenizes_differently_fails_the_proof():
+    from localserve.chat.parity import CaseResult, ParityReport
+
+    # e.g. a TEMPLATE that writes "<s>" while llama.cpp also adds BOS: same text, one token more
+    double_bos = CaseResult("system_user", "<s>hi", "<s>hi", equal=True, tokens_equal=False)
+    assert not double_bos.ok
+    report = ParityReport("m", "llama2", (double_bos,))
+    assert not report.ok and "tokenizes differently" in report.summary()
+    assert CaseResult("system_user", "hi", "hi", equal=True, tokens_equal=None).ok  # no tokenizer: text decides

@@ -255,3 +255,16 @@ def test_export_without_a_server_says_how_to_register_later(tiny_adapter, tmp_pa
     assert result.registered is None
     assert f"no Ollama server answered at {closed}" in result.register_hint
     assert f"localserve register {tmp_path / 'o'}" in result.register_hint
+
+
+def test_a_native_template_export_is_refused_by_a_server_older_than_0_30(steer, smollm_gguf, tmp_path):
+    from ollama_standin.fixtures import write_export
+
+    native = write_export(tmp_path / "native", smollm_gguf, template=None)  # export --ollama-template native
+    with steer.behaving(version="0.29.1"), pytest.raises(ServerTooOld) as refused:
+        steer.requests.clear()
+        register(native, name="native-old:v1", host=steer.url)
+    assert "unformatted" in str(refused.value) and "--ollama-template go" in str(refused.value)
+    assert not [p for m, p, _ in steer.requests if m == "POST"]  # refused before any upload
+    with steer.behaving(version="0.30.0"):
+        assert register(native, name="native-new:v1", host=steer.url).name == "native-new:v1"

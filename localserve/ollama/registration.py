@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..progress import step
-from .client import OllamaServer
-from .layers import read_export
+from .client import OllamaServer, ServerTooOld, parse_version
+from .layers import ModelRecipe, read_export
 from .names import parse_name
 
 
@@ -32,6 +32,20 @@ def default_name(export_name: str, quant: str) -> str:
     return f"{export_name}:{quant.lower()}"
 
 
+NATIVE_TEMPLATE_SINCE = (0, 30, 0)  # spec §4.4: before it, a model without TEMPLATE gets {{ .Prompt }}
+
+
+def require_template_support(recipe: ModelRecipe, version: str, host: str) -> None:
+    """Refuse a model without a Go TEMPLATE (export --ollama-template native) on a server that cannot
+    apply the GGUF's own chat template: it would send every prompt unformatted."""
+    v = parse_version(version)
+    if recipe.template is None and (0, 0, 0) < v < NATIVE_TEMPLATE_SINCE:
+        raise ServerTooOld(f"this export has no TEMPLATE and relies on the GGUF's own chat template "
+                           f"(--ollama-template native), which Ollama applies from 0.30 on; {host} runs {version} "
+                           "and would send prompts unformatted",
+                           "upgrade Ollama to 0.30 or newer, or re-export with --ollama-template go")
+
+
 def register(output_dir: Path, name: str | None = None, host: str | None = None,
              quant: str | None = None) -> RegisterResult:
     """Upload the export's GGUF (if the server lacks it) and create the model from localserve.json.
@@ -44,6 +58,7 @@ def register(output_dir: Path, name: str | None = None, host: str | None = None,
     model_name = parse_name(name or default_name(info.name, artifact.quant)).display
     with OllamaServer(host) as server:
         version = server.version()
+        require_template_support(info.recipe, version, server.host)
         step(f"registering {model_name} with Ollama {version} at {server.host}")
         digest = f"sha256:{artifact.sha256.lower()}" if artifact.sha256 else None
         blob = server.push_blob(gguf, digest)

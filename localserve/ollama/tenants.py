@@ -24,6 +24,7 @@ from ..progress import step
 from .client import OllamaServer, ServerTooOld, parse_version
 from .layers import ModelRecipe
 from .names import parse_name
+from .registration import require_template_support
 
 GO_ENGINE_FROM = (0, 7, 0)
 GO_ENGINE_REMOVED = (0, 30, 0)
@@ -118,6 +119,7 @@ def register_tenants(base_gguf: Path, base_sha256: str, tenants: list[Tenant], r
                                f"{support.architecture}: {support.message}",
                                "upgrade Ollama to 0.30 or newer, or export each adapter merged "
                                "(`localserve export ADAPTER`)")
+        require_template_support(recipe, version, server.host)
         base_digest = f"sha256:{base_sha256.lower()}"
         done: list[TenantRegistration] = []
         form = "json"
