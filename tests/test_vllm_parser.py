@@ -4,6 +4,7 @@ virtualenv), including multi-GPU and multi-node layouts this machine cannot run.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -65,6 +66,30 @@ def test_every_generated_configuration_parses_as_written(exports):
             assert parsed["enable_lora"] and parsed["max_lora_rank"] == written["max-lora-rank"], name
             assert parsed["max_cpu_loras"] >= parsed["max_loras"] == written["max-loras"], name
             assert parsed["lora_modules"] == dict(m.split("=", 1) for m in written["lora-modules"]), name
+
+
+def test_the_multi_node_leader_runs_a_command_vllm_parses_after_every_node_joined(exports):
+    import re
+    import shlex
+
+    export = exports["ray"]
+    lws = yaml.safe_load((export.out_dir / "k8s/leaderworkerset.yaml").read_text())
+    template = lws["spec"]["leaderWorkerTemplate"]
+    assert template["size"] == export.layout.pipeline_parallel_size == 2  # one pipeline stage per node
+    leader_script = template["leaderTemplate"]["spec"]["containers"][0]["args"][0]
+    worker_script = template["workerTemplate"]["spec"]["containers"][0]["args"][0]
+    head_port = re.search(r"ray start --head --port=(\d+)", leader_script).group(1)
+    assert worker_script.endswith(f":{head_port}")  # workers join the leader's Ray head
+    assert "-ge 2 ]" in leader_script  # vLLM starts only once both nodes are in the cluster
+    command = shlex.split(leader_script.split("exec ", 1)[1])
+    assert command[:3] == ["python3", "-m", "vllm.entrypoints.openai.api_server"]
+    args = [a.replace(MOUNT, str(export.out_dir)) for a in command[3:]]
+    assert args[0] == "--config"
+    (parsed,) = parse_many_with_vllm([(Path(args[1]), args[2:])])
+    assert "error" not in parsed, parsed
+    written = yaml.safe_load(export.config_file.read_text())
+    assert parsed["distributed_executor_backend"] == written["distributed-executor-backend"] == "ray"
+    assert parsed["pipeline_parallel_size"] == 2 and parsed["host"] == "0.0.0.0"
 
 
 def test_the_layouts_are_the_ones_intended(exports):

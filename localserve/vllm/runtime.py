@@ -53,6 +53,7 @@ for cwd, argv in json.loads(sys.argv[1]):
         out = {k: getattr(engine, k, None) for k in keys}
         out["lora_modules"] = {m.name: m.path for m in (args.lora_modules or [])}
         out["port"] = args.port
+        out["host"] = args.host
     except SystemExit:
         out = {"error": (err.getvalue().strip().splitlines() or ["argument error"])[-1]}
     except Exception as e:
