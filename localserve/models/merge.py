@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import AdapterError, InputError
-from ..progress import step
+from ..progress import is_quiet, step
 from .resolve import Adapter, BaseModel
 
 # Files that define tokenization and chat formatting. The adapter's own copies win: fine-tuning
@@ -125,7 +125,7 @@ def merge_adapter(adapter: Adapter, base: BaseModel, out_dir: Path, trust_remote
     model = AutoModelForCausalLM.from_pretrained(base.path, dtype=torch.float32,
                                                  trust_remote_code=trust_remote_code, low_cpu_mem_usage=True)
     peft_model = PeftModel.from_pretrained(model, adapter.path, is_trainable=False)
-    merged = peft_model.merge_and_unload(progressbar=False, safe_merge=True)
+    merged = peft_model.merge_and_unload(progressbar=not is_quiet(), safe_merge=True)
     if dtype != "float32":
         merged = merged.to(getattr(torch, dtype))
     merged.save_pretrained(out_dir, safe_serialization=True, max_shard_size="2GB")
