@@ -11,23 +11,12 @@ import json
 
 import pytest
 
-from localserve.errors import SetupError
+from localserve.gpuquant import gpuquant_python
 from localserve.vllm import VllmExportSpec, export_vllm
 from localserve.vllm.runtime import CPU_ARGS, missing_cpu_kernel, serve_export
-from vllmtier import chat, pytestmark as _tier
+from vllmtier import chat, missing_venv, pytestmark as _tier
 
-
-def _gpuquant_missing() -> str | None:
-    from localserve.gpuquant import gpuquant_python
-
-    try:
-        gpuquant_python()
-    except SetupError as e:
-        return f"{e.message}: build it with `make bootstrap-gpuquant`"
-    return None
-
-
-GPUQUANT_MISSING = _gpuquant_missing()
+GPUQUANT_MISSING = missing_venv(gpuquant_python, "bootstrap-gpuquant")
 pytestmark = [*_tier, pytest.mark.skipif(GPUQUANT_MISSING is not None, reason=GPUQUANT_MISSING or "")]
 
 # vLLM's CPU build has no float32 W4A16 kernel: the GPTQ export is served in the bfloat16 its config

@@ -9,18 +9,24 @@ import urllib.request
 import pytest
 
 
-def _missing() -> str | None:
+def missing_venv(locate, make_target: str) -> str | None:
+    """Why a side virtualenv is unusable (`locate` raises SetupError), with the make target that builds it."""
     from localserve.errors import SetupError
-    from localserve.vllm.runtime import vllm_python
 
     try:
-        vllm_python()
+        locate()
     except SetupError as e:
-        return f"{e.message}: build it with `make bootstrap-vllm` (scripts/bootstrap_vllm.sh)"
+        return f"{e.message}: build it with `make {make_target}`"
     return None
 
 
-MISSING = _missing()
+def _vllm_python():
+    from localserve.vllm.runtime import vllm_python
+
+    return vllm_python()
+
+
+MISSING = missing_venv(_vllm_python, "bootstrap-vllm")
 # The tier is slow too: `make test-fast` (-m "not slow") leaves it out.
 pytestmark = [pytest.mark.vllm, pytest.mark.slow, pytest.mark.skipif(MISSING is not None, reason=MISSING or "")]
 
