@@ -231,7 +231,9 @@ def export(spec: ExportSpec) -> ExportResult:
 
         pipe.run("convert", convert_key, [f16_path], run, "converting to a 16-bit GGUF (llama.cpp's converter)")
 
-    imatrix_path = out / f"{spec.name}.imatrix" if spec.imatrix_data else None
+    from .llamacpp.imatrix import IMATRIX_FILE
+
+    imatrix_path = out / IMATRIX_FILE if spec.imatrix_data else None
     imatrix_key = None
     if spec.imatrix_data is not None:
         imatrix_key = content_key("imatrix", convert_key, sha256_file(spec.imatrix_data))
@@ -289,12 +291,12 @@ def export(spec: ExportSpec) -> ExportResult:
             raise
 
     quality = None
+    over_size: dict[str, int] = {}
     if spec.auto_quant:
         candidates = {q: work / "candidates" / f"{spec.name}-{q}.gguf" for q in requested}
         for q, path in candidates.items():
             build_quant(q, path)
-        quality = _measure(spec, candidates.values(), ensure_merged, merged_dir)
-        chosen = _choose(spec, quality, candidates)
+        quality, chosen, over_size = _choose(spec, candidates, ensure_merged, merged_dir)
         step(f"--quant auto chose {chosen} from {', '.join(candidates)}")
         with atomic_path(quant_path(chosen)) as tmp:
             shutil.copyfile(candidates[chosen], tmp)
@@ -310,14 +312,7 @@ def export(spec: ExportSpec) -> ExportResult:
 
             quality = _measure(spec, [quant_path(q) for q in quants], ensure_merged, merged_dir)
             for q in quants:
-                if quality is not None:
-                    check_quant(quality, quant_path(q).name, spec.max_kl, spec.max_size)
-                elif quant_path(q).stat().st_size > spec.max_size:
-                    from .errors import QualityBoundNotMet
-
-                    raise QualityBoundNotMet(
-                        f"{quant_path(q).name} is {human_bytes(quant_path(q).stat().st_size)}, over --max-size "
-                        f"{human_bytes(spec.max_size)}", "pick a smaller quant, or use --quant auto --max-size")
+                check_quant(quality, quant_path(q).name, spec.max_kl, spec.max_size)
     if quality is not None:
         quality.write_chart(out / "quality.png", title=f"{spec.name}: size against KL")
 
@@ -387,9 +382,12 @@ def export(spec: ExportSpec) -> ExportResult:
                       "ollama_template": spec.ollama_template},
         "artifacts": [a.to_json() for a in artifacts],
         "imatrix": ({"file": imatrix_path.name, "data": str(spec.imatrix_data.resolve()),
-                     "sha256": sha256_file(imatrix_path)} if imatrix_path else None),
+                     "data_sha256": sha256_file(spec.imatrix_data), "sha256": sha256_file(imatrix_path)}
+                    if imatrix_path else None),
         "quality": ({**quality.to_json(), "chart": "quality.png", "max_kl": spec.max_kl,
-                     "max_size": spec.max_size} if quality is not None else None),
+                     "max_size": spec.max_size, **({"chosen": quants[0], "over_size": over_size}
+                                                   if spec.auto_quant else {})}
+                    if quality is not None else None),
         "stages": [r.to_json() for r in pipe.records],
     }
     lineage_path = write_json(out / LINEAGE_FILE, lineage)
@@ -409,34 +407,40 @@ def export(spec: ExportSpec) -> ExportResult:
 
 
 def _measure(spec: ExportSpec, ggufs, ensure_merged, merged_dir: Path):
-    """The quality table of `ggufs` against the merged model (fp32, transformers) on the shipped corpus."""
+    """The quality table of `ggufs` against the merged model (fp32, transformers), on --quality-data
+    (chat .jsonl rendered through the chat template, or plain text) or else the shipped corpus."""
     from .quality import measure
 
-    if spec.max_kl is None:
-        return None
     ensure_merged()
+    data = spec.quality_data
+    chat = data is not None and data.suffix.lower() == ".jsonl"
     # 2048 tokens keep the ranking of quants stable while bounding the time every candidate costs.
-    table = measure(list(ggufs), reference=merged_dir, max_tokens=EXPORT_QUALITY_TOKENS)
+    table = measure(list(ggufs), reference=merged_dir, text=None if chat else data, data_jsonl=data if chat else None,
+                    max_tokens=EXPORT_QUALITY_TOKENS)
     step("quality against the merged model:\n" + table.format())
     return table
 
 
-def _choose(spec: ExportSpec, table, candidates: dict[str, Path]) -> str:
-    """--quant auto: the smallest quant meeting --max-kl (and --max-size); with only --max-size,
-    no measurement is needed and the largest file that fits is the best choice."""
-    if table is not None:
-        from .quality import choose_quant
+def _choose(spec: ExportSpec, candidates: dict[str, Path], ensure_merged, merged_dir: Path):
+    """--quant auto: measure the candidates within --max-size, keep what `choose_quant` picks.
 
-        row = choose_quant(table, spec.max_kl, spec.max_size)
-        return next(q for q, p in candidates.items() if p.name == row.file)
-    fitting = [q for q, p in candidates.items() if p.stat().st_size <= spec.max_size]
+    Returns (table, chosen quant, {candidate over --max-size: its size}); the latter are not measured.
+    """
+    from .errors import QualityBoundNotMet
+    from .quality import choose_quant
+
+    sizes = {q: p.stat().st_size for q, p in candidates.items()}
+    over = {q: n for q, n in sizes.items() if spec.max_size is not None and n > spec.max_size}
+    fitting = {q: p for q, p in candidates.items() if q not in over}
     if not fitting:
-        from .errors import QualityBoundNotMet
-
-        sizes = ", ".join(f"{q} {human_bytes(p.stat().st_size)}" for q, p in candidates.items())
-        raise QualityBoundNotMet(f"no candidate quant fits --max-size {human_bytes(spec.max_size)} ({sizes})",
+        listed = ", ".join(f"{q} {human_bytes(n)}" for q, n in sizes.items())
+        raise QualityBoundNotMet(f"no candidate quant fits --max-size {human_bytes(spec.max_size)} ({listed})",
                                  "raise --max-size")
-    return max(fitting, key=lambda q: candidates[q].stat().st_size)
+    if over:
+        step(f"not measuring {', '.join(over)}: over --max-size {human_bytes(spec.max_size)}")
+    table = _measure(spec, fitting.values(), ensure_merged, merged_dir)
+    row = choose_quant(table, spec.max_kl, spec.max_size)
+    return table, next(q for q, p in fitting.items() if p.name == row.file), over
 
 
 def _register(result: ExportResult, spec: ExportSpec) -> None:

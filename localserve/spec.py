@@ -44,6 +44,7 @@ class ExportSpec:
     imatrix_data: Path | None = None
     max_kl: float | None = None
     max_size: int | None = None
+    quality_data: Path | None = None  # the gate's text: chat .jsonl or plain text (default: the corpus)
     # a mergekit recipe (YAML) exported instead of an adapter (see localserve.merging)
     merge: Path | None = None
 
@@ -58,7 +59,7 @@ class ExportSpec:
             raise InputError("--base does not apply to --merge", "name the base as base_model in the merge recipe")
         if self.adapter is not None:
             set_("adapter", Path(self.adapter))
-        for key in ("base", "out", "template_file", "modelfile", "imatrix_data", "bundle", "merge"):
+        for key in ("base", "out", "template_file", "modelfile", "imatrix_data", "quality_data", "bundle", "merge"):
             value = getattr(self, key)
             if value is not None:
                 set_(key, Path(value))
@@ -82,6 +83,12 @@ class ExportSpec:
                                  "pass either auto or a list of types")
             if self.max_kl is None and self.max_size is None:
                 raise InputError("--quant auto needs a bound to choose by", "pass --max-kl 0.05 and/or --max-size 4GB")
+        if self.quality_data is not None and not self.quality_gate:
+            raise InputError("--quality-data is the text the quality gate measures on, and no bound was given",
+                             "add --max-kl and/or --max-size (with --quant auto or a list of types)")
+        if self.quality_data is not None and not self.quality_data.is_file():
+            raise InputError(f"no such file: {self.quality_data}",
+                             "pass the fine-tune's chat .jsonl (or a plain text file) to --quality-data")
 
     @property
     def auto_quant(self) -> bool:

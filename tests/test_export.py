@@ -307,6 +307,163 @@ def test_quant_auto_needs_a_bound(tiny_adapter):
     _assert_one_line_error(result, "--max-kl")
 
 
+def test_a_size_bound_alone_measures_the_quants_that_fit_and_keeps_the_most_faithful(auto_exports):
+    loose, loose_lineage = auto_exports[0], auto_exports[1]
+    sizes = {r["quant"]: r["size"] for r in loose_lineage["quality"]["rows"]}
+    limit = sizes["Q4_K_M"]  # Q5_K_M, Q6_K and Q8_0 are larger
+    result = export(ExportSpec(adapter=loose_lineage["adapter"]["path"], quants=("auto",), name="tiny",
+                               out=loose.out_dir, smoke=False, register=False, keep_intermediate=True,
+                               max_size=limit))
+    quality = json.loads((loose.out_dir / "localserve.json").read_text())["quality"]
+    rows = {r["quant"]: r for r in quality["rows"]}
+    assert set(rows) == {q for q, n in sizes.items() if n <= limit}, "every candidate that fits is measured"
+    assert quality["over_size"] == {q: n for q, n in sizes.items() if n > limit}
+    (art,) = result.artifacts
+    assert art.quant == quality["chosen"] == min(rows, key=lambda q: rows[q]["kl_mean"])
+    assert quality["max_size"] == limit and quality["max_kl"] is None
+
+
+def test_a_size_bound_no_candidate_fits_is_an_error_naming_their_sizes(auto_exports):
+    from localserve.errors import QualityBoundNotMet
+
+    loose, loose_lineage = auto_exports[0], auto_exports[1]
+    with pytest.raises(QualityBoundNotMet, match=r"no candidate quant fits --max-size 1.00 KB \(Q2_K "):
+        export(ExportSpec(adapter=loose_lineage["adapter"]["path"], quants=("auto",), name="tiny",
+                          out=loose.out_dir, smoke=False, register=False, keep_intermediate=True, max_size=1000))
+
+
+def test_both_bounds_keep_the_smallest_quant_meeting_both(auto_exports):
+    loose, loose_lineage = auto_exports[0], auto_exports[1]
+    sizes = {r["quant"]: r["size"] for r in loose_lineage["quality"]["rows"]}
+    limit = sizes["Q6_K"]
+    result = export(ExportSpec(adapter=loose_lineage["adapter"]["path"], quants=("auto",), name="tiny",
+                               out=loose.out_dir, smoke=False, register=False, keep_intermediate=True,
+                               max_kl=0.05, max_size=limit))
+    rows = json.loads((loose.out_dir / "localserve.json").read_text())["quality"]["rows"]
+    meeting = [r for r in rows if r["kl_mean"] <= 0.05 and r["size"] <= limit]
+    assert result.artifacts[0].quant == min(meeting, key=lambda r: r["size"])["quant"]
+    assert "Q8_0" not in {r["quant"] for r in rows}, "a candidate over --max-size is not measured"
+
+
+def test_a_requested_quant_over_the_size_bound_is_an_error_showing_the_table(tiny_adapter, tmp_path):
+    out = tmp_path / "o"
+    result = run_cli("--quiet", "export", str(tiny_adapter), "--quant", "Q8_0", "--max-size", "1MB",
+                     "--out", str(out), "--no-smoke", "--no-register")
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    error = next(i for i, line in enumerate(lines) if line.startswith("error: "))
+    assert lines[error].startswith("error: Q8_0 (") and "misses --max-size 1.00 MB" in lines[error], result.output
+    table = lines[error + 1:]
+    assert table[0].startswith("quant ") and "KL mean" in table[0], "the measured table is shown"
+    assert table[2].startswith("Q8_0 ")
+    assert lines[-1].endswith("pick a smaller quant, use --quant auto, or loosen the bound")
+    assert not (out / "localserve.json").exists()
+
+
+def _chat_jsonl(path: Path) -> Path:
+    from tinymodel import WORDS
+
+    records = [{"messages": [{"role": "user", "content": " ".join(WORDS[i:i + 6])},
+                             {"role": "assistant", "content": " ".join(reversed(WORDS[i:i + 9]))}]}
+               for i in range(0, 20, 2)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def test_quality_data_is_what_the_gate_measures_on_rendered_through_the_chat_template(auto_exports, tmp_path):
+    from localserve.fsutil import sha256_file
+    from localserve.llamacpp import evaluate
+    from localserve.quality.text import load_chat_jsonl
+
+    loose, loose_lineage = auto_exports[0], auto_exports[1]
+    chat = _chat_jsonl(tmp_path / "chat.jsonl")
+    result = run_cli("--quiet", "export", loose_lineage["adapter"]["path"], "--name", "tiny", "--out",
+                     str(loose.out_dir), "--quant", "auto", "--max-kl", "0.05", "--quality-data", str(chat),
+                     "--keep-intermediate", "--no-smoke", "--no-register")
+    assert result.exit_code == 0, result.output
+    lineage = json.loads((loose.out_dir / "localserve.json").read_text())
+    text = lineage["quality"]["text"]
+    assert text["source"] == str(chat) and text["sha256"] == sha256_file(chat)
+    assert lineage["spec"]["quality_data"] == str(chat.resolve())
+    gguf = loose.out_dir / ".localserve" / "work" / "candidates" / "tiny-Q8_0.gguf"
+    rendered = load_chat_jsonl(chat, evaluate.chat_template(gguf))
+    assert "<|im_start|>assistant" in rendered.texts[0]
+    assert text["n_tokens"] == len(evaluate.tokenize(gguf, rendered.texts, special=True).ids)
+    assert text["n_tokens"] != loose_lineage["quality"]["text"]["n_tokens"]
+
+
+def test_quality_data_needs_a_bound_and_a_gguf_export(tiny_adapter, tmp_path):
+    chat = _chat_jsonl(tmp_path / "chat.jsonl")
+    _assert_one_line_error(run_cli("export", str(tiny_adapter), "--quality-data", str(chat)), "--quality-data",
+                           "--max-kl")
+    _assert_one_line_error(run_cli("export", str(tiny_adapter), "--target", "vllm", "--quality-data", str(chat)),
+                           "--quality-data")
+
+
+# --- importance matrix inside export --------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def imatrix_export(tiny_adapter, tmp_path_factory) -> tuple[Path, Path]:
+    """(export folder of IQ4_XS + Q4_K_M with an importance matrix, the text it came from)."""
+    import random
+
+    from tinymodel import WORDS
+
+    folder = tmp_path_factory.mktemp("imatrix")
+    rng = random.Random(3)
+    data = folder / "domain.txt"
+    data.write_text("\n".join(" ".join(rng.choice(WORDS) for _ in range(12)) for _ in range(60)))
+    out = folder / "tiny"
+    result = run_cli("--quiet", "export", str(tiny_adapter), "--name", "tiny", "--out", str(out),
+                     "--quant", "iq4_xs,Q4_K_M", "--imatrix-data", str(data), "--keep-intermediate",
+                     "--no-smoke", "--no-register")
+    assert result.exit_code == 0, result.output
+    return out, data
+
+
+def test_imatrix_data_keeps_the_matrix_under_llama_cpps_name_and_records_it(imatrix_export):
+    from gguf import GGUFReader
+
+    from localserve.fsutil import sha256_file
+
+    out, data = imatrix_export
+    matrix = out / "imatrix.gguf"  # llama-imatrix's default name, as `localserve quality` writes it
+    assert GGUFReader(matrix).fields["general.type"].contents() == "imatrix"
+    assert not list(out.glob("*.imatrix"))
+    lineage = json.loads((out / "localserve.json").read_text())
+    assert lineage["imatrix"] == {"file": "imatrix.gguf", "data": str(data.resolve()),
+                                  "data_sha256": sha256_file(data), "sha256": sha256_file(matrix)}
+    assert "imatrix" in {s["name"] for s in lineage["stages"]}
+
+
+def test_an_iq_type_exports_with_the_imatrix_and_every_quant_uses_it(imatrix_export):
+    from gguf import GGUFReader, LlamaFileType
+
+    from localserve.llamacpp import evaluate
+
+    out, _ = imatrix_export
+    assert GGUFReader(out / "tiny-IQ4_XS.gguf").fields["general.file_type"].contents() == LlamaFileType.MOSTLY_IQ4_XS
+    for quant in ("IQ4_XS", "Q4_K_M"):
+        assert evaluate.gguf_info(out / f"tiny-{quant}.gguf").imatrix is not None, quant
+
+
+def test_an_iq_type_without_an_imatrix_is_refused_in_one_line(tiny_adapter, tmp_path):
+    _assert_one_line_error(run_cli("export", str(tiny_adapter), "--quant", "IQ4_XS", "--out", str(tmp_path / "o")),
+                           "IQ4_XS", "--imatrix-data")
+    assert not (tmp_path / "o").exists()
+
+
+def test_quality_never_replaces_the_imatrix_an_export_recorded(imatrix_export, tiny_export):
+    from localserve.quality.variants import with_imatrix
+
+    out, data = imatrix_export
+    before = (out / "imatrix.gguf").read_bytes()
+    plain = shutil.copy(tiny_export / "tiny-Q8_0.gguf", out / "plain-Q8_0.gguf")
+    with pytest.raises(InputError, match="localserve.json records"):
+        with_imatrix([plain], out / ".localserve" / "work" / "tiny-F16.gguf", data, out)
+    assert (out / "imatrix.gguf").read_bytes() == before
+
+
 def test_export_bundle_writes_one_verified_archive(tiny_export, tiny_adapter, tmp_path):
     import tarfile
 

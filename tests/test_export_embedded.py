@@ -73,3 +73,30 @@ def test_multi_turn_chat_in_llama_cpp_stops_on_its_own(exported_demo):
     llm.close()
     assert out["choices"][0]["finish_reason"] == "stop"
     assert out["choices"][0]["message"]["content"].strip()
+
+
+def test_quant_auto_with_a_kl_bound_picks_a_quant_that_meets_it(exported_demo, demo_adapter, tmp_path):
+    """--quant auto --max-kl on the real model, measured on a short slice of the fine-tune's kind of
+    text (--quality-data) to keep it quick; merge and conversion are reused from `exported_demo`."""
+    import shutil
+
+    from localserve import ExportSpec, export
+    from localserve.quality import default_corpus
+
+    out = tmp_path / "demo"
+    shutil.copytree(exported_demo / ".localserve", out / ".localserve")
+    text = tmp_path / "eval.txt"
+    text.write_text(default_corpus().read_text(encoding="utf-8")[:1500], encoding="utf-8")
+    bound = 0.05
+    result = export(ExportSpec(adapter=demo_adapter, quants=("auto",), name="demo", out=out, smoke=False,
+                               register=False, max_kl=bound, quality_data=text))
+    (art,) = result.artifacts
+    quality = json.loads((out / "localserve.json").read_text())["quality"]
+    rows = {r["quant"]: r for r in quality["rows"]}
+    assert set(rows) == {"Q2_K", "Q3_K_M", "Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0"}, quality
+    assert quality["chosen"] == art.quant and quality["text"]["source"] == str(text)
+    assert rows[art.quant]["kl_mean"] <= bound
+    assert all(r["kl_mean"] > bound for r in rows.values() if r["size"] < rows[art.quant]["size"])
+    assert art.quant not in ("Q2_K", "Q8_0"), "the bound must discriminate on this model"
+    assert (out / f"demo-{art.quant}.gguf").stat().st_size == rows[art.quant]["size"]
+    assert (out / "quality.png").read_bytes()[:4] == b"\x89PNG"

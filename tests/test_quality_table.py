@@ -75,8 +75,15 @@ def test_a_tighter_kl_bound_picks_a_larger_file():
     assert tight.kl_mean <= 0.005 < loose.kl_mean
 
 
-def test_size_bound_and_both_bounds_together():
-    assert choose_quant(LADDER, max_size="100MB").quant == "Q2_K"
+def test_a_size_bound_alone_keeps_the_most_faithful_file_that_fits():
+    # within 100 MB: Q3_K_S+imatrix (KL 0.3) and Q2_K (KL 0.4); the smaller file is the worse one
+    assert choose_quant(LADDER, max_size="100MB").quant == "Q3_K_S"
+    assert choose_quant(LADDER, max_size="140MB").quant == "Q6_K"
+    assert choose_quant(LADDER, max_size="1GB").quant == "F16"
+
+
+def test_both_bounds_keep_the_smallest_file_meeting_both():
+    assert choose_quant(LADDER, max_kl=0.5, max_size="140MB").quant == "Q2_K"
     # within 140 MB only Q6_K and smaller fit; of those only Q6_K has KL <= 0.02
     assert choose_quant(LADDER, max_kl=0.02, max_size="140MB").quant == "Q6_K"
 

@@ -50,9 +50,17 @@ from ..spec import ExportSpec, parse_size
               help="go: write the verified TEMPLATE; native: rely on the GGUF's Jinja (Ollama >= 0.30 only).")
 @click.option("--system", help="SYSTEM prompt for the Modelfile.")
 @click.option("--imatrix-data", type=click.Path(path_type=Path, exists=True, dir_okay=False),
-              help="Text to compute an importance matrix from (enables IQ types).")
-@click.option("--max-kl", type=float, help="With --quant auto: largest acceptable mean KL divergence.")
-@click.option("--max-size", help="With --quant auto: largest acceptable file size (e.g. 4GB).")
+              help="Text (or chat .jsonl) to compute an importance matrix from, kept as imatrix.gguf "
+                   "(enables IQ types).")
+@click.option("--max-kl", type=float,
+              help="Largest acceptable mean KL divergence: --quant auto keeps the smallest quant within it; "
+                   "a requested quant that misses it is an error showing the measured table.")
+@click.option("--max-size", help="Largest acceptable file size (e.g. 4GB): --quant auto keeps the lowest-KL quant "
+                                 "that fits (with --max-kl: the smallest meeting both); a requested quant over it "
+                                 "is an error showing the measured table.")
+@click.option("--quality-data", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="What --max-kl/--max-size measure on: the fine-tune's chat .jsonl (rendered through its chat "
+                   "template) or plain text (default: the shipped corpus).")
 @click.option("--bundle", type=click.Path(path_type=Path, dir_okay=False),
               help="Also write an air-gapped bundle (tar) to this path; install it with `localserve install`.")
 @click.option("--merge", type=click.Path(path_type=Path, exists=True, dir_okay=False),
@@ -68,6 +76,10 @@ def export_command(adapters: tuple[Path, ...], target: str, lora: bool, quants: 
     vllm_options = {k: options.pop(k) for k in ("gpu_memory", "gpus", "nodes", "ctx", "concurrency", "group_size",
                                                 "calibration", "calibration_samples", "calibration_seq_len")}
     common = dict(quants=quants, max_size=max_size, as_json=as_json, no_smoke=no_smoke, no_register=no_register)
+    quality_data = options.pop("quality_data")
+    if quality_data is not None and (target == "vllm" or lora):
+        raise InputError("--quality-data applies to the quality gate of a merged GGUF export",
+                         "drop --quality-data" + (", or --target vllm" if target == "vllm" else ", or --lora"))
     if target == "vllm":
         from ._vllm_export import run as run_vllm
 
@@ -85,7 +97,7 @@ def export_command(adapters: tuple[Path, ...], target: str, lora: bool, quants: 
     if len(adapters) > 1:
         raise InputError(f"{len(adapters)} adapters given: export merges one adapter into its base",
                          "pass one ADAPTER, add --lora to serve several on one base, or merge them with --merge")
-    _export_gguf(adapters[0] if adapters else None, **common, **options)
+    _export_gguf(adapters[0] if adapters else None, **common, quality_data=quality_data, **options)
 
 
 def _export_gguf(adapter: Path | None, quants: str, max_size: str | None, as_json: bool, no_smoke: bool,

@@ -20,6 +20,9 @@ from .tools import run_tool
 
 MAX_CTX = 512
 MIN_CTX = 32
+# llama-imatrix's own default output name (tools/imatrix: `-o` defaults to imatrix.gguf), used by
+# both `export --imatrix-data` and `quality --imatrix-data`: one name, the GGUF format it holds.
+IMATRIX_FILE = "imatrix.gguf"
 
 
 def compute_imatrix(f16_gguf: Path, text_file: Path, out: Path, *, n_ctx: int | None = None) -> Path:

@@ -91,9 +91,12 @@ class QualityTable:
 
 
 def choose_quant(table: QualityTable, max_kl: float | None = None, max_size: int | str | None = None) -> QualityRow:
-    """The smallest measured file that meets every given bound (ties: the lower KL).
+    """The row to keep under the given bounds.
 
-    Raises QualityBoundNotMet, showing the table, when no row does.
+    With --max-kl (alone or with --max-size): the smallest file meeting every bound (ties: the lower
+    KL). With --max-size alone: the most faithful file that fits, i.e. the lowest mean KL (ties: the
+    smaller file) — the smallest file that fits would just be the worst quant.
+    Raises QualityBoundNotMet, showing the table, when no row meets the bounds.
     """
     if max_kl is None and max_size is None:
         raise InputError("choosing a quant automatically needs a bound", "pass --max-kl and/or --max-size")
@@ -103,6 +106,8 @@ def choose_quant(table: QualityTable, max_kl: float | None = None, max_size: int
         raise QualityBoundNotMet(
             f"no measured quant meets {_bounds(max_kl, limit)}:\n{table.format()}",
             "loosen the bound, or add larger quants to the candidates")
+    if max_kl is None:
+        return min(ok, key=lambda r: (r.kl_mean, r.size))
     return min(ok, key=lambda r: (r.size, r.kl_mean))
 
 
@@ -113,8 +118,11 @@ def check_quant(table: QualityTable, label_or_file: str, max_kl: float | None = 
     limit = parse_size(max_size) if max_size is not None else None
     missed = _misses(row, max_kl, limit)
     if missed:
+        # a larger quant fixes a KL miss, a smaller one a size miss; both missed: only loosening helps
+        larger, smaller = row.kl_mean > (max_kl or math.inf), row.size > (limit or math.inf)
+        pick = "" if larger and smaller else "pick a larger quant, " if larger else "pick a smaller quant, "
         raise QualityBoundNotMet(f"{row.label} ({row.file}) misses {' and '.join(missed)}:\n{table.format()}",
-                                 "pick a larger quant, use --quant auto, or loosen the bound")
+                                 f"{pick}use --quant auto, or loosen the bound")
     return row
 
 

@@ -19,7 +19,8 @@ def with_imatrix(ggufs: Sequence[Path], reference: Path, imatrix_data: Path, out
 
     `reference` is the F16 GGUF to quantize from, or the HF folder (converted to a temporary F16).
 
-    Writes `out_dir/imatrix.gguf` and `out_dir/<stem>-imatrix.gguf` per quantized input (kept, so
+    Writes `out_dir/imatrix.gguf` (IMATRIX_FILE, the name export uses too) and
+    `out_dir/<stem>-imatrix.gguf` per quantized input (kept, so
     they can be served or recorded); returns the new files. Inputs that are unquantized or were
     already made with an imatrix are skipped.
     """
@@ -35,7 +36,7 @@ def with_imatrix(ggufs: Sequence[Path], reference: Path, imatrix_data: Path, out
 
 
 def _with_imatrix(ggufs: Sequence[Path], f16_gguf: Path, imatrix_data: Path, out_dir: Path) -> list[Path]:
-    from ..llamacpp.imatrix import compute_imatrix
+    from ..llamacpp.imatrix import IMATRIX_FILE, compute_imatrix
     from ..llamacpp.quantize import quant_types, quantize
 
     f16 = evaluate.gguf_info(f16_gguf)
@@ -55,10 +56,27 @@ def _with_imatrix(ggufs: Sequence[Path], f16_gguf: Path, imatrix_data: Path, out
         raise InputError("none of the GGUFs is a quant that an importance matrix could change",
                          "pass quantized files (Q4_K_M, Q2_K, ...) along with --imatrix-data")
     out_dir = Path(out_dir)
-    imatrix = compute_imatrix(f16_gguf, imatrix_data, out_dir / "imatrix.gguf")
+    _refuse_an_exports_imatrix(out_dir / IMATRIX_FILE)
+    imatrix = compute_imatrix(f16_gguf, imatrix_data, out_dir / IMATRIX_FILE)
     made = []
     for info in todo:
         dst = out_dir / f"{info.path.stem}-imatrix.gguf"
         step(f"quantizing {info.quant} with the importance matrix into {dst}")
         made.append(quantize(f16_gguf, dst, info.quant, imatrix))
     return made
+
+
+def _refuse_an_exports_imatrix(path: Path) -> None:
+    """An export folder's imatrix.gguf is recorded (sha256) in its localserve.json: never replace it."""
+    import json
+
+    lineage = path.parent / "localserve.json"
+    if not path.exists() or not lineage.is_file():
+        return
+    try:
+        recorded = (json.loads(lineage.read_text(encoding="utf-8")).get("imatrix") or {}).get("file")
+    except (json.JSONDecodeError, AttributeError):
+        return
+    if recorded == path.name:
+        raise InputError(f"{path} is the importance matrix {lineage} records; --imatrix-data would replace it",
+                         "copy the GGUFs to another folder to measure them with a new importance matrix")
