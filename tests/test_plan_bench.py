@@ -33,7 +33,9 @@ def test_bench_measures_positive_numbers(benched):
     assert result["ttft_s"] > 0 and result["prompt_tokens_per_s"] > 0 and result["decode_tokens_per_s"] > 0
     concurrent = result["concurrent"]
     assert concurrent["requests"] == 2 and concurrent["aggregate_output_tokens_per_s"] > 0
-    assert "one after another" in concurrent["how"]  # says what "N concurrent" meant here
+    # llama-cpp-python decodes one sequence per context: the N-request figure is labelled sequential
+    assert concurrent["mode"] == "sequential" and concurrent["label"] == "sequential, llama.cpp single context"
+    assert "one after another" in concurrent["how"] and "not decoded in parallel" in concurrent["how"]
     assert result["settings"]["max_tokens"] == 6 and result["settings"]["prompt_tokens"] == 16
 
 
@@ -61,6 +63,65 @@ def test_plan_and_cost_use_the_measured_throughput(benched, tmp_path):
     local = next(o for o in data["options"] if o["name"] == "ollama")
     assert local["capacity_per_day"] > 0
     assert chart.is_file()
+
+
+def test_bench_output_and_stored_record_label_the_n_requests_sequential(benched):
+    model, _ = benched
+    result = CliRunner().invoke(cli, ["--quiet", "bench", str(model), "--concurrency", "2", "--prompt-tokens", "8",
+                                      "--max-tokens", "3", "--no-store"])
+    assert result.exit_code == 0, result.output
+    assert "decode, 2 requests" in result.output and "(sequential, llama.cpp single context)" in result.output
+    stored = json.loads(model.with_name(model.name + ".bench.json").read_text())["llama.cpp"]["concurrent"]
+    assert stored["mode"] == "sequential"
+
+
+def test_plan_and_cost_of_the_export_folder_use_the_measurement_and_name_it(benched, tmp_path):
+    model, result = benched
+    folder = model.parent
+    planned = CliRunner().invoke(cli, ["plan", str(folder), "--ctx", "2048", "--device", "T4", "--json"])
+    assert planned.exit_code == 0, planned.output
+    data = json.loads(planned.output)
+    assert data["measured"]["llama.cpp"]["decode_tokens_per_s"] == result["decode_tokens_per_s"]
+    [m] = data["measurements"]  # the per-file json and localserve.json hold the same run: counted once
+    assert m["model_file"] == model.name and m["measured_at"] == result["measured_at"]
+    text = CliRunner().invoke(cli, ["plan", str(folder), "--ctx", "2048", "--device", "T4"])
+    assert f"{model.name} on llama.cpp, {result['measured_at']}" in text.output
+
+    costed = CliRunner().invoke(cli, ["cost", "--model", str(folder), "--gpu", "L4", "--price", "0.8/h",
+                                      "--tokens-per-day", "1K", "--no-chart", "--json"])
+    assert costed.exit_code == 0, costed.output
+    report = json.loads(costed.output)
+    assert report["throughput"]["model_file"] == model.name
+    assert report["throughput"]["measured_at"] == result["measured_at"]
+    assert report["local_throughput"]["model_file"] == model.name
+    how = next(a for a in report["assumptions"] if a.startswith("throughput:"))
+    assert f"of {model.name} on {result['measured_at']}" in how
+    vllm = next(o for o in report["options"] if o["name"] == "vllm")
+    assert vllm["capacity_per_day"] > 0
+
+
+@pytest.mark.parametrize("keep", ["localserve.json", "demo-Q4_1.gguf.bench.json"])
+def test_a_folder_measurement_is_found_in_either_record(benched, tmp_path, keep):
+    """Only localserve.json's bench record, or only the per-file bench json: both are found, and the
+    report names the one it read."""
+    model, result = benched
+    folder = tmp_path / "copy"
+    folder.mkdir()
+    shutil.copyfile(model.parent / keep, folder / keep)
+    costed = CliRunner().invoke(cli, ["cost", "--model", str(folder), "--gpu", "L4", "--price", "0.8/h",
+                                      "--gpus", "1", "--no-chart", "--json"])
+    assert costed.exit_code == 0, costed.output
+    used = json.loads(costed.output)["throughput"]
+    assert used["source"] == str(folder / keep) and used["measured_at"] == result["measured_at"]
+
+
+def test_an_unbenchmarked_folder_says_how_to_measure_it(tmp_path):
+    (tmp_path / "x-Q4_1.gguf").symlink_to(EMBEDDED[DEFAULT_ID].gguf_file())
+    (tmp_path / "localserve.json").write_text(json.dumps({"name": "x", "artifacts": [{"file": "x-Q4_1.gguf"}]}))
+    result = CliRunner().invoke(cli, ["cost", "--model", str(tmp_path), "--gpu", "L4", "--price", "1/h", "--no-chart"])
+    assert result.exit_code == 2
+    [line] = result.output.strip().splitlines()
+    assert "has no `localserve bench` measurement" in line and "--tokens-per-s N" in line
 
 
 def test_bench_refuses_servers_off_loopback(benched):

@@ -139,3 +139,34 @@ def test_multi_tenant_memory_counts_one_base_instead_of_n(tmp_path):
     assert t["base_weights_bytes"] == base and t["adapter_bytes"] == 123_456
     assert t["memory_separate_bytes"] == 4 * (base + 123_456)
     assert t["memory_shared_bytes"] == base + 4 * 123_456
+
+
+def test_the_issues_own_example_says_exactly_what_to_pass():
+    """No throughput is invented: without --model or --tokens-per-s the line names both ways to give one."""
+    result = CliRunner().invoke(cli, ["cost", "--tokens-per-day", "20M", "--gpu", "A100-80GB", "--price", "1.10/h",
+                                      "--api", "gpt-4o-mini", "--no-chart"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    [line] = result.output.strip().splitlines()
+    assert line.startswith("error: no throughput")
+    assert "--model EXPORT_DIR" in line and "`localserve bench`" in line and "--tokens-per-s N" in line
+    given = CliRunner().invoke(cli, ["cost", "--tokens-per-day", "20M", "--gpu", "A100-80GB", "--price", "1.10/h",
+                                     "--api", "gpt-4o-mini", "--tokens-per-s", "1000", "--no-chart"])
+    assert given.exit_code == 0, given.output
+
+
+def test_cost_states_the_date_of_the_device_figure_and_of_the_api_price():
+    from localserve.plan.tables import api_price, device
+
+    a100, mini = device("A100-80GB"), api_price("gpt-4o-mini")
+    result = CliRunner().invoke(cli, ["cost", "--gpu", "A100-80GB", "--price", "1.10/h", "--tokens-per-s", "1000",
+                                      "--no-chart"])
+    assert result.exit_code == 0, result.output
+    [data_line] = [line for line in result.output.splitlines() if line.startswith("data dated:")]
+    assert f"devices A100-80GB: {a100.date} ({a100.source})" in data_line
+    assert f"api_prices gpt-4o-mini: {mini.date}" in data_line
+    assert f"device table dated {a100.date}" in result.output and "your price (--price)" in result.output
+    as_json = json.loads(CliRunner().invoke(cli, ["cost", "--gpu", "A100-80GB", "--price", "1.10/h",
+                                                  "--tokens-per-s", "1000", "--no-chart", "--json"]).output)
+    assert as_json["gpu"]["date"] == a100.date and as_json["gpu"]["source"] == a100.source
+    assert as_json["gpu"]["price_source"] == "given (--price)"
+    assert set(as_json["data_dates"]) == {"api_prices", "devices"}

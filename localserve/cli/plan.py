@@ -77,11 +77,13 @@ def plan_cmd(model, quants, ctx, concurrency, kv_cache_type, devices, devices_fi
                 click.echo(f"    {line}")
         else:
             click.echo(f"  {v.gpu}: refused: {v.refused}")
-    if result.bench:
-        click.echo("\nmeasured on this machine:")
-        for target, b in result.bench.items():
-            click.echo(f"  {target} ({b.get('measured_at')}): TTFT {b['ttft_s'] * 1000:.0f} ms, prompt "
-                       f"{b.get('prompt_tokens_per_s') or 0:.0f} tokens/s, decode {b['decode_tokens_per_s']:.1f} tokens/s")
+    if result.measurements:
+        click.echo("\nmeasured on this machine (localserve bench):")
+        for m in result.measurements:
+            b = m.result
+            click.echo(f"  {m.model_file} on {m.target}, {m.measured_at}: TTFT {b['ttft_s'] * 1000:.0f} ms, prompt "
+                       f"{b.get('prompt_tokens_per_s') or 0:.0f} tokens/s, decode {b['decode_tokens_per_s']:.1f} tokens/s"
+                       f" ({m.source.name})")
     click.echo(f"\ndevice figures dated {', '.join(result.table_dates)} (localserve/data/devices.json"
                f"{' + ' + str(devices_file) if devices_file else ''}); runtime overhead: {spec.overhead.describe()}, "
                "set with --overhead-mib/--overhead-pct")
@@ -112,7 +114,8 @@ def bench_cmd(model, target, concurrency, prompt_tokens, max_tokens, url, served
     pp = result.get("prompt_tokens_per_s")
     click.echo(f"  prompt processing     {pp:.0f} tokens/s" if pp else "  prompt processing     n/a")
     click.echo(f"  decode, 1 request     {result['decode_tokens_per_s']:.1f} tokens/s")
-    click.echo(f"  decode, {c['requests']} requests    {c['aggregate_output_tokens_per_s']:.1f} tokens/s aggregate")
+    click.echo(f"  decode, {c['requests']} requests    {c['aggregate_output_tokens_per_s']:.1f} tokens/s aggregate "
+               f"({c.get('label', c.get('mode', '?'))})")
     click.echo(f"  measured as: {c['how']}")
     for note in result.get("notes", []):
         click.echo(f"  note: {note}")
@@ -192,6 +195,7 @@ def cost_cmd(tokens_per_day, gpu, price, gpus, ctx, concurrency, api, api_input_
     click.echo("assumptions:")
     for a in report.assumptions:
         click.echo(f"  - {a}")
+    click.echo("data dated: " + "; ".join(f"{table} {value}" for table, value in report.data_dates.items()))
     if report.chart:
         click.echo(f"chart: {report.chart}")
 

@@ -112,11 +112,14 @@ def measure(gguf: Path, *, prompt_tokens: int = 128, max_tokens: int = 64, reque
         "decode_tokens_per_s": statistics.median(decode),
         "concurrent": {
             "requests": requests,
+            "mode": "sequential",
+            "label": "sequential, llama.cpp single context",
             "aggregate_output_tokens_per_s": total_generated / wall,
             "wall_s": wall,
-            "how": (f"{requests} requests queued on one llama.cpp context and served one after another "
-                    "(llama-cpp-python decodes one sequence per context); aggregate = all generated "
-                    "tokens / wall time including prompt processing"),
+            "how": (f"sequential, llama.cpp single context: {requests} requests queued on one context and "
+                    "served one after another, not decoded in parallel (llama-cpp-python's Llama decodes one "
+                    "sequence per context); aggregate = all generated tokens / wall time including prompt "
+                    "processing, so it is no measure of batched throughput"),
         },
         "settings": {"prompt_tokens": prompt_tokens, "max_tokens": max_tokens, "n_ctx": n_ctx,
                      "n_threads": llm.context_params.n_threads, "sampling": "greedy",

@@ -136,6 +136,78 @@ def load_bench(model: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+@dataclass(frozen=True)
+class Measurement:
+    """One stored bench result and where it was read from, so planning can say which numbers it used."""
+
+    target: str
+    model_file: str  # the GGUF (or served folder) that was benchmarked
+    measured_at: str
+    source: Path  # the file the result was read from
+    result: dict[str, Any]
+
+    def describe(self) -> str:
+        return (f"`localserve bench --target {self.target}` of {self.model_file} on {self.measured_at} "
+                f"(read from {self.source})")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"target": self.target, "model_file": self.model_file, "measured_at": self.measured_at,
+                "source": str(self.source)}
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def measurements(model: Path) -> list[Measurement]:
+    """Every stored bench result for a GGUF or an export folder, newest first.
+
+    A GGUF: its `X.gguf.bench.json` and its entry under "bench" in the sibling localserve.json.
+    A folder: its own bench.json (a server benchmarked on the folder), every `*.gguf.bench.json`
+    in it, and every entry under "bench" in its localserve.json. The same result stored in two
+    places counts once.
+    """
+    model = Path(model)
+    found: dict[tuple[str, str, str], Measurement] = {}
+
+    def add(source: Path, file_name: str, by_target: Any) -> None:
+        if not isinstance(by_target, dict):
+            return
+        for target, result in by_target.items():
+            if not (target in TARGETS and isinstance(result, dict) and (result.get("decode_tokens_per_s") or 0) > 0):
+                continue
+            name = str(result.get("model_file") or file_name)
+            key = (target, name, str(result.get("measured_at", "")))
+            found.setdefault(key, Measurement(target, name, key[2] or "an unknown date", source, result))
+
+    add(bench_path(model), model.name, _read_json(bench_path(model)))
+    if model.is_dir():
+        for path in sorted(model.glob("*.gguf.bench.json")):
+            add(path, path.name[: -len(".bench.json")], _read_json(path))
+    lineage = model.parent / "localserve.json" if model.is_file() else model / "localserve.json"
+    meta = _read_json(lineage)
+    records = meta.get("bench") if isinstance(meta, dict) else None
+    for file_name, by_target in (records.items() if isinstance(records, dict) else ()):
+        if model.is_dir() or file_name == model.name:
+            add(lineage, file_name, by_target)
+    return sorted(found.values(), key=lambda m: m.measured_at, reverse=True)
+
+
+def measured(model: Path | None, prefer: tuple[str, ...]) -> Measurement | None:
+    """The newest stored measurement of the first target in `prefer` that has one."""
+    if model is None:
+        return None
+    every = measurements(model)
+    for target in prefer:
+        for m in every:
+            if m.target == target:
+                return m
+    return None
+
+
 def store(model: Path, result: dict[str, Any]) -> list[Path]:
     """Write the result next to the model and into the sibling localserve.json (if there is one)."""
     written = []
@@ -237,6 +309,8 @@ def _measure_http(spec: BenchSpec) -> dict[str, Any]:
         "decode_tokens_per_s": statistics.median(decode),
         "concurrent": {
             "requests": spec.concurrency,
+            "mode": "concurrent",
+            "label": f"concurrent, {spec.concurrency} requests in flight on the server",
             "aggregate_output_tokens_per_s": sum(r["generated"] for r in parallel) / wall,
             "wall_s": wall,
             "how": f"{spec.concurrency} streaming requests sent at once from {spec.concurrency} threads; "

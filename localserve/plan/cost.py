@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from .bench import load_bench
-from .tables import ApiPrice, api_price, device
+from .bench import Measurement, measured
+from .memory import gib
+from .tables import ApiPrice, Device, api_price, device
 
 DAYS_PER_MONTH = 365.25 / 12
 HOURS_PER_MONTH = 24 * DAYS_PER_MONTH
@@ -146,6 +147,9 @@ class CostReport:
     assumptions: tuple[str, ...]
     tenancy: dict[str, Any] | None = None
     chart: str | None = None
+    gpu: Device | None = None
+    throughput: Measurement | None = None  # the stored bench result the self-hosted figures rest on
+    local: Measurement | None = None  # the one the local (Ollama / llama.cpp) figures rest on
     series: dict[str, list[float]] = field(default_factory=dict, repr=False)
 
     @property
@@ -166,7 +170,22 @@ class CostReport:
             "assumptions": list(self.assumptions),
             "multi_tenant_lora": self.tenancy,
             "chart": self.chart,
+            "gpu": None if self.gpu is None else {
+                "name": self.gpu.name, "memory_bytes": self.gpu.memory_bytes, "date": self.gpu.date,
+                "source": self.gpu.source, "price_per_hour": self.spec.price_per_hour,
+                "price_source": "given (--price)"},
+            "throughput": None if self.throughput is None else self.throughput.to_json(),
+            "local_throughput": None if self.local is None else self.local.to_json(),
+            "data_dates": self.data_dates,
         }
+
+    @property
+    def data_dates(self) -> dict[str, str]:
+        """The date of every table figure this report used."""
+        dates = {"api_prices": f"{self.api.name}: {self.api.date} ({self.api.source})"}
+        if self.gpu is not None:
+            dates["devices"] = f"{self.gpu.name}: {self.gpu.date} ({self.gpu.source})"
+        return dates
 
 
 # ------------------------------------------------------------------------------------ arithmetic
@@ -227,16 +246,6 @@ def adapter_bytes(path: Path) -> int:
 
 # -------------------------------------------------------------------------------------- the report
 
-def _measured(model: Path | None, prefer: tuple[str, ...]) -> tuple[str, dict[str, Any]] | None:
-    if model is None:
-        return None
-    data = load_bench(model)
-    for target in prefer:
-        if target in data:
-            return target, data[target]
-    return None
-
-
 def _money(x: float | None) -> str:
     return "n/a" if x is None else f"${x:,.2f}"
 
@@ -271,19 +280,29 @@ def cost(spec: CostSpec) -> CostReport:
     # self-hosted vLLM on rented GPUs
     vllm_hourly = vllm_capacity = cross = None
     cross_note = "no GPU price given (--gpu NAME --price 1.10/h): no self-hosted option to compare"
+    gpu = device(spec.gpu, spec.devices_file) if spec.gpu is not None else None
+    if gpu is not None:
+        assumptions.append(f"GPU {gpu.name}: {gib(gpu.memory_bytes)} (device table dated {gpu.date}, {gpu.source}); "
+                           + (f"its ${spec.price_per_hour:.2f}/h is your price (--price), not from a table"
+                              if spec.price_per_hour is not None else "no hourly price given"))
+    used = None
     if spec.price_per_hour is not None:
-        measured = _measured(spec.model, ("vllm", "ollama", "llama.cpp"))
+        used = measured(spec.model, ("vllm", "ollama", "llama.cpp")) if spec.tokens_per_s is None else None
         if spec.tokens_per_s is not None:
             tp = Throughput(spec.tokens_per_s, f"{spec.tokens_per_s:g} tokens/s per replica (given)")
-        elif measured and blended_throughput(measured[1], a.input_share):
-            target, b = measured
-            tps = blended_throughput(b, a.input_share)
-            tp = Throughput(tps, f"{tps:.1f} tokens/s per replica, measured by `localserve bench --target {target}` "
-                                 f"on {b.get('measured_at', '?')} ({b.get('machine', {}).get('cpu', 'this machine')}); "
+        elif used and blended_throughput(used.result, a.input_share):
+            tps = blended_throughput(used.result, a.input_share)
+            tp = Throughput(tps, f"{tps:.1f} tokens/s per replica, measured by {used.describe()} on "
+                                 f"{used.result.get('machine', {}).get('cpu', 'this machine')}; "
                                  "a rented GPU may be faster: pass --tokens-per-s to use its rate")
+        elif spec.model is not None:
+            ggufs = [spec.model] if spec.model.is_file() else sorted(spec.model.glob("*.gguf"))
+            target = ggufs[0] if ggufs else spec.model / "MODEL.gguf"
+            raise InputError(f"no throughput to price the GPU with: {spec.model} has no `localserve bench` "
+                             "measurement", f"run `localserve bench {target}` first, or pass --tokens-per-s N")
         else:
-            raise InputError("no throughput to price the GPU with",
-                             "run `localserve bench MODEL.gguf` and pass --model MODEL.gguf, or pass --tokens-per-s")
+            raise InputError("no throughput to price the GPU with (it is measured, never guessed)",
+                             "pass --model EXPORT_DIR (an export measured by `localserve bench`) or --tokens-per-s N")
         gpu_name = spec.gpu or "GPU"
         vllm_hourly = spec.price_per_hour * spec.gpus_per_replica
         vllm_capacity = tp.tokens_per_s * a.utilisation * 86400
@@ -304,14 +323,14 @@ def cost(spec: CostSpec) -> CostReport:
                       f"${per_1m:.4g}/1M, the API ${api_per_1m:.4g}/1M")
 
     # local: Ollama / llama.cpp on this machine, hardware already owned
-    local = _measured(spec.model, ("ollama", "llama.cpp"))
+    local = measured(spec.model, ("ollama", "llama.cpp"))
     local_capacity = None
-    if local and blended_throughput(local[1], a.input_share):
-        local_tps = blended_throughput(local[1], a.input_share)
+    if local and blended_throughput(local.result, a.input_share):
+        local_tps = blended_throughput(local.result, a.input_share)
         local_capacity = local_tps * 86400
         busy_hours = volume / local_tps / 3600
         power = a.local_watts / 1000 * min(busy_hours, 24) * DAYS_PER_MONTH * a.kwh_price
-        notes = (f"measured {local_tps:.1f} tokens/s with {local[0]} on {local[1].get('measured_at', '?')}: "
+        notes = (f"measured {local_tps:.1f} tokens/s by {local.describe()}: "
                  f"at most {_tokens(local_capacity)} tokens/day on this machine",
                  "hardware already owned; electricity " + (f"{a.local_watts:g} W x ${a.kwh_price:g}/kWh"
                                                            if a.local_watts and a.kwh_price else "not counted (--local-watts, --kwh-price)"))
@@ -322,7 +341,7 @@ def cost(spec: CostSpec) -> CostReport:
     decision, reasons = _decide(spec, api, cross, local_capacity, options)
     tenancy = _tenancy(spec, vllm_hourly, vllm_capacity) if spec.tenants > 1 or spec.adapter else None
     report = CostReport(spec, api, tuple(options), cross, cross_note, decision, tuple(reasons), tuple(assumptions),
-                        tenancy)
+                        tenancy, gpu=gpu, throughput=used, local=local)
     if spec.chart is not None:
         from .chart import write_chart
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import InputError, LocalserveError
-from .bench import load_bench
+from .bench import Measurement, measurements
 from .layout import Layout, parallel_layout
 from .memory import Fit, MemoryEstimate, Overhead, estimate, fit, kv_type
 from .model import PlannedModel, load_model
@@ -64,7 +64,15 @@ class Plan:
     quants: tuple[QuantPlan, ...]
     vllm: tuple[VllmPlan, ...]
     table_dates: tuple[str, ...]
-    bench: dict[str, Any] = field(default_factory=dict)
+    measurements: tuple[Measurement, ...] = ()  # newest first
+
+    @property
+    def bench(self) -> dict[str, dict[str, Any]]:
+        """The newest stored result per bench target."""
+        newest: dict[str, dict[str, Any]] = {}
+        for m in self.measurements:
+            newest.setdefault(m.target, {**m.result, "read_from": str(m.source)})
+        return newest
 
     def to_json(self) -> dict[str, Any]:
         s = self.model.shape
@@ -90,6 +98,10 @@ class Plan:
                       "arithmetic": list(v.layout.lines) if v.layout else [], "refused": v.refused}
                      for v in self.vllm],
             "measured": self.bench,
+            "measurements": [{**m.to_json(), "ttft_s": m.result.get("ttft_s"),
+                              "prompt_tokens_per_s": m.result.get("prompt_tokens_per_s"),
+                              "decode_tokens_per_s": m.result.get("decode_tokens_per_s"),
+                              "concurrent": m.result.get("concurrent")} for m in self.measurements],
         }
 
 
@@ -116,8 +128,7 @@ def plan(spec: PlanSpec) -> Plan:
         except LocalserveError as e:
             vllm.append(VllmPlan(gpu.name, None, e.message))
     dates = tuple(sorted({d.date for d in devices}))
-    bench = load_bench(spec.model) if spec.model.is_file() else {}
-    return Plan(spec, model, tuple(quants), tuple(vllm), dates, bench)
+    return Plan(spec, model, tuple(quants), tuple(vllm), dates, tuple(measurements(spec.model)))
 
 
 def _measured_quality(model: Path) -> dict[str, dict[str, Any]]:

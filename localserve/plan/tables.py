@@ -69,10 +69,20 @@ def _read_table(path: Path, key: str) -> list[dict]:
 
 
 def _require(row: dict, fields: tuple[str, ...], path: Path) -> None:
+    if not isinstance(row, dict):
+        raise InputError(f"{path}: entry {row!r} is not an object",
+                         "every entry is {\"name\": ..., its figures, \"date\": ..., \"source\": ...}")
     missing = [f for f in fields if f not in row]
     if missing:
         raise InputError(f"{path}: entry {row.get('name', row)!r} lacks {', '.join(missing)}",
                          "every entry needs a name, its figures, a date and a source")
+
+
+def _number(row: dict, key: str, path: Path) -> float:
+    try:
+        return float(row[key])
+    except (TypeError, ValueError):
+        raise InputError(f"{path}: entry {row.get('name')!r} has {key} {row[key]!r}, not a number") from None
 
 
 def _merged(key: str, shipped: str, user_file: str | os.PathLike | None, env: str) -> tuple[list[tuple[dict, Path]], list[Path]]:
@@ -83,6 +93,7 @@ def _merged(key: str, shipped: str, user_file: str | os.PathLike | None, env: st
     by_name: dict[str, tuple[dict, Path]] = {}
     for path in paths:
         for row in _read_table(path, key):
+            _require(row, ("name",), path)
             by_name[str(row.get("name", "")).lower()] = (row, path)
     return list(by_name.values()), paths
 
@@ -96,8 +107,8 @@ def load_devices(user_file: str | os.PathLike | None = None) -> dict[str, Device
         if row["kind"] not in DEVICE_KINDS:
             raise InputError(f"{path}: device {row['name']!r} has kind {row['kind']!r}",
                              f"use one of {', '.join(DEVICE_KINDS)}")
-        fraction = float(row.get("usable_fraction", 1.0))
-        if not 0 < fraction <= 1 or float(row["memory_gib"]) <= 0:
+        fraction = _number({"usable_fraction": 1.0, **row}, "usable_fraction", path)
+        if not 0 < fraction <= 1 or _number(row, "memory_gib", path) <= 0:
             raise InputError(f"{path}: device {row['name']!r} needs memory_gib > 0 and 0 < usable_fraction <= 1")
         out[row["name"]] = Device(name=row["name"], kind=row["kind"], memory_bytes=int(float(row["memory_gib"]) * GIB),
                                   usable_fraction=fraction, date=str(row["date"]), source=str(row["source"]),
@@ -111,7 +122,7 @@ def load_prices(user_file: str | os.PathLike | None = None) -> dict[str, ApiPric
     out: dict[str, ApiPrice] = {}
     for row, path in rows:
         _require(row, ("name", "input_per_1m", "output_per_1m", "date", "source"), path)
-        if float(row["input_per_1m"]) < 0 or float(row["output_per_1m"]) < 0:
+        if _number(row, "input_per_1m", path) < 0 or _number(row, "output_per_1m", path) < 0:
             raise InputError(f"{path}: API {row['name']!r} has a negative price")
         out[row["name"]] = ApiPrice(name=row["name"], input_per_1m=float(row["input_per_1m"]),
                                     output_per_1m=float(row["output_per_1m"]), date=str(row["date"]),
