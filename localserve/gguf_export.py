@@ -322,7 +322,8 @@ def export(spec: ExportSpec) -> ExportResult:
         pipe.forget("convert")
 
     # --- smoke check each file --------------------------------------------------------------
-    probe = _read_probe(adapter.path) if adapter is not None else {}
+    # a merge has no adapter folder: its probe.json sits next to the recipe
+    probe = _read_probe(adapter.path if adapter is not None else spec.merge.parent)
     artifacts: list[Artifact] = []
     for q in quants:
         target = quant_path(q)
@@ -372,7 +373,7 @@ def export(spec: ExportSpec) -> ExportResult:
         "adapter": ({"path": str(adapter.path.resolve()), "sha256": inputs["adapter"],
                      "lora_modules": n_lora_modules, "probe": probe or None} if adapter is not None else None),
         **({"merge": {"recipe": str(spec.merge.resolve()), "method": recipe.method, "config": recipe.data,
-                      "inputs": merge_inputs}} if recipe is not None else {}),
+                      "inputs": merge_inputs, "probe": probe or None}} if recipe is not None else {}),
         "tools": {**versions, "llama_cpp_commit": tree.commit, "converter": str(tree.convert_hf),
                   "python": platform.python_version()},
         "chat": {"family": setup.family, "source": str(chat_dir), "parity_ok": parity.ok,

@@ -156,3 +156,14 @@ def test_yaml_missing_a_required_parameter_or_malformed(models, tmp_path):
     malformed.write_text(f"merge_method: linear\nslices: 3\nmodels:\n  - model: {models['a']}\n")
     line = one_line_error(invoke("merge", malformed, "-o", tmp_path / "x"))
     assert "not a valid mergekit configuration" in line and "slices" in line
+
+
+def test_progress_is_shown_unless_quiet(models, tmp_path):
+    args = ["merge", "--method", "linear", str(models["a"]), str(models["b"])]
+    shown = CliRunner().invoke(cli, [*args, "-o", str(tmp_path / "shown")])
+    assert shown.exit_code == 0, shown.output
+    assert "merging 2 inputs with linear" in shown.stderr
+    assert "Executing graph" in shown.stderr and "100%" in shown.stderr  # mergekit's own per-tensor bar
+    quiet = invoke(*args, "-o", tmp_path / "quiet")
+    assert quiet.exit_code == 0, quiet.output
+    assert quiet.stderr == ""

@@ -70,11 +70,14 @@ def merge_models(spec: MergeSpec, hashes: list[dict] | None = None) -> MergeResu
     with tempfile.TemporaryDirectory(prefix=f".{spec.out.name}.lora.", dir=spec.out.parent) as scratch:
         data = _with_loras_merged(recipe, Path(scratch))
         config = MergeConfiguration.model_validate(data)
-        # Safetensors inputs are always read lazily, tensor by tensor (mergekit's LazyTensorLoader);
-        # lazy_unpickle stays off because pickle weights are refused before we get here.
+        # What bounds memory here (scripts/bench_merge.py measures it): mergekit memory-maps each
+        # input's safetensors shards and reads them tensor by tensor, keeping one shard per input
+        # open; the writer holds one output shard until out_shard_size (bytes) is reached, and with
+        # async_write off never more than that one. lazy_unpickle only concerns pickle weights,
+        # which are refused before we get here; low_cpu_memory would keep results on a GPU.
         options = MergeOptions(out_shard_size=spec.shard_size, random_seed=spec.seed, lazy_unpickle=False,
-                               low_cpu_memory=False, copy_tokenizer=True, trust_remote_code=False,
-                               quiet=is_quiet(), write_model_card=True)
+                               low_cpu_memory=False, async_write=False, copy_tokenizer=True,
+                               trust_remote_code=False, quiet=is_quiet(), write_model_card=True)
         n = len(recipe.inputs)
         step(f"merging {n} input{'s' * (n != 1)} with {recipe.method} (mergekit, shards of at most "
              f"{spec.shard_size / 1e9:g} GB)")
@@ -85,12 +88,25 @@ def merge_models(spec: MergeSpec, hashes: list[dict] | None = None) -> MergeResu
                 first = " ".join(str(e).split())[:400]
                 raise ToolError("mergekit", f"the {recipe.method} merge failed: {first}",
                                 hint="check the recipe's parameters, and that every input is a fine-tune of one base") from e
+            finally:
+                _release_inputs()
             if not any((tmp / name).is_file() for name in TOKENIZER_MARKERS):
                 raise ToolError("mergekit", f"the merged model has no tokenizer (donor: {recipe.donor.path})",
                                 hint="set tokenizer_source in the recipe to a model with a tokenizer")
     yaml_path = write_text(spec.yaml_path, recipe.to_yaml()) if spec.write_yaml else None
     step(f"merged model written to {spec.out}")
     return MergeResult(spec.out, recipe.method, hashes, yaml_path)
+
+
+def _release_inputs() -> None:
+    """Drop mergekit's process-wide loaders: they keep each input's last shard mapped after the
+    merge (memory the export's next stages need) and would serve a stale index if a folder of
+    the same path were merged again with other contents."""
+    from mergekit.io.tasks import LoaderCache
+
+    cache = LoaderCache()
+    cache.flush_all()
+    cache.loaders.clear()
 
 
 def _with_loras_merged(recipe: Recipe, scratch: Path) -> dict:
