@@ -122,6 +122,9 @@ def _copy_chat_files(merged_dir: Path, chat_dir: Path) -> None:
                 shutil.copyfile(merged_dir / name, tmp / name)
 
 
+CONVERTER_TYPES = {"F32": "f32", "BF16": "bf16"}  # written by the converter from the merged model
+
+
 def _estimate_bytes(base_dir: Path, config: dict, quants: tuple[str, ...], keep_intermediate: bool) -> int:
     """Free disk the run needs at its peak: merged folder + F16 GGUF + every quant."""
     weights = sum(p.stat().st_size for p in base_dir.glob("*.safetensors"))
@@ -240,6 +243,8 @@ def export(spec: ExportSpec) -> ExportResult:
         imatrix = imatrix_key
 
     def quant_key(q: str) -> str:
+        if q in CONVERTER_TYPES:
+            return content_key("convert", merge_key, tree.commit, CONVERTER_TYPES[q])
         return content_key("quantize", convert_key, q, imatrix)
 
     def ensure_imatrix() -> None:
@@ -259,14 +264,22 @@ def export(spec: ExportSpec) -> ExportResult:
 
     def build_quant(q: str, target: Path) -> None:
         """Quantize `q` into `target` unless it is already there for the same inputs."""
+        # F32 and BF16 keep more than the F16 intermediate holds (F32's precision, BF16's range):
+        # they come from the merged model through the converter, not from the F16 file.
+        from_merged = q in CONVERTER_TYPES
         if not pipe.is_fresh(f"quantize:{q}", quant_key(q), [target]):
-            ensure_f16()
-            ensure_imatrix()
+            if from_merged:
+                ensure_merged()
+            else:
+                ensure_f16()
+                ensure_imatrix()
 
         def run() -> dict:
             if q == "F16":
                 with atomic_path(target) as tmp:
                     shutil.copyfile(f16_path, tmp)
+            elif from_merged:
+                convert.convert_hf_to_gguf(merged_dir, target, CONVERTER_TYPES[q], tree)
             else:
                 quant.quantize(f16_path, target, q, imatrix_path)
             return {"size": target.stat().st_size, "sha256": sha256_file(target)}

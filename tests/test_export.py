@@ -583,3 +583,24 @@ def test_native_template_mode_writes_no_template_and_says_which_servers_need_it(
     assert "TEMPLATE" not in result.modelfile_path.read_text()
     modelfile = json.loads(result.lineage_path.read_text())["modelfile"]
     assert modelfile["template"] is None and modelfile["ollama_template"] == "native"
+
+
+def test_f32_and_bf16_come_from_the_merged_model_not_from_the_f16_intermediate(tiny_adapter, tmp_path):
+    import gguf
+    import numpy as np
+
+    result = export(ExportSpec(adapter=tiny_adapter, quants=("F32", "BF16"), name="t", out=tmp_path / "o",
+                               smoke=False, register=False, keep_intermediate=True))
+    merged = load_file(str(tmp_path / "o" / ".localserve" / "work" / "merged" / "model.safetensors"))
+    want = merged["model.layers.0.mlp.down_proj.weight"].numpy()
+    assert not np.array_equal(want, want.astype(np.float16).astype(np.float32))  # F16 would lose bits here
+
+    def tensor(file: str, name: str):
+        reader = gguf.GGUFReader(str(tmp_path / "o" / file))
+        return next(t for t in reader.tensors if t.name == name)
+
+    f32 = tensor("t-F32.gguf", "blk.0.ffn_down.weight")
+    assert f32.tensor_type == gguf.GGMLQuantizationType.F32
+    assert np.array_equal(np.asarray(f32.data).reshape(want.shape), want)
+    assert tensor("t-BF16.gguf", "blk.0.ffn_down.weight").tensor_type == gguf.GGMLQuantizationType.BF16
+    assert [a.quant for a in result.artifacts] == ["F32", "BF16"]
