@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
-from .errors import LocalserveError
+from .errors import InputError, LocalserveError
 from .fsutil import atomic_dir, atomic_path, human_bytes, require_free_space, sha256_file, sha256_tree, write_json, write_text
 from .llamacpp import convert, quantize as quant
+from .llamacpp.imatrix import IMATRIX_FILE
 from .llamacpp.smoke import SmokeResult, smoke_test
 from .llamacpp.vendor import locate
 from .models.merge import merge_adapter, saved_dtype
@@ -233,8 +234,6 @@ def export(spec: ExportSpec) -> ExportResult:
             return {"size": f16_path.stat().st_size}
 
         pipe.run("convert", convert_key, [f16_path], run, "converting to a 16-bit GGUF (llama.cpp's converter)")
-
-    from .llamacpp.imatrix import IMATRIX_FILE
 
     imatrix_path = out / IMATRIX_FILE if spec.imatrix_data else None
     imatrix_key = None
@@ -486,13 +485,9 @@ def _read_probe(adapter_dir: Path) -> dict:
     try:
         data = json.loads(f.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
-        from .errors import InputError
-
         raise InputError(f"{f} is not valid JSON: {e}", "fix it or remove it") from e
     if not isinstance(data, dict) or not isinstance(data.get("question"), str) \
             or not isinstance(data.get("expected"), str):
-        from .errors import InputError
-
         raise InputError(f"{f} must be an object with \"question\" and \"expected\" strings",
                          'e.g. {"question": "What is ...?", "expected": "..."}; or remove the file')
     return {"question": data["question"], "expected": data["expected"]}

@@ -56,8 +56,10 @@ def quality_command(models: tuple[Path, ...], reference: Path, text: Path | None
 
 def _beside(model: Path) -> Path:
     """The folder a model's chart goes to: a GGUF's folder; a vLLM export's folder, not its model/."""
+    from ..gpuquant.quality import model_folder
+
     folder = model if model.is_dir() else model.parent
-    return folder.parent if folder.name == "model" and (folder.parent / "localserve.json").is_file() else folder
+    return folder.parent if model_folder(folder.parent) == folder else folder
 
 
 commands = [quality_command]

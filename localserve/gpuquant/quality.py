@@ -30,11 +30,27 @@ class QuantizedFolder:
     n_vocab: int
 
 
+def model_folder(path: Path) -> Path:
+    """`path`, or the folder holding its weights when `path` is a vLLM export (they live in model/)."""
+    from ..vllm.export import MODEL_DIR
+
+    path = Path(path)
+    if not (path / "config.json").is_file() and (path / MODEL_DIR / "config.json").is_file():
+        return path / MODEL_DIR
+    return path
+
+
+def display_name(path: Path) -> str:
+    """What a model folder is called in tables and charts: a vLLM export's model/ by its export's name."""
+    from ..vllm.export import MODEL_DIR
+
+    path = Path(path)
+    return (path.parent.name if path.name == MODEL_DIR else path.name) or "model"
+
+
 def quantized_folder(path: Path) -> QuantizedFolder:
     """An HF folder quantized to compressed-tensors, or a vLLM export folder holding one in model/."""
-    path = Path(path)
-    if not (path / "config.json").is_file() and (path / "model" / "config.json").is_file():
-        path = path / "model"
+    path = model_folder(path)
     config_file = path / "config.json"
     if not config_file.is_file():
         raise InputError(f"{path} is neither a GGUF file nor an HF model folder (no config.json)",

@@ -117,18 +117,16 @@ def hf_tokenizer(model_dir: Path):
     return AutoTokenizer.from_pretrained(str(model_dir))
 
 
-def hf_chat_template(model_dir: Path) -> tuple[str, str, str] | None:
-    """(template, bos text, eos text) of an HF folder's tokenizer, as `chat_template` gives for a GGUF."""
-    tokenizer = hf_tokenizer(model_dir)
+def hf_chat_template(tokenizer) -> tuple[str, str, str] | None:
+    """(template, bos text, eos text) of an HF tokenizer, as `chat_template` gives for a GGUF."""
     template = tokenizer.chat_template
     if not isinstance(template, str):
         return None
     return template, tokenizer.bos_token or "", tokenizer.eos_token or ""
 
 
-def hf_tokenize(model_dir: Path, texts: Sequence[str], n_vocab: int, special: bool = False) -> Tokens:
-    """`tokenize` with an HF folder's tokenizer (for measuring GPU-format folders without any GGUF)."""
-    tokenizer = hf_tokenizer(model_dir)
+def hf_tokenize(tokenizer, texts: Sequence[str], n_vocab: int, special: bool = False) -> Tokens:
+    """`tokenize` with an HF tokenizer (for measuring GPU-format folders without any GGUF)."""
     ids: list[int] = []
     for text in texts:
         ids.extend(tokenizer(text, add_special_tokens=False, split_special_tokens=not special)["input_ids"])

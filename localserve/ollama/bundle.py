@@ -194,11 +194,15 @@ def _check_member(m: tarfile.TarInfo, bundle: Path) -> PurePosixPath:
     return p
 
 
+def _require_bundle(bundle: Path) -> None:
+    if not bundle.is_file():
+        raise InputError(f"bundle {bundle} does not exist", "pass the .tar written by `localserve bundle`")
+
+
 def extract_verified(bundle: Path, dest: Path) -> Path:
     """Extract into `dest` (must be empty), verifying SHA256SUMS; returns the folder holding localserve.json."""
     bundle = Path(bundle)
-    if not bundle.is_file():
-        raise InputError(f"bundle {bundle} does not exist", "pass the .tar written by `localserve bundle`")
+    _require_bundle(bundle)
     try:
         tar = tarfile.open(bundle, "r:*")
     except tarfile.TarError as e:
@@ -267,8 +271,7 @@ def install_bundle(bundle: Path, name: str | None = None, host: str | None = Non
 
     if name:
         parse_name(name)
-    if not Path(bundle).is_file():  # before anything is created, in the store or elsewhere
-        raise InputError(f"bundle {bundle} does not exist", "pass the .tar written by `localserve bundle`")
+    _require_bundle(Path(bundle))  # before anything is created, in the store or elsewhere
     if use_store or store_root:
         store = ModelStore(store_root)
         store._check_writable()

@@ -128,11 +128,7 @@ def bench_path(model: Path) -> Path:
 
 def load_bench(model: Path) -> dict[str, Any]:
     """The stored measurements of a model ({target: result}), or {} when it was never benchmarked."""
-    path = bench_path(Path(model))
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return {}
+    data = _read_json(bench_path(Path(model)))
     return data if isinstance(data, dict) else {}
 
 

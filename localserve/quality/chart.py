@@ -12,6 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from ..fsutil import atomic_path
+from ..gpuquant.quality import display_name
 from .table import QualityTable
 
 PUBLISHED = Path(__file__).resolve().parent / "llama3_8b_kld.json"
@@ -81,7 +82,7 @@ def write_chart(table: QualityTable, path: Path, title: str | None = None) -> Pa
     ax.set_yscale("log")
     ax.set_xlabel("file size (MB)")
     ax.set_ylabel("mean KL divergence vs reference (nats, log)")
-    ax.set_title(title or f"Quantization cost: {_model_name(table.reference.get('path', ''))}")
+    ax.set_title(title or f"Quantization cost: {display_name(table.reference.get('path', ''))}")
     bpw_axis = ax.secondary_xaxis("top", functions=(lambda x: x * mb / scale, lambda b: b * scale / mb))
     bpw_axis.set_xlabel("bits per weight")
     ax.grid(True, which="both", alpha=0.3)
@@ -91,9 +92,3 @@ def write_chart(table: QualityTable, path: Path, title: str | None = None) -> Pa
         fig.savefig(tmp, format="png")
     plt.close(fig)
     return path
-
-
-def _model_name(reference: str) -> str:
-    path = Path(reference)
-    # A vLLM export keeps its weights in model/: the export's folder names the model.
-    return (path.parent.name if path.name == "model" else path.name) or "model"

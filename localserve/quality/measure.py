@@ -120,12 +120,11 @@ def measure(models: Sequence[Path], reference: Path, text: Path | None = None, d
 
 def _candidate(path: Path) -> _Candidate:
     if path.is_dir():
-        from ..gpuquant.quality import folder_logprobs, quantized_folder
+        from ..gpuquant.quality import display_name, folder_logprobs, quantized_folder
 
         folder = quantized_folder(path)
         n_vocab = folder.n_vocab
-        name = folder.path.parent.name if folder.path.name == "model" else folder.path.name
-        return _Candidate(folder.path, name, folder.quant, False, folder.size, n_vocab, None, "vllm",
+        return _Candidate(folder.path, display_name(folder.path), folder.quant, False, folder.size, n_vocab, None, "vllm",
                           lambda chunks: folder_logprobs(folder.path, chunks, n_vocab))
     info = evaluate.gguf_info(path)
     return _Candidate(info.path, info.path.name, info.quant, info.imatrix is not None, info.size, info.n_vocab,
@@ -142,9 +141,10 @@ def _eval_tokens(candidates: Sequence[_Candidate], reference: Path, ref_kind: st
                   else load_text(text))
         tokens = evaluate.tokenize(gguf, source.texts, special=source.special)
     else:
-        source = (load_chat_jsonl(data_jsonl, evaluate.hf_chat_template(reference)) if data_jsonl is not None
+        tokenizer = evaluate.hf_tokenizer(reference)
+        source = (load_chat_jsonl(data_jsonl, evaluate.hf_chat_template(tokenizer)) if data_jsonl is not None
                   else load_text(text))
-        tokens = evaluate.hf_tokenize(reference, source.texts, candidates[0].n_vocab, special=source.special)
+        tokens = evaluate.hf_tokenize(tokenizer, source.texts, candidates[0].n_vocab, special=source.special)
     if max_tokens is not None and len(tokens.ids) > max_tokens:
         step(f"using the first {max_tokens} of {len(tokens.ids)} tokens of {source.source}")
         tokens = evaluate.Tokens(tokens.ids[:max_tokens], tokens.bos, tokens.n_vocab)
