@@ -15,11 +15,17 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it
 _API = {
-    "ExportSpec": "localserve.spec",
-    "ExportResult": "localserve.gguf_export",
-    "export": "localserve.gguf_export",
-    "TenantExportSpec": "localserve.tenants",
-    "export_tenants": "localserve.tenants",
+    "ExportSpec": "localserve.exports",
+    "ExportResult": "localserve.exports",
+    "export": "localserve.exports",
+    "TenantExportSpec": "localserve.exports",
+    "export_tenants": "localserve.exports",
+    "VllmExportSpec": "localserve.exports",
+    "export_vllm": "localserve.exports",
+    "export_spec": "localserve.exports",
+    "run_export": "localserve.exports",
+    "ExportRecord": "localserve.lineage",
+    "read_record": "localserve.lineage",
     "LocalserveError": "localserve.errors",
     "embedded_base": "localserve.models.embedded",
     "check_template": "localserve.chat.check",

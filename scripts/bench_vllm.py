@@ -45,7 +45,7 @@ def tokens_per_second(url: str, model: str, tokens: int, concurrent: int, rounds
 
 
 def main() -> int:
-    from localserve.vllm import VllmExportSpec, export_vllm
+    from localserve.exports import VllmExportSpec, export_vllm
     from localserve.vllm.runtime import CPU_ARGS, serve_export
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -5,6 +5,10 @@
 - `demo_adapter`: the shipped examples/demo-adapter (with probe.json).
 - `exported_demo`: ONE real export of the demo adapter (Q4_K_M, Q8_0, F16; intermediates kept),
   shared by every slow test that needs GGUFs.
+
+Every test runs with its own temporary HOME, state directory and Ollama model folder
+(`user_isolated`, autouse), so none reads or writes the user's history, versions or models.
+The caches stay shared: they are pinned below, before any test changes HOME.
 """
 
 from __future__ import annotations
@@ -22,6 +26,26 @@ REPO = Path(__file__).resolve().parent.parent
 os.environ["OLLAMA_HOST"] = os.environ.get("OLLAMA_TEST_HOST") or "http://127.0.0.1:9"
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# Caches follow HOME unless pinned; pin them to where they are now, so a temporary HOME does not
+# make every test rebuild llama.cpp, the venvs and the Go renderer (localserve's cache) or lose the
+# Hugging Face, Go and matplotlib caches (which default to $XDG_CACHE_HOME, else ~/.cache).
+from localserve.paths import home as _cache_home  # noqa: E402
+
+os.environ.setdefault("LOCALSERVE_HOME", str(_cache_home()))
+os.environ.setdefault("XDG_CACHE_HOME", str(Path.home() / ".cache"))
+
+
+@pytest.fixture(autouse=True)
+def user_isolated(tmp_path_factory, monkeypatch) -> Path:
+    """A fresh HOME, state directory and Ollama model folder for this test (under pytest's base
+    temp, not `tmp_path`, so tests that expect an empty `tmp_path` still get one)."""
+    root = tmp_path_factory.mktemp("user")
+    (root / "home").mkdir()
+    monkeypatch.setenv("HOME", str(root / "home"))
+    monkeypatch.setenv("LOCALSERVE_STATE_DIR", str(root / "state"))
+    monkeypatch.setenv("OLLAMA_MODELS", str(root / "ollama-models"))
+    return root
 
 
 @pytest.fixture(scope="session")

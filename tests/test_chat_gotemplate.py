@@ -1,4 +1,4 @@
-"""The Go renderer behaves like Ollama's template engine (spec §4.1/§4.2), with the real text/template."""
+"""The Go renderer behaves like Ollama's template engine (docs/ollama.md#go-template), with the real text/template."""
 
 from __future__ import annotations
 

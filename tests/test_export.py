@@ -516,12 +516,12 @@ def test_a_probe_without_an_expected_answer_is_one_line(tiny_adapter, tmp_path):
 
 
 def test_an_unforeseen_failure_is_still_one_line_and_debug_shows_the_traceback(monkeypatch, tiny_adapter, tmp_path):
-    import localserve.gguf_export as gguf_export
+    import localserve.exports.inputs as export_inputs
 
     def broken(*args, **kwargs):
         raise RuntimeError("something no check foresaw")
 
-    monkeypatch.setattr(gguf_export, "load_adapter", broken)
+    monkeypatch.setattr(export_inputs, "load_adapter", broken)
     result = _invoke("export", tiny_adapter, "--out", tmp_path / "o")
     assert result.exit_code == 1
     assert result.output.strip().startswith("error: unexpected RuntimeError")

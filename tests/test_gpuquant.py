@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from localserve.cli import cli
 from localserve.errors import InputError, SetupError, UnknownName
 from localserve.gpuquant import choose_group_size, get_format, gpuquant_python, quantized_input_widths
-from localserve.vllm import VllmExportSpec
+from localserve.exports import VllmExportSpec
 
 
 def invoke(*args):

@@ -1,5 +1,5 @@
-"""The Modelfile parser follows Ollama's grammar (spec §1), one test per rule; the renderer writes
-text that grammar reads back exactly."""
+"""The Modelfile parser follows Ollama's grammar (docs/ollama.md#modelfile-grammar), one test per rule;
+the renderer writes text that grammar reads back exactly."""
 
 from __future__ import annotations
 

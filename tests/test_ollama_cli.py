@@ -40,7 +40,7 @@ def test_ls_and_show_read_the_store(store_with_two_versions, isolated_home):
     assert shown["template"].startswith("{{- range .Messages }}")
 
 
-def test_promote_then_rollback_on_the_store(store_with_two_versions, isolated_home):
+def test_promote_then_rollback_on_the_store(store_with_two_versions, isolated_home, user_isolated):
     from localserve.ollama.store import ModelStore
 
     store = ModelStore(store_with_two_versions)
@@ -54,7 +54,7 @@ def test_promote_then_rollback_on_the_store(store_with_two_versions, isolated_ho
     assert code == 0 and "demo:latest -> demo:v1" in out
     assert store.manifest_digest("demo:latest") == store.manifest_digest("demo:v1")
 
-    history = json.loads((isolated_home / "localserve-home" / "history.json").read_text())
+    history = json.loads((user_isolated / "state" / "history.json").read_text())
     (events,) = [a["events"] for a in history["aliases"].values()]
     assert [e["action"] for e in events] == ["promote", "promote", "rollback"]
     assert events[1]["rolled_back_at"] and events[1]["note"] == "better KL"

@@ -1,4 +1,5 @@
-"""Registering an export through Ollama's HTTP API, and the stand-in's strictness (spec §2)."""
+"""Registering an export through Ollama's HTTP API, and the stand-in's strictness
+(docs/ollama.md#http, #blobs, #create-api)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The stand-in answers inference and management calls the way the spec says Ollama does, so the
+"""The stand-in answers inference and management calls the way docs/ollama.md says Ollama does, so the
 tests that lean on it check localserve against Ollama's behaviour, not against a lenient fake."""
 
 from __future__ import annotations

@@ -59,13 +59,12 @@ def test_verify_of_a_missing_model_says_how_to_register(ollama_host):
 
 
 @pytest.mark.slow
-def test_export_bundle_install_serve_verify(exported_demo, tmp_path, monkeypatch):
+def test_export_bundle_install_serve_verify(exported_demo, tmp_path):
     """The done-criterion, as an operator would run it on an air-gapped host."""
     if os.environ.get("OLLAMA_TEST_HOST"):
         pytest.skip("installs into a fresh store served by the stand-in")
     from ollama_standin import Standin
 
-    monkeypatch.setenv("LOCALSERVE_HOME", str(tmp_path / "home"))
     runner = CliRunner()
     tar = tmp_path / "demo.tar"
     r = runner.invoke(cli, ["-q", "bundle", str(exported_demo), "-o", str(tar)])

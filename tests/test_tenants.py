@@ -1,6 +1,6 @@
 """`localserve export A1 A2 ... --lora` for Ollama, on tiny random Llamas: one shared base GGUF, one GGUF
 LoRA per tenant, a Modelfile per tenant (FROM base, ADAPTER lora), and registration that stores the
-base once (spec §2.2 `adapters`, §3.4 adapter layers, §5 which versions load adapters)."""
+base once (docs/ollama.md#create-api `adapters`, #manifest adapter layers, #adapters which versions load them)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from localserve.modelfile import parse_modelfile
 from localserve.ollama.client import ServerTooOld
 from localserve.ollama.layers import MEDIA_ADAPTER, MEDIA_MODEL, ModelRecipe
 from localserve.ollama.tenants import Tenant, adapter_support, register_tenants
-from localserve.tenants import TenantExportSpec, export_tenants
+from localserve.exports import TenantExportSpec, export_tenants
 
 pytest_plugins = ["ollama_standin.fixtures"]
 
@@ -102,7 +102,7 @@ def test_lineage_records_every_tenant_its_hashes_and_the_ollama_support(tenant_e
     from localserve.fsutil import sha256_file, sha256_tree
 
     meta = json.loads(tenant_export.lineage_path.read_text())
-    assert meta["kind"] == "lora-tenants" and meta["artifacts"][0]["file"] == "base-Q8_0.gguf"
+    assert meta["kind"] == "tenants" and meta["artifacts"][0]["file"] == "base-Q8_0.gguf"
     assert meta["artifacts"][0]["sha256"] == sha256_file(tenant_export.out_dir / "base-Q8_0.gguf")
     assert [t["tenant"] for t in meta["tenants"]] == ["alpha", "beta"]
     alpha = meta["tenants"][0]
@@ -157,7 +157,7 @@ def test_what_a_gguf_lora_cannot_carry_is_refused(first_adapter, tmp_path, chang
 def test_rslora_is_written_with_the_alpha_that_gives_llama_cpp_the_same_scale(first_adapter, tiny_base, tmp_path):
     from localserve.llamacpp.lora import convert_lora_to_gguf
     from localserve.models.resolve import load_adapter
-    from localserve.tenants import _as_plain_lora, gguf_alpha
+    from localserve.exports.tenants import _as_plain_lora, gguf_alpha
 
     rs = load_adapter(_edit_config(first_adapter, tmp_path / "rs", use_rslora=True))
     assert gguf_alpha(rs.config) == pytest.approx(16 * 8 ** 0.5)  # llama.cpp: alpha/r == PEFT: 16/sqrt(8)
@@ -204,7 +204,7 @@ def test_cli_exports_tenants_and_prints_where_they_are(first_adapter, second_ada
     assert (tmp_path / "cli" / "Modelfile.acme-beta").is_file()
 
 
-# --- which Ollama versions load adapters (spec §5) -------------------------------------------------
+# --- which Ollama versions load adapters (docs/ollama.md#adapters) --------------------------------------
 
 def test_adapter_support_by_architecture_and_version():
     llama, qwen3 = adapter_support("llama"), adapter_support("qwen3")
@@ -215,7 +215,7 @@ def test_adapter_support_by_architecture_and_version():
     assert adapter_support("nemotron_h_moe").go_engine
 
 
-# --- registration against the spec-strict stand-in -------------------------------------------------
+# --- registration against the strict stand-in ------------------------------------------------------
 
 def _tenants(export) -> list[Tenant]:
     return [Tenant(f"reg-{t.tenant}:q8_0", export.out_dir / t.file, t.sha256) for t in export.tenants]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from localserve.llamacpp.lora import answer
-from localserve.tenants import TenantExportSpec, export_tenants
+from localserve.exports import TenantExportSpec, export_tenants
 
 pytestmark = pytest.mark.slow
 pytest_plugins = ["ollama_standin.fixtures"]
@@ -56,7 +56,7 @@ def test_no_tenant_gives_another_tenants_answer(fact_tenants):
 def test_registered_tenants_share_the_base_and_answer_in_chat(fact_tenants, steer):
     from ollama_standin import HTTP
 
-    from localserve.tenants import register_export
+    from localserve.exports.tenants import register_export
 
     register_export(fact_tenants, steer.url)
     reg = fact_tenants.registered

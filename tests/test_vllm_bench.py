@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from localserve.cli import cli
-from localserve.vllm import VllmExportSpec, export_vllm
+from localserve.exports import VllmExportSpec, export_vllm
 from localserve.vllm.runtime import CPU_ARGS, serve_export
 from vllmtier import pytestmark  # noqa: F401  (the tier's marks and skip)
 

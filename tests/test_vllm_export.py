@@ -9,7 +9,7 @@ import yaml
 
 from localserve.errors import InputError
 from localserve.plan import parallel_layout
-from localserve.vllm import VllmExportSpec, export_vllm
+from localserve.exports import VllmExportSpec, export_vllm
 
 SHARD = 400_000  # bytes: the tiny model (~2 MB in float32) must come out in several shards
 
@@ -88,7 +88,7 @@ def test_the_serve_config_names_the_model_folder_relative_to_the_export(merged):
     launch = (merged.out_dir / "launch.sh").read_text()
     assert "--config vllm-config.yaml" in launch and "VLLM_ALLOW_RUNTIME_LORA_UPDATING" not in launch
     lineage = json.loads(merged.lineage_path.read_text())
-    assert lineage["target"] == "vllm" and lineage["merged"] is True
+    assert lineage["kind"] == "vllm" and lineage["merged"] is True
 
 
 def test_every_generated_file_parses_as_yaml_or_shell(merged):

@@ -12,7 +12,7 @@ import json
 import pytest
 
 from localserve.gpuquant import gpuquant_python
-from localserve.vllm import VllmExportSpec, export_vllm
+from localserve.exports import VllmExportSpec, export_vllm
 from localserve.vllm.runtime import CPU_ARGS, missing_cpu_kernel, serve_export
 from vllmtier import chat, missing_venv, pytestmark as _tier
 

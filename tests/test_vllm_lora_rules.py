@@ -8,7 +8,8 @@ import shutil
 import pytest
 
 from localserve.errors import AdapterError, InputError
-from localserve.vllm import MAX_LORA_RANKS, VllmExportSpec, export_vllm, max_lora_rank
+from localserve.exports import VllmExportSpec, export_vllm
+from localserve.vllm import MAX_LORA_RANKS, max_lora_rank
 
 
 @pytest.mark.parametrize("rank, served", [(1, 1), (2, 8), (8, 8), (9, 16), (16, 16), (33, 64), (300, 320),

@@ -11,7 +11,7 @@ import yaml
 
 from localserve.errors import ToolError
 from localserve.plan import parallel_layout
-from localserve.vllm import VllmExportSpec, export_vllm
+from localserve.exports import VllmExportSpec, export_vllm
 from localserve.vllm.runtime import parse_many_with_vllm, parse_with_vllm
 from localserve.vllm.serve import MOUNT
 from vllmtier import pytestmark  # noqa: F401  (the tier's marks and skip)

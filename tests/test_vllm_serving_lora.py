@@ -8,7 +8,8 @@ import json
 import pytest
 
 from localserve.errors import AdapterRefused
-from localserve.vllm import VllmClient, VllmExportSpec, export_vllm
+from localserve.exports import VllmExportSpec, export_vllm
+from localserve.vllm import VllmClient
 from localserve.vllm.runtime import CPU_ARGS, serve_export
 from vllmtier import chat, chat_status, pytestmark  # noqa: F401  (the tier's marks and skip)
 

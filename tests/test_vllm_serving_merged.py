@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from localserve.vllm import VllmExportSpec, export_vllm
+from localserve.exports import VllmExportSpec, export_vllm
 from localserve.vllm.runtime import CPU_ARGS, serve_export
 from vllmtier import chat, pytestmark  # noqa: F401  (the tier's marks and skip)
 

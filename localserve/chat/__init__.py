@@ -10,6 +10,7 @@ template, the Go renderer (Ollama's engine) and the parity proof.
 from __future__ import annotations
 
 from .families import Family, families, get_family
-from .setup import ChatSetup, detect_family, resolve_chat, stop_tokens
+from .detect import detect_family, resolve_chat
+from .setup import ChatSetup, stop_tokens
 
 __all__ = ["ChatSetup", "Family", "detect_family", "families", "get_family", "resolve_chat", "stop_tokens"]

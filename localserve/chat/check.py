@@ -6,7 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .parity import ParityReport, check_parity
-from .setup import ChatSetup, resolve_chat
+from .detect import resolve_chat
+from .setup import ChatSetup
 
 TEMPLATE_FILES = ("chat_template.jinja", "tokenizer_config.json")
 

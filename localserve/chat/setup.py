@@ -1,15 +1,17 @@
-"""Choose the chat family for a model by what its own template renders, and build its Ollama setup."""
+"""What Ollama needs to chat with a model the way it was trained (`ChatSetup`), built from a chat
+family and the model's own template; the probes that show what that template renders.
+
+Choosing the family is detect.py's; proving a setup, parity.py's.
+"""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from ..errors import InputError, TemplateMismatch
-from .families import Family, families, get_family
-from .hf import HFChat, load_hf_chat
+from .families import Family
+from .hf import HFChat
 
 log = logging.getLogger("localserve.chat")
 
@@ -56,7 +58,8 @@ class ChatSetup:
                 "system": self.system, "notes": list(self.notes)}
 
 
-def _render_probe(hf: HFChat, messages: list[dict], tools: list[dict] | None = None) -> str | None:
+def render_probe(hf: HFChat, messages: list[dict], tools: list[dict] | None = None) -> str | None:
+    """The model's own template applied to a probe conversation; None when it fails on it."""
     import jinja2
 
     try:
@@ -67,61 +70,26 @@ def _render_probe(hf: HFChat, messages: list[dict], tools: list[dict] | None = N
 
 
 def renders_tools(hf: HFChat) -> bool:
-    out = _render_probe(hf, [{"role": "user", "content": PROBE_USER}], [PROBE_TOOL])
+    out = render_probe(hf, [{"role": "user", "content": PROBE_USER}], [PROBE_TOOL])
     return out is not None and "localserve_probe_tool" in out
-
-
-def detect_family(hf: HFChat) -> Family:
-    """The family whose signature the model's template renders (tool support breaks ties)."""
-    rendered = _render_probe(hf, [{"role": "user", "content": PROBE_USER}])
-    names = ", ".join(families())
-    if rendered is None:
-        raise InputError(f"the chat template of {hf.model_dir} fails to render a one-message conversation",
-                         f"pass --template-family NAME ({names}) or --template-file FILE")
-    candidates = [f for f in families().values() if f.matches(rendered, PROBE_USER)]
-    if not candidates:
-        shown = rendered if len(rendered) < 300 else rendered[:300] + "…"
-        raise TemplateMismatch(
-            f"the chat template of {hf.model_dir} matches no known family; for [user: {PROBE_USER!r}] it "
-            f"renders {shown!r}; known families: {names}",
-            "pass --template-family NAME to force one, or --template-file FILE with your own Go TEMPLATE "
-            "(check it with `localserve check-template`)")
-    tools = renders_tools(hf)
-    candidates = [f for f in candidates if f.supports_tools == tools] or candidates
-    chosen = candidates[0] if len(candidates) == 1 else _first_that_renders_alike(hf, candidates)
-    log.info("chat family %s (candidates: %s; template renders tools: %s)", chosen.name,
-             [f.name for f in candidates], tools)
-    return chosen
-
-
-def _first_that_renders_alike(hf: HFChat, candidates: list[Family]) -> Family:
-    """Among families with the same markers (e.g. Llama 3.1 vs 3.2 dates), the first whose TEMPLATE
-    renders the basic conversations exactly as the model's template does."""
-    from .parity import BASE_CASES, check_parity
-
-    for fam in candidates:
-        setup = _setup_for(hf, fam, fam.template, fam.name, fam.supports_tools, ())
-        if check_parity(hf.model_dir, setup, BASE_CASES[:4]).ok:
-            return fam
-    return candidates[0]
 
 
 def _default_system(hf: HFChat, family: Family) -> str | None:
     """A system prompt the template inserts by itself, if its output proves it is one."""
     if not family.default_system:
         return None
-    bare = _render_probe(hf, [{"role": "user", "content": PROBE_USER}])
+    bare = render_probe(hf, [{"role": "user", "content": PROBE_USER}])
     if bare is None:
         return None
     text = family.extract_default_system(bare)
     if not text:
         return None
-    explicit = _render_probe(hf, [{"role": "system", "content": text}, {"role": "user", "content": PROBE_USER}])
+    explicit = render_probe(hf, [{"role": "system", "content": text}, {"role": "user", "content": PROBE_USER}])
     return text if explicit == bare else None
 
 
 def template_capabilities(jinja_template: str) -> set[str]:
-    """What Ollama ≥ 0.30 reads from a GGUF's Jinja template by substring (spec §4.4)."""
+    """What Ollama ≥ 0.30 reads from a GGUF's Jinja template by substring (docs/ollama.md#template-selection)."""
     caps = set()
     if "tools" in jinja_template or "tool_call" in jinja_template:
         caps.add("tools")
@@ -163,45 +131,10 @@ def num_ctx(hf: HFChat) -> int | None:
     return min(hf.max_position_embeddings, NUM_CTX_CAP) if hf.max_position_embeddings else None
 
 
-def resolve_chat(model_dir: Path, family: str | None = None, template_file: Path | None = None) -> ChatSetup:
-    """Detect (or take) the chat family of `model_dir` and build its Ollama TEMPLATE, stops and num_ctx.
-
-    `family` forces a family by name; `template_file` replaces the family's Go TEMPLATE with the
-    user's own (prove it with `check_parity`).
-    """
-    from .gotemplate import GoTemplateError, check_parses
-
-    hf = load_hf_chat(Path(model_dir))
-    fam = get_family(family) if family else None
-    notes: list[str] = []
-    if template_file is not None:
-        path = Path(template_file)
-        if not path.is_file():
-            raise InputError(f"template file {path} does not exist", "pass a file holding an Ollama Go TEMPLATE")
-        template = path.read_text(encoding="utf-8")
-        try:
-            check_parses(template)
-        except GoTemplateError as e:
-            raise InputError(f"{path} is not a valid Ollama Go TEMPLATE: {e.message}",
-                             "Ollama would refuse it with `template error`; fix the template") from e
-        if fam is None:
-            try:
-                fam = detect_family(hf)
-            except (InputError, TemplateMismatch):
-                fam = None
-        name = f"custom ({fam.name})" if fam else "custom"
-        notes.append(f"TEMPLATE from {path}")
-        supports_tools = ".Tools" in template
-    else:
-        fam = fam or detect_family(hf)
-        template, name, supports_tools = fam.template, fam.name, fam.supports_tools
-    if fam and fam.notes:
-        notes.append(fam.notes)
-    return _setup_for(hf, fam, template, name, supports_tools, tuple(notes))
-
-
-def _setup_for(hf: HFChat, fam: Family | None, template: str, name: str, supports_tools: bool,
-               notes: tuple[str, ...]) -> ChatSetup:
+def build_setup(hf: HFChat, fam: Family | None, template: str, name: str, supports_tools: bool,
+                notes: tuple[str, ...]) -> ChatSetup:
+    """The setup that serves `hf` with `template`: stops, num_ctx and default system prompt from the
+    model's own files, the rest from its family `fam` (None: a custom template of no known family)."""
     params: dict[str, Any] = {}
     if (ctx := num_ctx(hf)) is not None:
         params["num_ctx"] = ctx
@@ -217,3 +150,12 @@ def _setup_for(hf: HFChat, fam: Family | None, template: str, name: str, support
         json_differs=fam.json_differs if fam else True,
         notes=notes,
     )
+
+
+def __getattr__(name: str):
+    # localserve/vllm/export.py imports detect_family from here until it moves into localserve/exports/.
+    if name == "detect_family":
+        from .detect import detect_family
+
+        return detect_family
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -50,21 +50,23 @@ def register_command(output_dir: Path, name: str | None, quant: str | None, host
 
     For an `export --lora` folder: every tenant, on the base uploaded once.
     """
+    from ..exports.tenants import register_record
+    from ..lineage import read_record
     from ..ollama.registration import register
-    from ..tenants import is_tenant_export, register_folder
 
-    if is_tenant_export(output_dir):
+    record = read_record(output_dir)
+    if record.kind == "tenants":
         if name or quant:
             raise InputError(f"--{'name' if name else 'quant'} does not apply to the multi-tenant export {output_dir}",
                              "its tenants are registered under the names in its localserve.json")
-        reg = register_folder(output_dir, host)
+        reg = register_record(output_dir, record, host)
         if as_json:
             click.echo(json.dumps(reg, indent=2))
             return
         click.echo(f"registered {', '.join(t['name'] for t in reg['tenants'])} on Ollama {reg['server_version']} "
                    f"at {reg['host']} (one base, {reg['base_digest'][:19]})")
         return
-    r = register(output_dir, name=name, host=host, quant=quant)
+    r = register(output_dir, name=name, host=host, quant=quant, record=record)
     if as_json:
         click.echo(json.dumps({**r.__dict__, "gguf": str(r.gguf)}, indent=2))
         return

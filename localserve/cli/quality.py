@@ -56,7 +56,7 @@ def quality_command(models: tuple[Path, ...], reference: Path, text: Path | None
 
 def _beside(model: Path) -> Path:
     """The folder a model's chart goes to: a GGUF's folder; a vLLM export's folder, not its model/."""
-    from ..gpuquant.quality import model_folder
+    from ..models.folders import model_folder
 
     folder = model if model.is_dir() else model.parent
     return folder.parent if model_folder(folder.parent) == folder else folder

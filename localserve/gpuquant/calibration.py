@@ -34,7 +34,7 @@ def calibration_samples(model_dir: Path, data_jsonl: Path | None, samples: int =
     """
     from transformers import AutoTokenizer
 
-    from ..quality.text import load_chat_jsonl, load_text
+    from ..textdata import load_chat_jsonl, load_text
 
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     if data_jsonl is not None:

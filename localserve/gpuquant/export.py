@@ -15,7 +15,7 @@ from .calibration import calibration_samples
 from .formats import GpuFormat, GroupChoice, choose_group_size, get_format, quantized_input_widths
 from .run import gpuquant_python, run_child
 
-# The same budget as the GGUF export's quality gate (gguf_export.EXPORT_QUALITY_TOKENS).
+# The same budget as the GGUF export's quality gate (localserve.exports.gguf.EXPORT_QUALITY_TOKENS).
 QUALITY_TOKENS = 2048
 
 

@@ -18,6 +18,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from ..errors import InputError
+from ..models.folders import model_folder
 from .formats import format_of
 from .run import run_child
 
@@ -28,24 +29,6 @@ class QuantizedFolder:
     quant: str  # the format's name, as users type it ("gptq-w4a16")
     size: int  # bytes of its safetensors files
     n_vocab: int
-
-
-def model_folder(path: Path) -> Path:
-    """`path`, or the folder holding its weights when `path` is a vLLM export (they live in model/)."""
-    from ..vllm.export import MODEL_DIR
-
-    path = Path(path)
-    if not (path / "config.json").is_file() and (path / MODEL_DIR / "config.json").is_file():
-        return path / MODEL_DIR
-    return path
-
-
-def display_name(path: Path) -> str:
-    """What a model folder is called in tables and charts: a vLLM export's model/ by its export's name."""
-    from ..vllm.export import MODEL_DIR
-
-    path = Path(path)
-    return (path.parent.name if path.name == MODEL_DIR else path.name) or "model"
 
 
 def quantized_folder(path: Path) -> QuantizedFolder:

@@ -18,9 +18,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from ..errors import InputError, SetupError
-
-# gguf's LlamaFileType names are "MOSTLY_Q4_K_M", "ALL_F32", ...; users type "Q4_K_M", "F32".
-_FILE_TYPE_PREFIXES = ("MOSTLY_", "ALL_")
+from .quant_types import quant_of_file_type
 
 
 @dataclass(frozen=True)
@@ -60,15 +58,7 @@ def gguf_info(path: Path) -> GGUFInfo:
     n_params = sum(int(t.n_elements) for t in reader.tensors)
     tensor_bytes = sum(int(t.n_bytes) for t in reader.tensors)
     file_type = _field_value(reader, "general.file_type")
-    quant = "unknown"
-    if file_type is not None:
-        try:
-            name = gguf.LlamaFileType(int(file_type)).name
-        except ValueError:
-            name = f"type{file_type}"
-        for prefix in _FILE_TYPE_PREFIXES:
-            name = name.removeprefix(prefix)
-        quant = name
+    quant = "unknown" if file_type is None else quant_of_file_type(int(file_type)) or f"type{file_type}"
     imatrix = _field_value(reader, "quantize.imatrix.file")
     tokens = reader.fields.get("tokenizer.ggml.tokens")
     n_vocab = len(tokens.data) if tokens is not None else 0

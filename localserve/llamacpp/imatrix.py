@@ -31,7 +31,7 @@ def compute_imatrix(f16_gguf: Path, text_file: Path, out: Path, *, n_ctx: int | 
     The context is the largest of at most 512 tokens that gives llama-imatrix the two chunks it
     needs, so short domain texts still work. Written atomically (GGUF imatrix format).
     """
-    from ..quality.text import load_chat_jsonl, load_text
+    from ..textdata import load_chat_jsonl, load_text
 
     f16_gguf, text_file, out = Path(f16_gguf), Path(text_file), Path(out)
     chat = text_file.suffix.lower() == ".jsonl"

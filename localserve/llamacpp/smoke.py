@@ -39,8 +39,6 @@ def load(gguf: Path, n_ctx: int = 2048, lora: Path | None = None):
         return Llama(model_path=str(gguf), n_ctx=n_ctx, verbose=False, seed=0)
     from llama_cpp._utils import suppress_stdout_stderr
 
-    from .lora import check_lora_fits
-
     # llama-cpp-python takes a failed adapter load (a NULL pointer) for success and the first
     # decode then crashes the interpreter, so the file is checked against the base first.
     check_lora_fits(gguf, lora)
@@ -55,6 +53,44 @@ def load(gguf: Path, n_ctx: int = 2048, lora: Path | None = None):
         llm.close()
         raise SmokeTestFailed(failed, "the adapter's architecture or shapes do not fit this base")
     return llm
+
+
+def check_lora_fits(base_gguf: Path, lora_gguf: Path) -> None:
+    """Raise SmokeTestFailed unless `lora_gguf` is a GGUF LoRA whose pairs fit tensors of `base_gguf`
+    (what llama.cpp checks at load time; docs/ollama.md#adapters), read from the headers only."""
+    import gguf
+
+    name = f"{Path(lora_gguf).name} on {Path(base_gguf).name}"
+    try:
+        lora, base = gguf.GGUFReader(str(lora_gguf), "r"), gguf.GGUFReader(str(base_gguf), "r")
+    except Exception as e:  # gguf raises ValueError/struct errors on files that are not GGUF
+        raise SmokeTestFailed(f"{name}: not a readable GGUF ({e})", "re-run the export") from None
+
+    def kv(reader, key):
+        f = reader.fields.get(key)
+        return f.contents() if f is not None and f.data else None
+
+    if kv(lora, "general.type") != "adapter" or kv(lora, "adapter.type") != "lora":
+        raise SmokeTestFailed(f"{name}: not a LoRA adapter (general.type={kv(lora, 'general.type')!r})",
+                              "convert the adapter with convert_lora_to_gguf.py")
+    if kv(lora, "general.architecture") != kv(base, "general.architecture"):
+        raise SmokeTestFailed(f"{name}: model arch and LoRA arch mismatch ({kv(base, 'general.architecture')} vs "
+                              f"{kv(lora, 'general.architecture')})", "the adapter was trained on another base")
+    shapes = {t.name: tuple(int(x) for x in t.shape) for t in base.tensors}
+    pairs: dict[str, dict[str, tuple[int, ...]]] = {}
+    for t in lora.tensors:
+        stem, _, part = t.name.rpartition(".")
+        if part in ("lora_a", "lora_b"):
+            pairs.setdefault(stem, {})[part] = tuple(int(x) for x in t.shape)
+    for stem, ab in pairs.items():
+        w, a, b = shapes.get(stem), ab.get("lora_a"), ab.get("lora_b")
+        if w is None or a is None or b is None:
+            raise SmokeTestFailed(f"{name}: {stem} has no base tensor or lacks half of its LoRA pair",
+                                  "the adapter was trained on another base")
+        # ggml order: base ne=[in, out], lora_a ne=[in, r], lora_b ne=[r, out] (token_embd's a is transposed)
+        if not stem.startswith("token_embd") and (a[0] != w[0] or b[1] != w[1] or a[1] != b[0]):
+            raise SmokeTestFailed(f"{name}: {stem} is {list(w)} but its LoRA pair is {list(a)} x {list(b)}",
+                                  "the adapter was trained on another base")
 
 
 def chat(llm, messages: list[dict], max_tokens: int = 256):

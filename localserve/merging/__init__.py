@@ -3,7 +3,7 @@
     recipe (mergekit YAML, or the shorthand)  -> validate (one clear line per problem)
     -> LoRA inputs merged into their base     -> mergekit run_merge (lazy, bounded shards)
 
-`export --merge` runs `merge_models` as its "merge" stage; see localserve.gguf_export.
+`export --merge` runs `merge_models` as its "merge" stage; see localserve.exports.gguf.
 """
 
 from .methods import method_names, method_spec, needs_base

@@ -1,4 +1,5 @@
-"""Modelfiles: render them from `templates/Modelfile.j2`, parse them with Ollama's grammar (spec §1).
+"""Modelfiles: render them from `templates/Modelfile.j2`, parse them with Ollama's grammar
+(docs/ollama.md#modelfile-grammar).
 
     spec = ModelfileSpec(from_="./demo-Q4_K_M.gguf", template=setup.template, system=None,
                          parameters={"stop": ["<|im_end|>"], "num_ctx": 8192})
@@ -28,7 +29,8 @@ __all__ = ["ModelfileSpec", "ModelfileSyntaxError", "parse_modelfile", "render_m
 
 @dataclass(frozen=True)
 class ModelfileSpec:
-    """What a Modelfile says. `parameters[stop]` is always a list; other values are typed per spec §1."""
+    """What a Modelfile says. `parameters[stop]` is always a list; other values are typed as
+    docs/ollama.md#parameters says."""
 
     from_: str
     template: str | None = None

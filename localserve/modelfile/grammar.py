@@ -1,4 +1,4 @@
-"""Ollama's Modelfile grammar (spec §1), as its CLI parses it (`parser/parser.go`).
+"""Ollama's Modelfile grammar (docs/ollama.md#modelfile-grammar), as its CLI parses it (`parser/parser.go`).
 
 Written by hand rather than with a parser library because the grammar is defined by a rune-by-rune
 state machine with odd corners (no escapes; a quoted value ends at the first line end where the

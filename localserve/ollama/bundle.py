@@ -26,8 +26,9 @@ from typing import BinaryIO
 
 from ..errors import ChecksumMismatch, InputError, UnsafeArchive
 from ..fsutil import atomic_path
+from ..lineage import Artifact, ExportRecord
 from ..progress import bar, step
-from .layers import Artifact, ModelRecipe, modelfile_text, read_export
+from .layers import ModelRecipe, modelfile_text, read_export
 from .names import parse_name
 
 SUMS = "SHA256SUMS"
@@ -129,9 +130,9 @@ def _write_bundle(out: Path, name: str, files: list[tuple[str, Path, str | None]
     return BundleResult(out, name, tuple(names + ["README.txt", SUMS]), out.stat().st_size)
 
 
-def make_bundle(output_dir: Path, out: Path) -> BundleResult:
-    """Bundle an export folder (the one `localserve export` wrote)."""
-    info = read_export(output_dir)
+def make_bundle(output_dir: Path, out: Path, record: ExportRecord | None = None) -> BundleResult:
+    """Bundle an export folder (the one `localserve export` wrote, whose record the caller may hold)."""
+    info = read_export(output_dir, record)
     files = [(a.file, info.gguf_path(a), a.sha256) for a in info.artifacts]
     modelfile_path = Path(output_dir) / "Modelfile"
     modelfile = modelfile_path.read_text(encoding="utf-8") if modelfile_path.is_file() else _modelfile(
@@ -158,6 +159,7 @@ def bundle_from_store(name: str, out: Path, store_root: Path | None = None) -> B
     file = f"{base}-{quant}.gguf"
     digest = gguf.name.removeprefix("sha256-")
     meta = {
+        "kind": "ollama-store",
         "name": base,
         "artifacts": [{"quant": quant, "file": file, "sha256": digest, "size": gguf.stat().st_size}],
         "modelfile": recipe.to_json(),

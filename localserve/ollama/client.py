@@ -1,4 +1,4 @@
-"""Talking to a running Ollama server over HTTP (spec §2).
+"""Talking to a running Ollama server over HTTP (docs/ollama.md#http, #blobs, #create-api, #management).
 
 The official `ollama` client covers structured create, list, show, copy, delete and chat. Plain
 httpx covers what it does not: `/api/version`, blob HEAD/POST streamed from disk with a progress
@@ -169,7 +169,7 @@ class OllamaServer:
         """Create `name` from an uploaded GGUF blob; returns the form used ("json" or "modelfile").
 
         `adapter` is (file name, digest) of an uploaded GGUF LoRA: the model gets an ADAPTER layer
-        on top of the `digest` model layer (spec §2.2 `adapters`; `ADAPTER @digest` before 0.5.5).
+        on top of the `digest` model layer (docs/ollama.md#create-api `adapters`; `ADAPTER @digest` before 0.5.5).
         """
         parse_name(name)
         version = self.version()

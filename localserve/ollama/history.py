@@ -1,7 +1,9 @@
 """Promote / roll back: which version an alias (e.g. `demo:latest`) points at, and what it pointed
-at before, kept in one small JSON file written atomically.
+at before, kept in one small JSON file written atomically in the state directory (user records,
+not cache; see `localserve.paths`):
 
-    $LOCALSERVE_HOME/history.json   (default ~/.config/localserve/history.json)
+    <state_dir>/history.json   ($LOCALSERVE_STATE_DIR, else $XDG_STATE_HOME/localserve,
+                                else ~/.local/state/localserve)
 
     {"schema": 1,
      "aliases": {"<target>|demo:latest": {"events": [
@@ -13,19 +15,25 @@ at before, kept in one small JSON file written atomically.
 event log is append-only; the live chain is the promotions not yet rolled back. That is the seam the
 roadmap's lifecycle grows from: an `evaluate` event can carry metrics beside a version, and an A/B
 split is an alias whose event holds several versions with weights.
+
+Earlier releases kept the file at $LOCALSERVE_HOME/history.json when that was set, else at
+~/.config/localserve/history.json. On first use, if the state directory has no history yet, that
+file is copied in (the old one is left in place and no longer read).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol
 
 from ..errors import InputError, OllamaError
-from ..fsutil import write_json
+from ..fsutil import atomic_path, write_json
+from ..paths import state_dir
 from ..progress import step
 from .names import parse_name
 
@@ -41,9 +49,26 @@ class Target(Protocol):
 
 
 def history_path() -> Path:
-    home = os.environ.get("LOCALSERVE_HOME")
-    base = Path(home).expanduser() if home else Path.home() / ".config" / "localserve"
+    """Where the promote history lives: history.json in the state directory."""
+    return state_dir() / "history.json"
+
+
+def legacy_history_path() -> Path:
+    """Where releases before the state directory kept the history."""
+    cache = os.environ.get("LOCALSERVE_HOME")
+    base = Path(cache).expanduser() if cache else Path.home() / ".config" / "localserve"
     return base / "history.json"
+
+
+def _history_file() -> Path:
+    """history_path(), after bringing over a history an earlier release left behind."""
+    path = history_path()
+    legacy = legacy_history_path()
+    if not path.exists() and legacy.is_file():
+        with atomic_path(path) as tmp:
+            shutil.copyfile(legacy, tmp)
+        step(f"moved the promote history to {path} (copied from {legacy}, which is kept but no longer read)")
+    return path
 
 
 def _load(path: Path) -> dict[str, Any]:
@@ -84,7 +109,7 @@ def promote(target: Target, target_id: str, version: str, alias: str, note: str 
     digest = target.manifest_digest(v)
     if digest is None:
         raise OllamaError(f"{v} is not on {target_id}", "list the models with `localserve ls`")
-    path = history_path()
+    path = _history_file()
     data = _load(path)
     entry = data["aliases"].setdefault(f"{target_id}|{a}", {"events": []})
     live = _live(entry["events"])
@@ -101,7 +126,7 @@ def rollback(target: Target, target_id: str, alias: str) -> PromoteResult:
     """Point `alias` back at the version promoted before the current one."""
     a_name = parse_name(alias)
     a = a_name.display
-    path = history_path()
+    path = _history_file()
     data = _load(path)
     entry = data["aliases"].get(f"{target_id}|{a}")
     live = _live(entry["events"]) if entry else []
@@ -125,5 +150,5 @@ def rollback(target: Target, target_id: str, alias: str) -> PromoteResult:
 
 
 def alias_history(target_id: str, alias: str) -> list[dict]:
-    entry = _load(history_path())["aliases"].get(f"{target_id}|{parse_name(alias).display}")
+    entry = _load(_history_file())["aliases"].get(f"{target_id}|{parse_name(alias).display}")
     return list(entry["events"]) if entry else []

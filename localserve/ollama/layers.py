@@ -1,13 +1,14 @@
 """What goes into an Ollama model besides the GGUF: typed params, template/system/messages blobs,
 the config blob, and the export folder (`localserve.json`) they come from.
 
-Ollama stores params verbatim and checks their JSON types at *every* inference request (spec §3.4),
+Ollama stores params verbatim and checks their JSON types at *every* inference request (docs/ollama.md#parameters),
 so a wrong type is found late and breaks every chat. They are typed here, once, before anything
 is sent or written.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError, UnknownName
+from ..lineage import Artifact, ExportRecord, read_record, record_path
 from ..progress import step
 
 MEDIA_MODEL = "application/vnd.ollama.image.model"
@@ -29,7 +31,7 @@ MEDIA_LICENSE = "application/vnd.ollama.image.license"
 MEDIA_CONFIG = "application/vnd.docker.container.image.v1+json"
 MEDIA_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 
-# api/types.go Options + Runner fields portable across v0.5..HEAD (spec §1), by JSON type.
+# api/types.go Options + Runner fields portable across v0.5..HEAD (docs/ollama.md#parameters), by JSON type.
 INT_PARAMS = frozenset({"num_ctx", "num_batch", "num_gpu", "main_gpu", "num_thread", "num_keep", "seed",
                         "num_predict", "top_k", "repeat_last_n"})
 FLOAT_PARAMS = frozenset({"top_p", "min_p", "typical_p", "temperature", "repeat_penalty",
@@ -51,7 +53,7 @@ def typed_params(params: dict[str, Any] | None) -> dict[str, Any]:
             continue
         if name not in KNOWN_PARAMS:
             raise UnknownName("Ollama parameter", name, sorted(KNOWN_PARAMS),
-                              "parameter names are case-sensitive (spec §1)")
+                              "parameter names are case-sensitive")
         out[name] = _typed(name, value)
     return out
 
@@ -148,7 +150,7 @@ def digest_bytes(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-# --- GGUF facts for the config blob (spec §3.5) ---------------------------------------------------
+# --- GGUF facts for the config blob (docs/ollama.md#config-blob) ----------------------------------------
 
 @dataclass(frozen=True)
 class GGUFInfo:
@@ -192,7 +194,7 @@ def gguf_info(path: Path) -> GGUFInfo:
     arch = arch if isinstance(arch, str) else "unknown"
     ftype = kv("general.file_type")
     ftype_name = "unknown"
-    # Ollama requires uint32 and treats 0 (all F32) as unknown (spec §5)
+    # Ollama requires uint32 and treats 0 (all F32) as unknown (docs/ollama.md#config-blob)
     field_ = reader.fields.get("general.file_type")
     if isinstance(ftype, int) and ftype > 0 and field_ is not None \
             and field_.types and field_.types[0] == gguf.GGUFValueType.UINT32:
@@ -221,14 +223,6 @@ def config_blob(info: GGUFInfo, layer_digests: list[str] | None = None) -> bytes
 
 
 # --- the export folder ----------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Artifact:
-    quant: str
-    file: str
-    sha256: str | None = None
-    size: int | None = None
-
 
 @dataclass(frozen=True)
 class ModelRecipe:
@@ -278,50 +272,52 @@ class ModelRecipe:
 
 @dataclass(frozen=True)
 class ExportInfo:
+    """What Ollama is given of an export folder: its GGUF artifacts and the recipe of the rest."""
+
     folder: Path
-    name: str
-    artifacts: tuple[Artifact, ...]
+    record: ExportRecord
     recipe: ModelRecipe
-    raw: dict
+
+    @property
+    def name(self) -> str:
+        return self.record.name
+
+    @property
+    def artifacts(self) -> tuple[Artifact, ...]:
+        return self.record.artifacts
+
+    @property
+    def raw(self) -> dict:
+        return self.record.to_json()
 
     def artifact(self, quant: str | None = None) -> Artifact:
-        if quant is None:
-            return self.artifacts[0]
-        for a in self.artifacts:
-            if a.quant.lower() == quant.lower():
-                return a
-        raise UnknownName("quant in this export", quant, [a.quant for a in self.artifacts])
+        return self.record.artifact(quant)
 
     def gguf_path(self, artifact: Artifact) -> Path:
         p = (self.folder / artifact.file)
         if not p.is_file():
-            raise InputError(f"{p} is listed in {self.folder / 'localserve.json'} but missing",
+            raise InputError(f"{p} is listed in {record_path(self.folder)} but missing",
                              "re-run `localserve export` into this folder")
         return p
 
 
-def read_export(folder: str | Path) -> ExportInfo:
+def read_export(folder: str | Path, record: ExportRecord | None = None) -> ExportInfo:
+    """An export folder as Ollama models: `record` when the caller holds it, else its localserve.json."""
     folder = Path(folder)
-    meta = folder / "localserve.json"
-    if not meta.is_file():
-        raise InputError(f"{folder} has no localserve.json",
-                         "point at a folder written by `localserve export` (or an extracted bundle)")
-    try:
-        data = json.loads(meta.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InputError(f"{meta} is not valid JSON: {e}", "re-run `localserve export`") from None
-    arts = []
-    for a in data.get("artifacts") or []:
-        if not isinstance(a, dict) or not a.get("file") or not str(a["file"]).endswith(".gguf"):
-            raise InputError(f"{meta}: artifact entry {a!r} has no .gguf file", "re-run `localserve export`")
-        if Path(a["file"]).is_absolute() or ".." in Path(a["file"]).parts:
-            raise InputError(f"{meta}: artifact file {a['file']!r} must be a plain relative path",
-                             "re-run `localserve export`")
-        arts.append(Artifact(str(a.get("quant") or "unknown"), str(a["file"]), a.get("sha256"), a.get("size")))
-    if not arts:
-        raise InputError(f"{meta} lists no GGUF artifacts", "re-run `localserve export` with --quant")
-    name = str(data.get("name") or "model")
-    return ExportInfo(folder, name, tuple(arts), ModelRecipe.from_json(data.get("modelfile")), data)
+    record = record if record is not None else read_record(folder)
+    where = record_path(folder)
+    if record.kind == "vllm":
+        raise InputError(f"{folder} is a vLLM export (Hugging Face safetensors); Ollama loads GGUF files",
+                         "export for Ollama without --target vllm")
+    for a in record.artifacts:
+        if not a.file.endswith(".gguf"):
+            raise InputError(f"{where}: artifact entry {a.file!r} has no .gguf file", "re-run `localserve export`")
+    if not record.artifacts:
+        raise InputError(f"{where} lists no GGUF artifacts", "re-run `localserve export` with --quant")
+    if any(a.quant is None for a in record.artifacts):  # a hand-written record: the tag needs a name
+        record = record.replace(artifacts=tuple(dataclasses.replace(a, quant=a.quant or "unknown")
+                                                for a in record.artifacts))
+    return ExportInfo(folder, record, ModelRecipe.from_json(record.modelfile))
 
 
 # --- the legacy (<= 0.5.4) Modelfile string form ----------------------------------------------------

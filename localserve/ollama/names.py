@@ -1,4 +1,4 @@
-"""Ollama model names (spec §3.2): `[host/][namespace/]model[:tag]`, validated the way Ollama does.
+"""Ollama model names (docs/ollama.md#names): `[host/][namespace/]model[:tag]`, validated the way Ollama does.
 
 A name maps to one manifest file, `manifests/<host>/<namespace>/<model>/<tag>`; listing globs exactly
 four levels below `manifests/`, so every part must be present and valid or the model is invisible.

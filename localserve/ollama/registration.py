@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..lineage import ExportRecord
 from ..progress import step
 from .client import OllamaServer, ServerTooOld, parse_version
 from .layers import ModelRecipe, read_export
@@ -19,7 +20,7 @@ class RegisterResult:
     create_form: str  # "json" (>= 0.5.5) or "modelfile" (older servers)
     quant: str
     gguf: Path
-    model_digest: str  # sha256 of the uploaded GGUF (HEAD may store a rewritten copy, spec §5)
+    model_digest: str  # sha256 of the uploaded GGUF (0.31.2+ stores a rewritten copy, docs/ollama.md#gguf)
     uploaded: bool  # False when the server already had the GGUF blob
     manifest_digest: str | None  # the /api/tags digest after create
 
@@ -32,7 +33,8 @@ def default_name(export_name: str, quant: str) -> str:
     return f"{export_name}:{quant.lower()}"
 
 
-NATIVE_TEMPLATE_SINCE = (0, 30, 0)  # spec §4.4: before it, a model without TEMPLATE gets {{ .Prompt }}
+# Before this version a model without TEMPLATE gets {{ .Prompt }} (docs/ollama.md#template-selection).
+NATIVE_TEMPLATE_SINCE = (0, 30, 0)
 
 
 def require_template_support(recipe: ModelRecipe, version: str, host: str) -> None:
@@ -47,12 +49,12 @@ def require_template_support(recipe: ModelRecipe, version: str, host: str) -> No
 
 
 def register(output_dir: Path, name: str | None = None, host: str | None = None,
-             quant: str | None = None) -> RegisterResult:
+             quant: str | None = None, record: ExportRecord | None = None) -> RegisterResult:
     """Upload the export's GGUF (if the server lacks it) and create the model from localserve.json.
 
     `name` defaults to `<export name>:<quant>`; `quant` picks an artifact (default: the first listed).
     """
-    info = read_export(output_dir)
+    info = read_export(output_dir, record)
     artifact = info.artifact(quant)
     gguf = info.gguf_path(artifact)
     model_name = parse_name(name or default_name(info.name, artifact.quant)).display

@@ -1,6 +1,6 @@
-"""Ollama's on-disk model store (spec §3), read and written directly, without a server.
+"""Ollama's on-disk model store (docs/ollama.md#store-layout), read and written directly, without a server.
 
-Writing follows spec §3.6: blobs first (temp file outside `blobs/`, renamed to `sha256-<hex>`,
+Writing follows docs/ollama.md#store-writes: blobs first (temp file outside `blobs/`, renamed to `sha256-<hex>`,
 mode 0644), the manifest last and atomically. A running Ollama re-reads manifests on every
 request, so the model appears without a restart. If anything fails, no manifest is written and the
 blobs this call created are removed, because a blob no manifest references is junk the next server
@@ -108,7 +108,7 @@ class ModelStore:
             except (ValueError, KeyError, TypeError):
                 continue
             if not self.blob_path(m["config"]["digest"]).is_file():
-                continue  # Ollama drops models whose config blob is missing (spec §3.5)
+                continue  # Ollama drops models whose config blob is missing (docs/ollama.md#config-blob)
             mtime = datetime.fromtimestamp(p.stat().st_mtime, timezone.utc).isoformat()
             out.append(StoredModel(n.display, hashlib.sha256(data).hexdigest(), size, mtime, p))
         return sorted(out, key=lambda m: m.modified_at, reverse=True)
@@ -313,7 +313,7 @@ class ModelStore:
             raise _store_error(self.root, e) from None
 
     def delete(self, name: str) -> None:
-        """Remove the manifest, then only the blobs no other manifest references (spec §3.6 rule 4)."""
+        """Remove the manifest, then only the blobs no other manifest references (docs/ollama.md#store-writes)."""
         path = self.find(name)
         if path is None:
             raise OllamaError(f"model {name!r} is not in the store {self.root}",

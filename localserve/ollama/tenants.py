@@ -1,12 +1,12 @@
 """Ollama models that share one base GGUF, each with its own LoRA ADAPTER layer (multi-tenancy).
 
-Which Ollama versions load a GGUF LoRA for which architecture (spec §5):
+Which Ollama versions load a GGUF LoRA for which architecture (docs/ollama.md#adapters):
   v0.30+       every GGUF runs in upstream llama-server, which gets each adapter layer as `--lora`:
                any architecture that llama.cpp build supports.
   v0.7–v0.29   architectures on Ollama's own Go engine ("ollamarunner": qwen3, gemma3, mistral3, …)
                fail at load time with "loras are not yet implemented"; the others (llama, qwen2, …)
-               run in the vendored llama.cpp, which applies the adapter. The spec read the Go-engine
-               list at v0.24.0; the engine was removed in v0.30, so v0.25–v0.29 are assumed alike.
+               run in the vendored llama.cpp, which applies the adapter. The Go-engine list was
+               read at v0.24.0; the engine was removed in v0.30, so v0.25–v0.29 are assumed alike.
   < v0.7       no Go engine: the vendored llama.cpp applies the adapter.
 `create` succeeds either way — the failure only shows when the model loads — so it is checked here,
 before anything is created.
@@ -28,8 +28,8 @@ from .registration import require_template_support
 
 GO_ENGINE_FROM = (0, 7, 0)
 GO_ENGINE_REMOVED = (0, 30, 0)
-# fs/ggml/ggml.go OllamaEngineRequired at v0.24.0, as GGUF general.architecture values (spec §5;
-# the spec's list ends in "…", so this is what is known, not everything).
+# fs/ggml/ggml.go OllamaEngineRequired at v0.24.0, as GGUF general.architecture values (docs/ollama.md#adapters;
+# the list as read ends in "…", so this is what is known, not everything).
 GO_ENGINE_ARCHITECTURES = frozenset({
     "bert", "deepseek2", "gemma3", "gemma3n", "gemma4", "gptoss", "gpt-oss", "llama4", "mistral3", "mllama",
     "qwen25vl", "qwen3", "qwen3moe", "qwen35", "qwen35moe", "qwen3next", "qwen3vl", "qwen3vlmoe", "olmo3",
@@ -63,7 +63,7 @@ class AdapterSupport:
 
 
 def adapter_support(architecture: str) -> AdapterSupport:
-    """Spec §5 for one GGUF `general.architecture` (e.g. "llama", "qwen3")."""
+    """docs/ollama.md#adapters for one GGUF `general.architecture` (e.g. "llama", "qwen3")."""
     go = architecture in GO_ENGINE_ARCHITECTURES or architecture.startswith("nemotron_h")
     return AdapterSupport(architecture, go, ">=0.30 or <0.7" if go else "all")
 
@@ -104,7 +104,7 @@ class TenantsRegistered:
 
 def register_tenants(base_gguf: Path, base_sha256: str, tenants: list[Tenant], recipe: ModelRecipe,
                      support: AdapterSupport, host: str | None = None) -> TenantsRegistered:
-    """Upload the base once and each adapter, then create one model per tenant (spec §2.2 `adapters`).
+    """Upload the base once and each adapter, then create one model per tenant (docs/ollama.md#create-api `adapters`).
 
     Refused before any upload when this server's version cannot load adapters for the base's
     architecture (see the module docstring).

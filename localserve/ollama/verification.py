@@ -121,7 +121,7 @@ def _openai(host: str, model: str, max_tokens: int) -> Streamer:
     from openai import OpenAI
 
     # Ollama ignores the key, the client insists on one; temperature is explicit because the
-    # /v1 layer forces 1.0 when it is omitted (spec §2.5)
+    # /v1 layer forces 1.0 when it is omitted (docs/ollama.md#inference)
     client = OpenAI(base_url=host.rstrip("/") + "/v1", api_key="ollama", max_retries=0)
 
     def run(messages: list[dict]):

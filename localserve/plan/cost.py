@@ -343,10 +343,37 @@ def cost(spec: CostSpec) -> CostReport:
     report = CostReport(spec, api, tuple(options), cross, cross_note, decision, tuple(reasons), tuple(assumptions),
                         tenancy, gpu=gpu, throughput=used, local=local)
     if spec.chart is not None:
-        from .chart import write_chart
-
-        report = CostReport(**{**report.__dict__, "chart": str(write_chart(report, spec.chart))})
+        report = CostReport(**{**report.__dict__, "chart": str(_write_chart(report, spec.chart))})
     return report
+
+
+def _write_chart(report: CostReport, dest: Path) -> Path:
+    """Each option's monthly cost as a curve over volume, drawn by chart.py."""
+    from .chart import Curve, write_chart
+
+    spec = report.spec
+    a = spec.assumptions
+    by_name = {o.name: o for o in report.options}
+    api = by_name["api"]
+    curves = [Curve(f"{api.label} (prices of {report.api.date})", lambda v: api_monthly(v, api.per_1m))]
+    vllm = by_name.get("vllm")
+    if vllm is not None:
+        hourly = spec.price_per_hour * spec.gpus_per_replica
+        curves.append(Curve(f"{vllm.label} @ ${spec.price_per_hour:.2f}/h, {a.utilisation:.0%} util., "
+                            f"+{a.eng_hours_per_month:g} h eng/month",
+                            lambda v: self_hosted_monthly(v, hourly, vllm.capacity_per_day, a.eng_monthly)))
+    local = by_name.get("ollama")
+    if local is not None and local.capacity_per_day:
+        per_token = (local.per_1m or 0) / 1e6 * DAYS_PER_MONTH
+        # a log axis cannot show $0: a zero-cost local option is drawn at one cent
+        curves.append(Curve(f"{local.label} (up to its measured {local.capacity_per_day:,.0f} tokens/day"
+                            + ("; no marginal cost, drawn at $0.01)" if not per_token else ")"),
+                            lambda v: max(v * per_token, 0.01), up_to=local.capacity_per_day))
+    x = report.crossover_tokens_per_day
+    return write_chart(curves, dest, volume=spec.tokens_per_day,
+                       crossover=(x, api_monthly(x, api.per_1m)) if x else None,
+                       title=f"Monthly cost vs volume — decision at {spec.tokens_per_day:,.0f} tokens/day: "
+                             f"{report.decision_label}")
 
 
 def _decide(spec: CostSpec, api: ApiPrice, cross: float | None, local_capacity: float | None,

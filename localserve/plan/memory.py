@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import InputError, UnknownName
-from .model import ModelShape, Weights, bytes_for
+from ..llamacpp.quant_types import bytes_for
+from .model import ModelShape, Weights
 from .tables import Device
 
 MIB = 1 << 20

@@ -7,8 +7,8 @@ Three inputs are understood:
   config's shapes, weight bytes = parameters x the chosen quant's bits per weight;
 - an export folder (localserve.json + GGUFs): every GGUF artifact it lists, exactly.
 
-Bits per weight always come from gguf's GGML_QUANT_SIZES (block size, bytes per block), never
-from a hand-written table.
+What a quant type is and how many bytes a tensor takes in it is llama.cpp's, read from the one
+registry (localserve.llamacpp.quant_types).
 """
 
 from __future__ import annotations
@@ -21,9 +21,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 from ..errors import InputError, UnknownName
-
-# llama.cpp keeps 1-D tensors (norms, biases) in F32 whatever the quant.
-_ONE_D_TYPE = "F32"
+from ..llamacpp.quant_types import DEFAULT_QUANT, bytes_for, quant_of_file_type, quant_type, registry, stored_type
+from ..llamacpp.quant_types import storage_type  # noqa: F401 (tests read the row fallback from here)
 
 
 @dataclass(frozen=True)
@@ -82,84 +81,27 @@ def _ggml():
     return gguf
 
 
-def quant_names() -> tuple[str, ...]:
-    """llama.cpp file-type names ('Q4_K_M', 'Q8_0', 'F16', ...) that map to a ggml type."""
-    gguf = _ggml()
-    names = []
-    for member in gguf.LlamaFileType.__members__:
-        name = re.sub(r"^(MOSTLY|ALL)_", "", member)
-        if name != "GUESSED" and _base_type_name(name) is not None:
-            names.append(name)
-    return tuple(names)
-
-
-def _base_type_name(quant: str) -> str | None:
-    """The ggml tensor type that carries most of a file type's weights: Q4_K_M -> Q4_K.
-
-    K-quant mixes (_S/_M/_L) keep some tensors (attn_v, ffn_down, output) at a higher type; their
-    policy is llama.cpp's and changes between versions, so an estimate from the base type is a
-    lower bound, and the plan says so.
-    """
-    gguf = _ggml()
-    types = gguf.GGMLQuantizationType.__members__
-    for candidate in (quant, re.sub(r"_(S|M|L|XS)$", "", quant)):
-        if candidate in types and types[candidate] in gguf.GGML_QUANT_SIZES:
-            return candidate
-    return None
-
-
-def bytes_for(n_elements: int, ggml_type: str) -> int:
-    """Bytes that `n_elements` weights take in a ggml type (rounded up to whole blocks)."""
-    gguf = _ggml()
-    block, type_size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[ggml_type]]
-    return -(-n_elements // block) * type_size
-
-
-def bits_per_weight(ggml_type: str) -> float:
-    gguf = _ggml()
-    block, type_size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[ggml_type]]
-    return type_size * 8 / block
-
-
 def canonical_quant(name: str) -> str:
-    valid = {q.upper(): q for q in quant_names()}
-    canon = valid.get(name.strip().upper())
+    """`name` (any case) in canonical spelling, if plan can price it (gguf knows its tensor type)."""
+    plannable = [n for n, t in registry().items() if t.ggml_type is not None]
+    canon = {n.upper(): n for n in plannable}.get(name.strip().upper())
     if canon is None:
-        raise UnknownName("quant type", name, quant_names(), hint="pass --quant with one of these, comma-separated")
+        raise UnknownName("quant type", name, plannable, hint="pass --quant with one of these, comma-separated")
     return canon
 
 
-# llama.cpp's quantizer (llama-quant.cpp) stores a tensor whose rows do not divide into the chosen
-# type's blocks in this type instead, and in F16 when that does not divide either.
-_ROW_FALLBACK = {
-    "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0", "TQ1_0": "Q4_0", "TQ2_0": "Q4_0",
-    **{t: "IQ4_NL" for t in ("Q2_K", "Q3_K", "IQ4_XS", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S",
-                            "IQ1_S", "IQ1_M")},
-}
-
-
-def _block(ggml_type: str) -> int:
-    gguf = _ggml()
-    return gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[ggml_type]][0]
-
-
-def storage_type(ggml_type: str, row: int) -> str:
-    """The type llama.cpp actually writes for a tensor with rows of `row` elements."""
-    if row % _block(ggml_type) == 0:
-        return ggml_type
-    fallback = _ROW_FALLBACK.get(ggml_type, "F16")
-    return fallback if row % _block(fallback) == 0 else "F16"
-
-
 def _estimate(quant: str, tensors, how: str) -> Weights:
-    base = _base_type_name(quant)
+    """Weight bytes of `quant` from tensor element counts: each tensor in the type llama.cpp stores it
+    in before a mix's upgrades, so a lower bound for the K-quant mixes."""
+    qt = quant_type(quant)
+    base = qt.ggml_type
     layers: dict[int, int] = {}
     other = 0
     n_params = 0
     fell_back: dict[str, int] = {}
     for t in tensors:
         n_params += t.n
-        kind = _ONE_D_TYPE if t.one_d else storage_type(base, t.row)
+        kind = stored_type(quant, t.row, t.one_d)
         if kind != base and not t.one_d:
             fell_back[kind] = fell_back.get(kind, 0) + 1
         b = bytes_for(t.n, kind)
@@ -173,7 +115,7 @@ def _estimate(quant: str, tensors, how: str) -> Weights:
         notes.append("a K-quant mix keeps some tensors at a higher type, so the real file is larger")
     return Weights(quant=quant, layer_bytes=tuple(layers[i] for i in sorted(layers)), other_bytes=other,
                    exact=False, n_params=n_params,
-                   how=f"{how}: {n_params:,} parameters x {bits_per_weight(base):.3g} bits ({base}), 1-D tensors F32"
+                   how=f"{how}: {n_params:,} parameters x {qt.bits_per_weight:.3g} bits ({base}), 1-D tensors F32"
                        + "".join(f"; {n}" for n in notes))
 
 
@@ -242,10 +184,7 @@ def _read_gguf(resolved: str, _size: int, _mtime_ns: int, shown_name: str):
             other += int(t.n_bytes)
         elements.append(TensorCount(int(t.n_elements), len(t.shape) == 1, layer, int(t.shape[0])))
     file_type = _field(reader, "general.file_type")
-    try:
-        quant = re.sub(r"^(MOSTLY|ALL)_", "", gguf.LlamaFileType(file_type).name) if file_type is not None else "?"
-    except ValueError:
-        quant = f"file_type {file_type}"
+    quant = "?" if file_type is None else quant_of_file_type(file_type) or f"file_type {file_type}"
     weights = Weights(quant=quant, layer_bytes=tuple(layers[i] for i in sorted(layers)), other_bytes=other,
                       exact=True, n_params=sum(e[0] for e in elements), file=shown_name,
                       how=f"exact: sum of the {len(reader.tensors)} tensors' data sizes in {shown_name}")
@@ -331,7 +270,7 @@ def load_model(path: str | Path, quants: tuple[str, ...] = ()) -> PlannedModel:
             return PlannedModel(shape, tuple(weights), tensors)
     if path.is_dir() and (path / "config.json").is_file():
         shape, tensors = _hf_shape(path / "config.json")
-        weights = [_estimate(q, tensors, "from config.json") for q in (quants or ("Q4_K_M",))]
+        weights = [_estimate(q, tensors, "from config.json") for q in (quants or (DEFAULT_QUANT,))]
         return PlannedModel(shape, tuple(weights), tensors)
     if path.is_file() and path.name == "config.json":
         return load_model(path.parent, quants)

@@ -8,9 +8,9 @@
 
 from __future__ import annotations
 
+from ..textdata import default_corpus
 from .measure import DEFAULT_N_CTX, measure
 from .table import QualityRow, QualityTable, check_quant, choose_quant, parse_size
-from .text import default_corpus
 
 __all__ = ["DEFAULT_N_CTX", "QualityRow", "QualityTable", "check_quant", "choose_quant", "default_corpus",
            "measure", "parse_size"]

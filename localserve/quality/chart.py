@@ -10,10 +10,9 @@ from __future__ import annotations
 import json
 from functools import lru_cache
 from pathlib import Path
+from typing import Sequence
 
 from ..fsutil import atomic_path
-from ..gpuquant.quality import display_name
-from .table import QualityTable
 
 PUBLISHED = Path(__file__).resolve().parent / "llama3_8b_kld.json"
 
@@ -30,15 +29,16 @@ def published_reference() -> dict:
     return data
 
 
-def write_chart(table: QualityTable, path: Path, title: str | None = None) -> Path:
-    """Write the chart as PNG to `path` (atomically) and return it."""
+def write_chart(rows: Sequence, path: Path, title: str) -> Path:
+    """Write the chart of a quality table's rows (QualityRow: size, bpw, kl_mean, quant, imatrix,
+    runtime) as PNG to `path` (atomically) and return it."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only; never needs a display
     import matplotlib.pyplot as plt
 
     path = Path(path)
-    rows = [r for r in table.rows if r.bpw > 0]
+    rows = [r for r in rows if r.bpw > 0]
     if not rows:
         raise ValueError("the table has no rows to chart")
     # bytes per bit-per-weight of this model: size = bpw * scale (file header overhead aside)
@@ -82,7 +82,7 @@ def write_chart(table: QualityTable, path: Path, title: str | None = None) -> Pa
     ax.set_yscale("log")
     ax.set_xlabel("file size (MB)")
     ax.set_ylabel("mean KL divergence vs reference (nats, log)")
-    ax.set_title(title or f"Quantization cost: {display_name(table.reference.get('path', ''))}")
+    ax.set_title(title)
     bpw_axis = ax.secondary_xaxis("top", functions=(lambda x: x * mb / scale, lambda b: b * scale / mb))
     bpw_axis.set_xlabel("bits per weight")
     ax.grid(True, which="both", alpha=0.3)

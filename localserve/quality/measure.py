@@ -22,9 +22,9 @@ import numpy as np
 from ..errors import InputError
 from ..llamacpp import evaluate
 from ..progress import bar, step
+from ..textdata import EvalText, load_chat_jsonl, load_text
 from .metrics import Comparison
 from .table import QualityRow, QualityTable
-from .text import EvalText, load_chat_jsonl, load_text
 
 DEFAULT_N_CTX = 512
 
@@ -120,7 +120,8 @@ def measure(models: Sequence[Path], reference: Path, text: Path | None = None, d
 
 def _candidate(path: Path) -> _Candidate:
     if path.is_dir():
-        from ..gpuquant.quality import display_name, folder_logprobs, quantized_folder
+        from ..gpuquant.quality import folder_logprobs, quantized_folder
+        from ..models.folders import display_name
 
         folder = quantized_folder(path)
         n_vocab = folder.n_vocab

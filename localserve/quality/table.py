@@ -53,9 +53,11 @@ class QualityTable:
 
     def write_chart(self, path, title: str | None = None):
         """PNG: file size against mean KL per quant, llama.cpp's published band marked (chart.py)."""
+        from ..models.folders import display_name
         from .chart import write_chart
 
-        return write_chart(self, path, title)
+        return write_chart(self.rows, path,
+                           title or f"Quantization cost: {display_name(self.reference.get('path', ''))}")
 
     def row(self, label_or_file: str) -> QualityRow:
         """The row whose label ("Q4_K_M", "Q2_K+imatrix") or file name matches."""

@@ -37,7 +37,8 @@ def with_imatrix(ggufs: Sequence[Path], reference: Path, imatrix_data: Path, out
 
 def _with_imatrix(ggufs: Sequence[Path], f16_gguf: Path, imatrix_data: Path, out_dir: Path) -> list[Path]:
     from ..llamacpp.imatrix import IMATRIX_FILE, compute_imatrix
-    from ..llamacpp.quantize import quant_types, quantize
+    from ..llamacpp.quant_types import quant_types
+    from ..llamacpp.quantize import quantize
 
     f16 = evaluate.gguf_info(f16_gguf)
     if f16.quant not in UNQUANTIZED:

@@ -82,8 +82,7 @@ def fake_export(tmp_path_factory, smollm_gguf) -> Path:
 
 @pytest.fixture
 def isolated_home(tmp_path, monkeypatch):
-    """User state (history, default store) goes to a temp folder."""
-    monkeypatch.setenv("LOCALSERVE_HOME", str(tmp_path / "localserve-home"))
-    monkeypatch.setenv("OLLAMA_MODELS", str(tmp_path / "default-store"))
+    """Commands run as a user's would, with no OLLAMA_HOST set. (Their state, default store and
+    HOME are already temporary for every test: conftest's `user_isolated`.)"""
     monkeypatch.delenv("OLLAMA_HOST", raising=False)
     return tmp_path

@@ -1,4 +1,4 @@
-"""The pre-0.5.5 server-side Modelfile parse, for the stand-in's legacy create (spec §1).
+"""The pre-0.5.5 server-side Modelfile parse, for the stand-in's legacy create (docs/ollama.md#modelfile-grammar).
 
 Independent of localserve's own Modelfile code on purpose: the stand-in checks localserve, so it
 must not share its mistakes.

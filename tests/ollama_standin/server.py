@@ -1,8 +1,8 @@
-"""A loopback Ollama stand-in, written to /work/shared/ollama-spec.md and strict where Ollama is.
+"""A loopback Ollama stand-in, written to docs/ollama.md and strict where Ollama is.
 
 No Ollama binary can run on our machines, so this is what localserve's Ollama code is tested
 against. It is a real HTTP server on 127.0.0.1 with a real on-disk store in Ollama's layout
-(spec §3), and it answers chat/generate/OpenAI requests by running the stored GGUF with
+(docs/ollama.md#store-layout), and it answers chat/generate/OpenAI requests by running the stored GGUF with
 llama-cpp-python, the prompt rendered from the stored TEMPLATE by the Go template engine.
 
 Version-dependent behaviour follows `Behaviour.version` (set per test):
@@ -16,11 +16,11 @@ Version-dependent behaviour follows `Behaviour.version` (set per test):
   >= 0.30.0  native chat: with no Go TEMPLATE (or one with fewer capabilities than the GGUF's own
              Jinja template), the prompt comes from the GGUF's `tokenizer.chat_template`.
 
-Adapters (spec §2.2, §3.4, §5): the JSON `adapters` map (one GGUF at most: `only one adapter is
-currently supported`) or a legacy `ADAPTER @sha256:…` adds a layer whose type comes from the file's
-`general.type` (a GGUF without `adapter` there becomes a second model layer); adapters are stored as
-uploaded, never rewritten; chat runs the model with its adapter applied (llama.cpp's lora_path, as
-llama-server's --lora).
+Adapters (docs/ollama.md#create-api, #manifest, #adapters): the JSON `adapters` map (one GGUF at most:
+`only one adapter is currently supported`) or a legacy `ADAPTER @sha256:…` adds a layer whose type
+comes from the file's `general.type` (a GGUF without `adapter` there becomes a second model layer);
+adapters are stored as uploaded, never rewritten; chat runs the model with its adapter applied
+(llama.cpp's lora_path, as llama-server's --lora).
 
 Deliberate deviation: decoding is always greedy (deterministic tests); the options Ollama would
 apply (including the OpenAI temperature/top_p override) are computed and recorded in
@@ -273,7 +273,7 @@ def valid_fs_path(p: str) -> bool:
 
 
 def render_jinja(template: str, messages: list[dict], tools, facts: dict) -> str:
-    """What llama-server does with the GGUF's chat template (native chat mode, spec §4.4)."""
+    """What llama-server does with the GGUF's chat template (native chat mode, docs/ollama.md#template-selection)."""
     from jinja2.exceptions import TemplateError
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -318,7 +318,8 @@ class Engine:
                         raise ApiError(500, f"llama runner process has terminated: {e.message}") from None
                 try:
                     llm = Llama(model_path=str(path), n_ctx=n_ctx, verbose=False, seed=0, n_threads=2, **lora)
-                except ValueError as e:  # e.g. "model arch and LoRA arch mismatch", found at load (spec §5)
+                except ValueError as e:
+                    # e.g. "model arch and LoRA arch mismatch", found at load (docs/ollama.md#adapters)
                     raise ApiError(500, f"llama runner process has terminated: {e}") from None
                 self._models[key] = (llm, threading.Lock())
             return self._models[key]
@@ -407,8 +408,8 @@ class Standin:
         return out
 
     def native_chat(self, m: dict) -> bool:
-        """Spec §4.4 (v0.30+): the GGUF's own Jinja template is used when there is no Go TEMPLATE, or
-        when it advertises more capabilities (tools, thinking) than the Go TEMPLATE does."""
+        """v0.30+ (docs/ollama.md#template-selection): the GGUF's own Jinja template is used when there is no
+        Go TEMPLATE, or when it advertises more capabilities (tools, thinking) than the Go TEMPLATE does."""
         if self.version < (0, 30, 0) or m["model"] is None or not m["model"].exists():
             return False
         jinja = gguf_facts(m["model"]).get("chat_template")
@@ -444,7 +445,7 @@ class Standin:
             m = json.loads(data)
             cfg = json.loads(self.store.blob(m["config"]["digest"]).read_bytes())
         except Exception:
-            return None  # config blob missing or invalid: dropped from the list (spec §3.5)
+            return None  # config blob missing or invalid: dropped from the list (docs/ollama.md#config-blob)
         if self.version >= (0, 30, 0):
             for layer in m["layers"]:
                 if layer["mediaType"] in (M_TEMPLATE, M_PROMPT) and not self._template_parses(layer["digest"]):
@@ -821,7 +822,7 @@ class _Handler(BaseHTTPRequestHandler):
             layers.append({"mediaType": mt, "digest": digest, "size": blob.stat().st_size})
         for key, digest in adapters.items():
             # The layer type comes from the file (general.type), not from the field it arrived in:
-            # an adapter GGUF without general.type=adapter becomes a second *model* layer (spec §5).
+            # an adapter GGUF without general.type=adapter becomes a second *model* layer (docs/ollama.md#adapters).
             # Adapters are stored as uploaded: only model layers go through the COPY rewrite.
             blob = store.blob(digest)
             with open(blob, "rb") as f:
@@ -883,7 +884,7 @@ class _Handler(BaseHTTPRequestHandler):
             d, existed = store.put_bytes(lic.encode())
             layers.append({"mediaType": M_LICENSE, "digest": d, "size": len(lic.encode())})
         if parameters:
-            data = go_json(parameters)  # stored verbatim: no type checks here (spec §2.2)
+            data = go_json(parameters)  # stored verbatim: no type checks here (docs/ollama.md#parameters)
             d, existed = store.put_bytes(data)
             layers.append({"mediaType": M_PARAMS, "digest": d, "size": len(data)})
         if messages:
@@ -962,7 +963,7 @@ class _Handler(BaseHTTPRequestHandler):
                     raise ApiError(500, f"open {blob}: no such file or directory")
                 mt = M_ADAPTER if gguf_facts(blob)["type"] == "adapter" else M_MODEL
                 adapter_layers.append({"mediaType": mt, "digest": value[1:], "size": blob.stat().st_size})
-        layers += adapter_layers  # create writes model(s), then adapters (spec §3.3)
+        layers += adapter_layers  # create writes model(s), then adapters (docs/ollama.md#manifest)
         yield {"status": "using existing layer " + layers[0]["digest"]}
         yield from self._finish(name, facts, layers, template, system, params, messages, licenses)
 

@@ -1,7 +1,7 @@
 """Render Ollama Go TEMPLATEs with the real Go `text/template` engine.
 
 A small stdlib-only Go program (`main.go` beside this file) carries Ollama's variables, template
-functions and execution modes (spec §4.1/§4.2). It is built on first use with `go build` into
+functions and execution modes (docs/ollama.md#go-template). It is built on first use with `go build` into
 `~/.cache/localserve/bin/`, keyed by the hash of its source, and renders a whole batch of
 conversations in one process.
 

@@ -4,7 +4,7 @@
 // whole parity suite renders in one process. Each job carries a template, messages and tools in
 // Ollama's API shape, plus the think/prompt/suffix values. The variables, template functions and the
 // three execution modes (messages, legacy, suffix) follow Ollama's template package as described in
-// localserve's Ollama spec §4.1/§4.2. Standard library only, so it builds offline.
+// localserve's docs/ollama.md#go-template. Standard library only, so it builds offline.
 package main
 
 import (

@@ -12,143 +12,29 @@ destination and renamed into place whole.
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
-import platform
-import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from ..errors import AdapterError, InputError, TemplateMismatch
+from ..fsutil import atomic_dir, human_bytes, require_free_space, sha256_file, sha256_tree
 from ..gpuquant.export import CalibrationOptions, QuantResult, plan_quant, quantize_folder
-from ..fsutil import atomic_dir, human_bytes, require_free_space, sha256_tree, write_json
+from ..lineage import (RECORD_FILE, AdapterRecord, Artifact, BaseRecord, ExportRecord, now, read_record, tool_versions,
+                       write_record)
 from ..models.merge import TOKENIZER_FILES, check_compatibility, merge_adapter
 from ..models.resolve import Adapter, BaseModel, check_base_weights, load_adapter, read_json, resolve_base
 from ..plan.layout import Layout, parallel_layout
 from ..progress import step
-from ..spec import spec_to_json
-from . import serve
-from .lora import LoraPlan, plan_lora
-from .weights import DEFAULT_SHARD_BYTES, write_shards
+from ..spec import name_from_path
+from ..vllm import serve
+from ..vllm.lora import LoraPlan, plan_lora
+from ..vllm.weights import write_shards
+from .spec import VLLM_DTYPE_BYTES, VllmExportSpec
 
-LINEAGE_FILE = "localserve.json"
 MODEL_DIR = "model"
 ADAPTERS_DIR = "adapters"
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
-# vLLM's --dtype auto: float32 checkpoints are served in float16, the others as stored.
-_DTYPE_BYTES = {"auto": 2, "half": 2, "float16": 2, "bfloat16": 2, "float": 4, "float32": 4}
-_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,79}$")
-
-
-@dataclass(frozen=True)
-class VllmExportSpec:
-    """Everything `localserve export --target vllm` needs; validated once in `__post_init__`.
-
-    Without `lora`, one adapter is merged into its base. With `lora`, every adapter is kept unmerged
-    on the shared base and served by name (`model=NAME`). The layout options size the server:
-    `gpu_memory` (bytes per GPU) is required with any of `gpus`, `nodes`, `ctx`, `concurrency`.
-    """
-
-    adapters: tuple[Path, ...]
-    lora: bool = False
-    base: Path | None = None
-    name: str | None = None
-    out: Path | None = None
-    allow_pickle: bool = False
-    trust_remote_code: bool = False
-    template_family: str | None = None  # chat family whose end-of-turn markers join EOS (default: detected)
-    dtype: str = "auto"
-    shard_bytes: int = DEFAULT_SHARD_BYTES
-    gpu_memory: int | None = None
-    gpus: int | None = None
-    nodes: int | None = None
-    ctx: int | None = None
-    concurrency: int | None = None
-    gpu_memory_utilization: float = 0.9
-    max_loras: int | None = None
-    max_cpu_loras: int | None = None
-    port: int = 8000
-    # GPU formats (llm-compressor, see localserve.gpuquant): a name from gpuquant.FORMATS, or None.
-    quant: str | None = None
-    group_size: int | None = None  # default: the largest of 128, 64, 32 that fits the model
-    calibration: Path | None = None  # the fine-tune's chat JSONL (default: the shipped corpus)
-    calibration_samples: int = 64
-    calibration_seq_len: int = 512
-    measure_quality: bool = True  # KL / top-1 against the unquantized merged model
-    quality_tokens: int = 2048  # of the shipped corpus; the GGUF export's quality gate uses as many
-
-    def __post_init__(self) -> None:
-        set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
-        set_("adapters", tuple(Path(a) for a in self.adapters))
-        for key in ("base", "out", "calibration"):
-            if getattr(self, key) is not None:
-                set_(key, Path(getattr(self, key)))
-        if not self.adapters:
-            raise InputError("export --target vllm needs an ADAPTER folder",
-                             "localserve export ADAPTER --target vllm  |  localserve export A1 A2 --target vllm --lora")
-        if len(self.adapters) > 1 and not self.lora:
-            raise InputError(f"{len(self.adapters)} adapters given: a merged export takes one",
-                             "add --lora to serve them unmerged on one base")
-        if self.template_family is not None:
-            from ..chat.families import get_family
-
-            get_family(self.template_family)  # an unknown name lists the known ones
-        if self.dtype not in _DTYPE_BYTES:
-            raise InputError(f"unknown vLLM dtype {self.dtype!r}; valid: {', '.join(_DTYPE_BYTES)}")
-        if self.shard_bytes <= 0:
-            raise InputError(f"shard size must be positive, not {self.shard_bytes}")
-        sizing = [k for k in ("gpus", "nodes", "ctx", "concurrency") if getattr(self, k) is not None]
-        if sizing and self.gpu_memory is None:
-            raise InputError(f"--{sizing[0]} sizes the layout, which needs the memory of one GPU",
-                             "add --gpu-memory, e.g. --gpu-memory 80GB")
-        for key in ("gpu_memory", "gpus", "nodes", "ctx", "concurrency", "max_loras", "max_cpu_loras", "port"):
-            value = getattr(self, key)
-            if value is not None and value <= 0:
-                raise InputError(f"--{key.replace('_', '-')} must be positive, not {value}")
-        if not self.lora and (self.max_loras or self.max_cpu_loras):
-            raise InputError("max_loras/max_cpu_loras apply to --lora only")
-        self._check_quant()
-        # Under --lora the adapters keep their folder names; the base's name is known once it is resolved.
-        name = self.name or (None if self.lora else _clean(self.adapters[0].resolve().name))
-        if name is not None and not _NAME_RE.match(name):
-            raise InputError(f"invalid model name {name!r}",
-                             "use letters, digits, '_', '.', '-' (1-80 characters, not starting with '.' or '-')")
-        set_("name", name)
-
-    def _check_quant(self) -> None:
-        from ..gpuquant import get_format
-
-        if self.quant is None:
-            given = [k for k in ("group_size", "calibration") if getattr(self, k) is not None]
-            if given:
-                raise InputError(f"--{given[0].replace('_', '-')} applies to a quantized export",
-                                 "add --quant gptq-w4a16 (or fp8-dynamic, w8a8)")
-            return
-        fmt = get_format(self.quant)
-        set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
-        set_("quant", fmt.name)
-        if self.lora:
-            raise InputError(f"--quant {fmt.name} quantizes the merged model; --lora keeps the base unmerged",
-                             "drop --lora, or drop --quant")
-        if self.group_size is not None and not fmt.grouped:
-            raise InputError(f"--group-size applies to grouped formats (gptq-w4a16); {fmt.name} is scaled per channel",
-                             "drop --group-size")
-        if self.calibration is not None:
-            if not fmt.calibrated:
-                raise InputError(f"{fmt.name} needs no calibration data", "drop --calibration")
-            if not self.calibration.is_file():
-                raise InputError(f"no such calibration file: {self.calibration}", "pass the fine-tune's chat JSONL")
-        for key in ("calibration_samples", "calibration_seq_len", "quality_tokens"):
-            if getattr(self, key) <= 0:
-                raise InputError(f"--{key.replace('_', '-')} must be positive, not {getattr(self, key)}")
-
-    def out_dir(self, name: str) -> Path:
-        return self.out if self.out is not None else Path("exports") / f"{name}-vllm"
-
-    def to_json(self) -> dict[str, Any]:
-        return spec_to_json(self)
 
 
 @dataclass(frozen=True)
@@ -165,6 +51,7 @@ class VllmExportResult:
     lora: LoraPlan | None
     model_bytes: int
     quantization: QuantResult | None = None
+    record: ExportRecord | None = None
 
     def to_json(self) -> dict:
         return {"out_dir": str(self.out_dir), "name": self.name, "model_dir": str(self.model_dir),
@@ -176,10 +63,6 @@ class VllmExportResult:
                 "arithmetic": list(self.layout.lines) if self.layout else [],
                 "lora": self.lora.lines() if self.lora else None,
                 "quantization": self.quantization.to_json() if self.quantization else None}
-
-
-def _clean(raw: str) -> str:
-    return (re.sub(r"[^A-Za-z0-9_.-]+", "-", raw).strip(".-") or "model")[:80]
 
 
 _TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")
@@ -277,7 +160,7 @@ def _layout(spec: VllmExportSpec, config: dict, base_dir: Path) -> Layout | None
     ctx = spec.ctx or config.get("max_position_embeddings") or 4096
     return parallel_layout(base_dir / "config.json", spec.gpu_memory, spec.gpus or 1, spec.nodes or 1, ctx, spec.concurrency or 1,
                            gpu_memory_utilization=spec.gpu_memory_utilization,
-                           dtype_bytes=_DTYPE_BYTES[spec.dtype] if spec.dtype != "auto" else None)
+                           dtype_bytes=VLLM_DTYPE_BYTES[spec.dtype] if spec.dtype != "auto" else None)
 
 
 def _check_out(out: Path) -> None:
@@ -286,10 +169,9 @@ def _check_out(out: Path) -> None:
         return
     if not out.is_dir():
         raise InputError(f"--out {out} is a file", "pass a folder path")
-    lineage = out / LINEAGE_FILE
     if any(out.iterdir()):
-        target = json.loads(lineage.read_text(encoding="utf-8")).get("target") if lineage.is_file() else None
-        if target != "vllm":
+        kind = read_record(out).kind if (out / RECORD_FILE).is_file() else None
+        if kind != "vllm":
             raise InputError(f"--out {out} already holds files that are not a vLLM export",
                              "pass an empty or new folder with --out")
 
@@ -309,10 +191,10 @@ def export_vllm(spec: VllmExportSpec) -> VllmExportResult:
     check_base_weights(base, allow_pickle=spec.allow_pickle and not spec.lora)
     config = read_json(base.path / "config.json")
     architecture = (config.get("architectures") or ["?"])[0]
-    name = spec.name or _clean(base.path.name)
+    name = spec.name or name_from_path(base.path)
     lora_plan: LoraPlan | None = None
     if spec.lora:
-        names = [(_clean(a.path.resolve().name), a, b) for a, b in zip(loaded, bases)]
+        names = [(name_from_path(a.path), a, b) for a, b in zip(loaded, bases)]
         lora_plan = plan_lora(names, architecture, spec.max_loras, spec.max_cpu_loras)
         if any(a.name == name for a in lora_plan.adapters):
             raise InputError(f"adapter name {name!r} is also the base model's served name",
@@ -380,40 +262,39 @@ def export_vllm(spec: VllmExportSpec) -> VllmExportResult:
                         shutil.copyfile(a.adapter.path / file, dest / file)
         files = serve.write(serve_config, tmp)
         model_bytes = sum(p.stat().st_size for p in model.glob("*.safetensors"))
-        lineage = {
-            "target": "vllm",
-            "localserve_version": _version("localserve"),
-            "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "name": name,
-            "spec": spec.to_json(),
-            "base": {"ref": base.ref, "path": str(base.path), "source": base.source, "sha256": inputs["base"],
-                     "architecture": architecture},
-            "adapters": [{"name": n, "path": str(a.path.resolve()), "sha256": inputs[f"adapter:{a.path.name}"]}
-                         for n, a in zip(_served_names(loaded, lora_plan), loaded)],
-            "merged": lora_plan is None,
-            "quantization": quantization.to_json() if quantization else None,
-            "chat": {"template_from": str(chat[1]), "files": {n: str(p) for n, p in chat[0].items()},
-                     "end_of_turn_ids": list(eot_ids)},
-            "layout": ({"tensor_parallel_size": layout.tensor_parallel_size,
-                        "pipeline_parallel_size": layout.pipeline_parallel_size, "nodes": serve_config.nodes,
-                        "arithmetic": list(layout.lines)} if layout else None),
-            "lora": ({"max_lora_rank": lora_plan.max_lora_rank, "max_loras": lora_plan.max_loras,
-                      "max_cpu_loras": lora_plan.max_cpu_loras,
-                      "ranks": {a.name: a.rank for a in lora_plan.adapters},
-                      "modules": {a.name: list(a.modules) for a in lora_plan.adapters}} if lora_plan else None),
-            "serve": {"options": serve_config.options(), "environment": serve_config.environment,
-                      "files": [p.relative_to(tmp).as_posix() for p in files]},
-            "tools": {p: _version(p) for p in ("torch", "transformers", "peft", "safetensors")}
-                     | {"python": platform.python_version()} | (quantization.tools if quantization else {}),
-        }
-        write_json(tmp / LINEAGE_FILE, lineage)
+        versions = tool_versions(("localserve", "torch", "transformers", "peft", "safetensors"))
+        record = ExportRecord(
+            kind="vllm", name=name, spec=spec.to_json(), localserve_version=versions.pop("localserve"),
+            created_at=now(),
+            base=BaseRecord(ref=base.ref, path=str(base.path), source=base.source, sha256=inputs["base"],
+                            architecture=architecture),
+            adapters=tuple(AdapterRecord(name=n, path=str(a.path.resolve()), sha256=inputs[f"adapter:{a.path.name}"])
+                           for n, a in zip(_served_names(loaded, lora_plan), loaded)),
+            artifacts=tuple(Artifact(p.relative_to(tmp).as_posix(), size=p.stat().st_size, sha256=sha256_file(p))
+                            for p in sorted(model.glob("*.safetensors"))),
+            chat={"template_from": str(chat[1]), "files": {n: str(p) for n, p in chat[0].items()},
+                  "end_of_turn_ids": list(eot_ids)},
+            tools=versions | (quantization.tools if quantization else {}),
+            sections={
+                "merged": lora_plan is None,
+                "quantization": quantization.to_json() if quantization else None,
+                "layout": ({"tensor_parallel_size": layout.tensor_parallel_size,
+                            "pipeline_parallel_size": layout.pipeline_parallel_size, "nodes": serve_config.nodes,
+                            "arithmetic": list(layout.lines)} if layout else None),
+                "lora": ({"max_lora_rank": lora_plan.max_lora_rank, "max_loras": lora_plan.max_loras,
+                          "max_cpu_loras": lora_plan.max_cpu_loras,
+                          "ranks": {a.name: a.rank for a in lora_plan.adapters},
+                          "modules": {a.name: list(a.modules) for a in lora_plan.adapters}} if lora_plan else None),
+                "serve": {"options": serve_config.options(), "environment": serve_config.environment,
+                          "files": [p.relative_to(tmp).as_posix() for p in files]}})
+        write_record(tmp, record)
     step(f"wrote {MODEL_DIR}/ ({human_bytes(model_bytes)}), {serve.CONFIG_FILE} and serve files to {out}")
     return VllmExportResult(
         out_dir=out, name=name, model_dir=out / MODEL_DIR,
         adapters=tuple((a.name, out / ADAPTERS_DIR / a.name) for a in lora_plan.adapters) if lora_plan else (),
         serve_files=tuple(out / p.relative_to(tmp) for p in files), config_file=out / serve.CONFIG_FILE,
-        lineage_path=out / LINEAGE_FILE, end_of_turn_ids=eot_ids, layout=layout, lora=lora_plan,
-        model_bytes=model_bytes, quantization=quantization)
+        lineage_path=out / RECORD_FILE, end_of_turn_ids=eot_ids, layout=layout, lora=lora_plan,
+        model_bytes=model_bytes, quantization=quantization, record=record)
 
 
 def _served_names(loaded: list[Adapter], plan: LoraPlan | None) -> list[str | None]:
@@ -429,12 +310,3 @@ def _check_shared_chat(adapters: list[Adapter], base: BaseModel) -> None:
                                   or own.read_bytes() != (base.path / name).read_bytes()):
                 raise AdapterError(f"{a.path} brings its own {name}, but adapters served with --lora share the "
                                    f"base's tokenizer and chat template", "export this adapter merged (drop --lora)")
-
-
-def _version(package: str) -> str | None:
-    from importlib import metadata
-
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return None

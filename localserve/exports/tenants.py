@@ -3,36 +3,35 @@
     TenantExportSpec -> check adapters (one base, LoRA only) -> chat template of the base
         -> convert the base once -> quantize it -> convert each adapter (convert_lora_to_gguf.py)
         -> smoke each tenant in llama.cpp (base + lora_path) -> Modelfile per tenant
-        -> localserve.json (lineage) -> register each tenant with Ollama if one answers
+        -> localserve.json (the ExportRecord) -> register each tenant with Ollama if one answers
 
 Every tenant's Modelfile says `FROM ./<base>.gguf` and `ADAPTER ./<tenant>.gguf`; registered, each
 tenant is an Ollama model whose model layer is the same blob, stored once (see ollama/tenants.py
 for which Ollama versions can load adapters on which architectures). Stages run under `Pipeline`
-exactly as in gguf_export, so re-running with one new adapter converts only that adapter.
+exactly as in the GGUF export, so re-running with one new adapter converts only that adapter.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import datetime as _dt
 import json
 import math
-import platform
 import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from .errors import AdapterError, InputError, SmokeTestFailed
-from .fsutil import atomic_path, human_bytes, require_free_space, sha256_file, sha256_tree, write_json, write_text
-from .gguf_export import LINEAGE_FILE, _check_chat, _estimate_bytes, _read_probe, tool_versions
-from .models.resolve import Adapter, BaseModel, check_base_weights, load_adapter, read_json, resolve_base
-from .pipeline import Pipeline, content_key
-from .progress import step
-from .spec import _NAME_RE, _default_name, spec_to_json
+from ..errors import AdapterError, InputError, SmokeTestFailed
+from ..fsutil import atomic_path, human_bytes, sha256_file, sha256_tree, write_text
+from ..lineage import Artifact, BaseRecord, ExportRecord, TenantRecord, now, read_record, tool_versions, write_record
+from ..models.resolve import Adapter, BaseModel, check_base_weights, load_adapter, read_json, resolve_base
+from ..pipeline import Pipeline, content_key
+from ..progress import step
+from ..spec import name_from_path
+from .checks import check_chat, require_export_space
+from .inputs import read_probe
+from .spec import TenantExportSpec
 
 # Tokenizer files a LoRA cannot change: a tenant whose adapter ships different ones was trained on
 # a different vocabulary or chat format than the shared base serves.
@@ -41,93 +40,6 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "added_tokens.json", "c
 # PEFT keys of whole modules saved beside the LoRA (modules_to_save), e.g.
 # base_model.model.lm_head.modules_to_save.default.weight or base_model.model.model.embed_tokens.weight
 _LORA_PART = re.compile(r"\.(lora_A|lora_B|lora_embedding_A|lora_embedding_B)(\.|$)")
-
-
-@dataclass(frozen=True)
-class TenantExportSpec:
-    """Everything `localserve export A1 A2 ... --lora` (target ollama) needs; validated once."""
-
-    adapters: tuple[Path, ...]
-    quant: str = "Q4_K_M"
-    base: Path | None = None
-    name: str | None = None  # prefix of tenant names (NAME-<adapter folder>) and the export's name
-    out: Path | None = None
-    keep_intermediate: bool = False
-    allow_pickle: bool = False
-    smoke: bool = True
-    register: bool = True
-    ollama_host: str | None = None
-    template_family: str | None = None
-    template_file: Path | None = None
-    force: bool = False
-    ollama_template: str = "go"
-    system: str | None = None
-
-    def __post_init__(self) -> None:
-        from .llamacpp.quantize import canonical_quants
-
-        set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
-        if not self.adapters:
-            raise InputError("--lora needs at least one ADAPTER folder", "localserve export A1 A2 ... --lora")
-        set_("adapters", tuple(Path(a) for a in self.adapters))
-        for key in ("base", "out", "template_file"):
-            if getattr(self, key) is not None:
-                set_(key, Path(getattr(self, key)))
-        quants = canonical_quants((self.quant,))
-        if quants == ("auto",):
-            raise InputError("--quant auto does not apply to --lora", "pass one type, e.g. --quant Q4_K_M")
-        set_("quant", quants[0])
-        if self.name is not None and not _NAME_RE.match(self.name):
-            raise InputError(f"invalid model name {self.name!r}",
-                             "use letters, digits, '_', '.', '-' (1-80 characters, not starting with '.' or '-')")
-        if self.ollama_template not in ("go", "native"):
-            raise InputError(f"--ollama-template must be 'go' or 'native', not {self.ollama_template!r}")
-        seen: dict[str, Path] = {}
-        for adapter, tenant in zip(self.adapters, self.tenant_names):
-            if not _NAME_RE.match(tenant):
-                raise InputError(f"tenant name {tenant!r} (from {adapter}) is not a valid Ollama model name",
-                                 "rename the adapter folder, or pass --name")
-            if tenant.lower() in seen:
-                raise InputError(f"two adapters would both be tenant {tenant!r}: {seen[tenant.lower()]} and {adapter}",
-                                 "tenant names come from the adapter folder names; rename one folder")
-            seen[tenant.lower()] = adapter
-
-    @property
-    def tenant_names(self) -> tuple[str, ...]:
-        names = tuple(_default_name(a) for a in self.adapters)
-        return tuple(f"{self.name}-{n}"[:80] for n in names) if self.name else names
-
-    @property
-    def export_name(self) -> str:
-        return self.name or "tenants"
-
-    @property
-    def out_dir(self) -> Path:
-        return self.out if self.out is not None else Path("exports") / f"{self.export_name}-lora"
-
-    def to_json(self) -> dict[str, Any]:
-        return spec_to_json(self)
-
-
-@dataclass
-class TenantArtifact:
-    tenant: str  # tenant name (the adapter folder's, or NAME-folder)
-    ollama_name: str  # e.g. founder:q4_k_m
-    adapter: str  # the PEFT adapter folder
-    adapter_sha256: str  # of that folder (sha256_tree)
-    file: str  # the GGUF LoRA, relative to the export folder
-    size: int
-    sha256: str
-    modelfile: str
-    rank: int | None
-    alpha: float | None
-    lora_modules: int
-    probe: dict | None = None
-    smoke: dict | None = None
-    gguf_alpha: float | None = None  # adapter.lora.alpha in the GGUF (differs from alpha under rsLoRA)
-
-    def to_json(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 @dataclass
@@ -140,8 +52,9 @@ class TenantExportResult:
     base_sha256: str
     architecture: str  # the GGUF general.architecture of base and adapters
     support: dict  # which Ollama versions load adapters on this architecture (ollama.tenants)
-    tenants: list[TenantArtifact]
+    tenants: list[TenantRecord]
     lineage_path: Path
+    record: ExportRecord
     registered: dict | None = None
     register_hint: str | None = None
     stages: list[dict] = field(default_factory=list)
@@ -169,7 +82,7 @@ def check_gguf_lora(adapter: Adapter) -> None:
                            "export it merged (`localserve export ADAPTER`)")
     saved = [m for m in (cfg.get("modules_to_save") or []) if m]
     if not saved:
-        from .models.merge import adapter_tensor_shapes
+        from ..models.merge import adapter_tensor_shapes
 
         saved = sorted({k for k in adapter_tensor_shapes(adapter) if not _LORA_PART.search(k)})
     if saved:
@@ -245,7 +158,7 @@ def check_shared_base(adapters: list[Adapter], override: Path | None) -> BaseMod
 
 def check_adapters(spec: TenantExportSpec) -> tuple[list[Adapter], BaseModel, list[int]]:
     """Everything checked before any work: each adapter loads, is GGUF-LoRA-able, fits the one base."""
-    from .models.merge import check_compatibility
+    from ..models.merge import check_compatibility
 
     adapters = [load_adapter(a, spec.allow_pickle) for a in spec.adapters]
     for a in adapters:
@@ -266,22 +179,22 @@ def check_adapters(spec: TenantExportSpec) -> tuple[list[Adapter], BaseModel, li
 
 def export_tenants(spec: TenantExportSpec) -> TenantExportResult:
     """Run the multi-tenant export described by `spec`; see the module docstring for the stages."""
-    from .llamacpp import convert, quantize as quant
-    from .llamacpp.lora import ADAPTER_OUTTYPE, answer, convert_lora_to_gguf
-    from .llamacpp.smoke import smoke_test
-    from .llamacpp.vendor import locate
-    from .modelfile import ModelfileSpec, render_modelfile
-    from .ollama.layers import gguf_info
-    from .ollama.registration import default_name
-    from .ollama.tenants import adapter_support
+    from ..llamacpp import convert, quantize as quant
+    from ..llamacpp.lora import ADAPTER_OUTTYPE, answer, convert_lora_to_gguf
+    from ..llamacpp.smoke import smoke_test
+    from ..llamacpp.vendor import locate
+    from ..modelfile import ModelfileSpec, render_modelfile
+    from ..ollama.layers import gguf_info
+    from ..ollama.registration import default_name
+    from ..ollama.tenants import adapter_support
 
     adapters, base, n_modules = check_adapters(spec)
     config = read_json(base.path / "config.json")
     hf_architecture = convert.check_architecture(config)
     step(f"base: {base.path} ({base.source}); {len(adapters)} tenants: "
          + ", ".join(f"{t} ({a.path})" for t, a in zip(spec.tenant_names, adapters)))
-    setup, parity = _check_chat(spec, base.path)
-    probes = [_read_probe(a.path) for a in adapters]
+    setup, parity = check_chat(base.path, spec.template_family, spec.template_file, spec.force)
+    probes = [read_probe(a.path) for a in adapters]
 
     out = spec.out_dir
     out.mkdir(parents=True, exist_ok=True)
@@ -293,15 +206,8 @@ def export_tenants(spec: TenantExportSpec) -> TenantExportResult:
     convert_key = content_key("convert", base_hash, tree.commit, "f16")
     quant_key = content_key("quantize", convert_key, spec.quant, None)
     f16_path = work / "base-F16.gguf"
-    base_file = f"{_default_name(base.path)}-{spec.quant}.gguf"
+    base_file = f"{name_from_path(base.path)}-{spec.quant}.gguf"
     base_path = out / base_file
-
-    if not pipe.is_fresh(f"quantize:{spec.quant}", quant_key, [base_path]):
-        require_free_space(out, _estimate_bytes(base.path, config, (spec.quant,), spec.keep_intermediate),
-                           f"converting the base and quantizing it to {spec.quant}")
-        pipe.run("convert", convert_key, [f16_path],
-                 lambda: {"size": convert.convert_hf_to_gguf(base.path, f16_path, "f16", tree).stat().st_size},
-                 "converting the shared base to a 16-bit GGUF (llama.cpp's converter)")
 
     def run_quant() -> dict:
         if spec.quant == "F16":
@@ -311,8 +217,15 @@ def export_tenants(spec: TenantExportSpec) -> TenantExportResult:
             quant.quantize(f16_path, base_path, spec.quant)
         return {"size": base_path.stat().st_size, "sha256": sha256_file(base_path)}
 
-    base_info = pipe.run(f"quantize:{spec.quant}", quant_key, [base_path], run_quant,
-                         f"quantizing the shared base to {spec.quant}").info
+    pipe.stage("convert", convert_key, [f16_path],
+               lambda: {"size": convert.convert_hf_to_gguf(base.path, f16_path, "f16", tree).stat().st_size},
+               "converting the shared base to a 16-bit GGUF (llama.cpp's converter)")
+    pipe.stage(f"quantize:{spec.quant}", quant_key, [base_path], run_quant,
+               f"quantizing the shared base to {spec.quant}", needs=("convert",))
+    if not pipe.is_fresh(f"quantize:{spec.quant}"):
+        require_export_space(out, base.path, config, (spec.quant,), merged=False,
+                             what=f"converting the base and quantizing it to {spec.quant}")
+    base_info = pipe.need(f"quantize:{spec.quant}").info
     if not spec.keep_intermediate and work.exists():
         shutil.rmtree(work)
         pipe.forget("convert")
@@ -321,7 +234,7 @@ def export_tenants(spec: TenantExportSpec) -> TenantExportResult:
     step(support.message)
 
     # --- one GGUF LoRA per tenant, smoked on the shared base -----------------------------------
-    tenants: list[TenantArtifact] = []
+    tenants: list[TenantRecord] = []
     for tenant, adapter, probe, n in zip(spec.tenant_names, adapters, probes, n_modules):
         adapter_hash = sha256_tree(adapter.path)
         lora_key = content_key("lora", adapter_hash, sha256_file(base.path / "config.json"), tree.commit,
@@ -332,13 +245,14 @@ def export_tenants(spec: TenantExportSpec) -> TenantExportResult:
             with _as_plain_lora(adapter, out / ".localserve") as source:
                 convert_lora_to_gguf(source, base.path, lora_path, ADAPTER_OUTTYPE, tree)
             lora_arch = gguf_info(lora_path).architecture
-            if lora_arch != architecture:  # llama.cpp would only say so at load time (spec §5)
+            if lora_arch != architecture:  # llama.cpp would only say so when it loads the pair
                 raise AdapterError(f"{lora_path.name} has architecture {lora_arch}, the base {architecture}",
                                    "the adapter was not trained on this base")
             return {"size": lora_path.stat().st_size, "sha256": sha256_file(lora_path)}
 
-        facts = pipe.run(f"lora:{tenant}", lora_key, [lora_path], run_lora,
-                         f"converting {adapter.path} to a GGUF LoRA (convert_lora_to_gguf.py)").info
+        pipe.stage(f"lora:{tenant}", lora_key, [lora_path], run_lora,
+                   f"converting {adapter.path} to a GGUF LoRA (convert_lora_to_gguf.py)")
+        facts = pipe.need(f"lora:{tenant}").info
 
         smoke = None
         if spec.smoke:
@@ -355,17 +269,18 @@ def export_tenants(spec: TenantExportSpec) -> TenantExportResult:
                             "put a question in probe.json that only the fine-tune answers, or pass --no-smoke")
                 return result
 
-            smoke = pipe.run(f"smoke:{tenant}", content_key("smoke", quant_key, lora_key, probe), [base_path, lora_path],
-                             run_smoke, f"smoke test of {tenant}: {base_path.name} + {lora_path.name} in llama.cpp").info
+            pipe.stage(f"smoke:{tenant}", content_key("smoke", quant_key, lora_key, probe), [base_path, lora_path],
+                       run_smoke, f"smoke test of {tenant}: {base_path.name} + {lora_path.name} in llama.cpp")
+            smoke = pipe.need(f"smoke:{tenant}").info
             step(f"{tenant}: {smoke['answer']!r}" + (f" (base alone: {smoke['base_answer']!r})"
                                                      if "base_answer" in smoke else ""))
-        tenants.append(TenantArtifact(
+        tenants.append(TenantRecord(
             tenant=tenant, ollama_name=default_name(tenant, spec.quant), adapter=str(adapter.path.resolve()),
             adapter_sha256=adapter_hash, file=lora_path.name, size=facts["size"], sha256=facts["sha256"],
             modelfile=f"Modelfile.{tenant}", rank=adapter.config.get("r"), alpha=adapter.config.get("lora_alpha"),
             lora_modules=n, probe=probe or None, smoke=smoke, gguf_alpha=gguf_alpha(adapter.config)))
 
-    # --- Modelfiles and lineage -----------------------------------------------------------------
+    # --- Modelfiles and the record ----------------------------------------------------------------
     parameters = {**setup.parameters, "stop": list(setup.stop)}
     system = spec.system or getattr(setup, "system", None)
     template = setup.template if spec.ollama_template == "go" else None
@@ -373,37 +288,32 @@ def export_tenants(spec: TenantExportSpec) -> TenantExportResult:
         write_text(out / t.modelfile, render_modelfile(ModelfileSpec(
             from_=f"./{base_file}", adapter=f"./{t.file}", template=template, system=system, parameters=parameters)))
 
-    lineage = {
-        "localserve_version": versions["localserve"],
-        "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "kind": "lora-tenants",
-        "name": spec.export_name,
-        "spec": spec.to_json(),
-        "base": {"ref": base.ref, "path": str(base.path), "source": base.source, "sha256": base_hash,
-                 "architecture": hf_architecture, "gguf_architecture": architecture},
-        "ollama_adapter_support": support.to_json(),
-        "tenants": [t.to_json() for t in tenants],
-        "tools": {**versions, "llama_cpp_commit": tree.commit, "converter": str(tree.convert_hf),
-                  "lora_converter": str(tree.convert_lora), "python": platform.python_version()},
-        "chat": {"family": setup.family, "source": str(base.path), "parity_ok": parity.ok,
-                 "forced": bool(spec.force and not parity.ok), "parity": parity.to_json()},
+    record = ExportRecord(
+        kind="tenants", name=spec.export_name, spec=spec.to_json(), localserve_version=versions["localserve"],
+        created_at=now(),
+        base=BaseRecord(ref=base.ref, path=str(base.path), source=base.source, sha256=base_hash,
+                        architecture=hf_architecture, gguf_architecture=architecture),
+        tenants=tuple(tenants),
+        tools={**versions, "llama_cpp_commit": tree.commit, "converter": str(tree.convert_hf),
+               "lora_converter": str(tree.convert_lora)},
+        chat={"family": setup.family, "source": str(base.path), "parity_ok": parity.ok,
+              "forced": bool(spec.force and not parity.ok), "parity": parity.to_json()},
         # the shared base, in the shape `localserve register/bundle` read (it registers the base alone)
-        "modelfile": {"template": template, "system": system, "parameters": parameters, "messages": [],
-                      "license": [], "ollama_template": spec.ollama_template},
-        "artifacts": [{"quant": spec.quant, "file": base_file, "size": base_info["size"],
-                       "sha256": base_info["sha256"]}],
-        "stages": [r.to_json() for r in pipe.records],
-    }
-    lineage_path = write_json(out / LINEAGE_FILE, lineage)
+        modelfile={"template": template, "system": system, "parameters": parameters, "messages": [], "license": [],
+                   "ollama_template": spec.ollama_template},
+        artifacts=(Artifact(base_file, spec.quant, base_info["size"], base_info["sha256"]),),
+        stages=tuple(r.to_json() for r in pipe.records),
+        sections={"ollama_adapter_support": support.to_json()})
+    lineage_path = write_record(out, record)
     total = base_info["size"] + sum(t.size for t in tenants)
-    step(f"wrote 1 base GGUF + {len(tenants)} GGUF LoRA ({human_bytes(total)}), Modelfiles and {LINEAGE_FILE} "
-         f"to {out}")
+    step(f"wrote 1 base GGUF + {len(tenants)} GGUF LoRA ({human_bytes(total)}), Modelfiles and "
+         f"{lineage_path.name} to {out}")
 
     result = TenantExportResult(out, spec.export_name, base_file, spec.quant, base_info["size"], base_info["sha256"],
-                                architecture, support.to_json(), tenants, lineage_path,
+                                architecture, support.to_json(), tenants, lineage_path, record,
                                 stages=[r.to_json() for r in pipe.records])
     if spec.register:
-        from .ollama.client import resolve_host, server_available
+        from ..ollama.client import resolve_host, server_available
 
         if server_available(spec.ollama_host):
             register_export(result, spec.ollama_host)
@@ -416,34 +326,29 @@ def export_tenants(spec: TenantExportSpec) -> TenantExportResult:
 
 def register_export(result: TenantExportResult, host: str | None = None) -> dict:
     """Register every tenant of a finished export with the Ollama at `host`; recorded in localserve.json."""
-    result.registered = register_folder(result.out_dir, host)
+    result.registered = register_record(result.out_dir, result.record, host)
+    result.record = result.record.replace(registered=result.registered)
     return result.registered
 
 
-def is_tenant_export(folder: Path) -> bool:
-    """True for a folder written by `export --lora` (what `localserve register` then registers)."""
-    try:
-        return json.loads((Path(folder) / LINEAGE_FILE).read_text(encoding="utf-8")).get("kind") == "lora-tenants"
-    except (OSError, ValueError, AttributeError):
-        return False
+def register_record(folder: Path, record: ExportRecord, host: str | None = None) -> dict:
+    """Register every tenant of the tenants export `record` (in `folder`); the record is updated on disk."""
+    from ..ollama.layers import ModelRecipe
+    from ..ollama.tenants import Tenant, adapter_support, register_tenants
+
+    folder = Path(folder)
+    base = record.artifact()
+    tenants = [Tenant(t.ollama_name, folder / t.file, t.sha256) for t in record.tenants]
+    missing = [str(p) for p in [folder / base.file, *(t.adapter_gguf for t in tenants)] if not p.is_file()]
+    if missing:
+        raise InputError(f"{folder / 'localserve.json'} lists files that are not there: {', '.join(missing)}",
+                         "re-run `localserve export ... --lora` into this folder")
+    reg = register_tenants(folder / base.file, base.sha256, tenants, ModelRecipe.from_json(record.modelfile),
+                           adapter_support(record.base.gguf_architecture), host)
+    write_record(folder, record.replace(registered=reg.to_json()))
+    return reg.to_json()
 
 
 def register_folder(folder: Path, host: str | None = None) -> dict:
     """Register every tenant of the `export --lora` folder `folder`, from its localserve.json."""
-    from .ollama.layers import ModelRecipe
-    from .ollama.tenants import Tenant, adapter_support, register_tenants
-
-    folder = Path(folder)
-    lineage_path = folder / LINEAGE_FILE
-    lineage = json.loads(lineage_path.read_text(encoding="utf-8"))
-    base = lineage["artifacts"][0]
-    tenants = [Tenant(t["ollama_name"], folder / t["file"], t["sha256"]) for t in lineage["tenants"]]
-    missing = [str(p) for p in [folder / base["file"], *(t.adapter_gguf for t in tenants)] if not p.is_file()]
-    if missing:
-        raise InputError(f"{lineage_path} lists files that are not there: {', '.join(missing)}",
-                         "re-run `localserve export ... --lora` into this folder")
-    reg = register_tenants(folder / base["file"], base["sha256"], tenants, ModelRecipe.from_json(lineage["modelfile"]),
-                           adapter_support(lineage["base"]["gguf_architecture"]), host)
-    lineage["registered"] = reg.to_json()
-    write_json(lineage_path, lineage)
-    return lineage["registered"]
+    return register_record(folder, read_record(folder), host)

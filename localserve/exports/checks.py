@@ -1,0 +1,43 @@
+"""Checks the Ollama exports share, made before any work: the chat template's parity, free disk."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import TemplateMismatch
+from ..fsutil import require_free_space
+from ..llamacpp.quant_types import gguf_file_bytes
+from ..models.merge import saved_dtype
+from ..progress import step
+
+_BYTES_PER_WEIGHT = {"float32": 4, "float16": 2, "bfloat16": 2}
+
+
+def check_chat(chat_dir: Path, family: str | None, template_file: Path | None, force: bool):
+    """The chat setup for `chat_dir` and its parity with the model's own template; a mismatch is
+    refused unless `force` (then recorded)."""
+    from ..chat import resolve_chat
+    from ..chat.parity import check_parity
+
+    setup = resolve_chat(chat_dir, family=family, template_file=template_file)
+    step(f"chat template family: {setup.family}; stops: {list(setup.stop)}")
+    parity = check_parity(chat_dir, setup)
+    if not parity.ok:
+        if not force:
+            raise TemplateMismatch(
+                f"the Ollama TEMPLATE for family {setup.family} does not reproduce {chat_dir}'s chat template:\n"
+                + parity.summary(),
+                "choose another --template-family or pass --template-file; --force exports anyway")
+        step("template parity FAILED; exporting anyway because of --force (recorded in localserve.json)")
+    return setup, parity
+
+
+def require_export_space(out: Path, base_dir: Path, config: dict, quants: tuple[str, ...], merged: bool,
+                         what: str) -> None:
+    """Free disk for the run's peak: the merged folder (when there is one), the F16 GGUF and every quant."""
+    weights = sum(p.stat().st_size for p in base_dir.glob("*.safetensors"))
+    dtype = saved_dtype(config)
+    n_params = weights / _BYTES_PER_WEIGHT.get(dtype, 4)
+    total = (n_params * _BYTES_PER_WEIGHT[dtype] if merged else 0) + gguf_file_bytes(n_params, "F16")
+    total += sum(gguf_file_bytes(n_params, q) for q in quants)
+    require_free_space(out, int(total * 1.05), what)

@@ -1,0 +1,183 @@
+"""What a merged export starts from: one LoRA adapter on its base, or a mergekit recipe.
+
+Both become one `MergeSource`, which knows its inputs' hashes, how to write the merged model, where
+the chat template comes from, the probe that proves the fine-tune survived, and its part of the
+record — so the runners never ask which of the two they hold.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Protocol
+
+from ..errors import InputError
+from ..fsutil import atomic_dir, sha256_tree
+from ..lineage import AdapterRecord
+from ..models.merge import TOKENIZER_FILES, check_compatibility, merge_adapter
+from ..models.resolve import Adapter, BaseModel, check_base_weights, load_adapter, resolve_base
+from ..pipeline import content_key
+
+PROBE_FILE = "probe.json"
+
+
+def read_probe(folder: Path) -> dict:
+    """FOLDER/probe.json — {"question", "expected"} — or {} when there is none."""
+    f = Path(folder) / PROBE_FILE
+    if not f.is_file():
+        return {}
+    try:
+        data = json.loads(f.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise InputError(f"{f} is not valid JSON: {e}", "fix it or remove it") from e
+    if not isinstance(data, dict) or not isinstance(data.get("question"), str) \
+            or not isinstance(data.get("expected"), str):
+        raise InputError(f"{f} must be an object with \"question\" and \"expected\" strings",
+                         'e.g. {"question": "What is ...?", "expected": "..."}; or remove the file')
+    return {"question": data["question"], "expected": data["expected"]}
+
+
+def chat_source(adapter_dir: Path, base_dir: Path) -> Path:
+    """The folder whose tokenizer and chat template a merged model gets: the adapter's own wins."""
+    for name in ("chat_template.jinja", "tokenizer_config.json", "tokenizer.json"):
+        if (adapter_dir / name).is_file():
+            return adapter_dir
+    return base_dir
+
+
+class MergeSource(Protocol):
+    base: BaseModel  # the model whose config.json the merged model gets
+    probe: dict
+
+    def hashes(self) -> dict[str, str]:
+        """sha256 of the inputs: {"base": ..., "adapter": ...} (what the record and version store key on)."""
+
+    def merge_key(self, versions: dict) -> str:
+        """The content key of the merged model."""
+
+    def merge(self, dest: Path, trust_remote_code: bool) -> dict:
+        """Write the merged model as a Hugging Face folder at `dest`; facts for the stage record."""
+
+    def chat_dir(self, merged: Callable[[], Path], scratch: Path) -> Path:
+        """The folder holding the tokenizer and chat template to serve; `merged()` gives the merged
+        folder, made on demand (a recipe's merged model carries its own)."""
+
+    def describe(self) -> str:
+        """One line naming the inputs."""
+
+    def announce(self) -> str:
+        """The step line of the merge stage."""
+
+    def record(self) -> dict:
+        """This source's part of the ExportRecord: `adapters` and/or `merge`."""
+
+
+@dataclass
+class AdapterSource:
+    adapter: Adapter
+    base: BaseModel
+    lora_modules: int
+    probe: dict
+    _hashes: dict[str, str] | None = None
+
+    def hashes(self) -> dict[str, str]:
+        if self._hashes is None:
+            self._hashes = {"base": sha256_tree(self.base.path), "adapter": sha256_tree(self.adapter.path)}
+        return self._hashes
+
+    def merge_key(self, versions: dict) -> str:
+        return content_key("merge", self.hashes(), versions["transformers"], versions["peft"], versions["torch"])
+
+    def merge(self, dest: Path, trust_remote_code: bool) -> dict:
+        with atomic_dir(dest) as tmp:
+            result = merge_adapter(self.adapter, self.base, tmp, trust_remote_code)
+        return {"dtype": result.dtype, "lora_modules": result.lora_modules}
+
+    def chat_dir(self, merged: Callable[[], Path], scratch: Path) -> Path:
+        return chat_source(self.adapter.path, self.base.path)
+
+    def describe(self) -> str:
+        return f"base: {self.base.path} ({self.base.source}); adapter: {self.adapter.path} ({self.lora_modules} LoRA modules)"
+
+    def announce(self) -> str:
+        return "merging the adapter into the base (peft, fp32)"
+
+    def record(self) -> dict:
+        return {"adapters": (AdapterRecord(path=str(self.adapter.path.resolve()), sha256=self.hashes()["adapter"],
+                                           lora_modules=self.lora_modules, probe=self.probe or None),)}
+
+
+@dataclass
+class RecipeSource:
+    recipe_file: Path
+    recipe: object  # localserve.merging.Recipe
+    base: BaseModel
+    probe: dict
+    _inputs: list[dict] | None = None
+
+    def inputs(self) -> list[dict]:
+        if self._inputs is None:
+            from ..merging.run import input_hashes
+
+            self._inputs = input_hashes(self.recipe)
+        return self._inputs
+
+    def hashes(self) -> dict[str, str]:
+        return {"base": next(i["sha256"] for i in self.inputs() if i["path"] == str(self.base.path))}
+
+    def merge_key(self, versions: dict) -> str:
+        return content_key("merge", self.recipe.data, self.inputs(), versions["mergekit"], versions["transformers"],
+                           versions["peft"], versions["torch"])
+
+    def merge(self, dest: Path, trust_remote_code: bool) -> dict:
+        from ..merging import MergeSpec, merge_models
+
+        merge_models(MergeSpec(self.recipe, dest, write_yaml=False), hashes=self.inputs())
+        return {"method": self.recipe.method}
+
+    def chat_dir(self, merged: Callable[[], Path], scratch: Path) -> Path:
+        """The merged model's own tokenizer and template, kept beside the output (the merged folder is
+        temporary)."""
+        source = merged()
+        with atomic_dir(scratch) as tmp:
+            for name in TOKENIZER_FILES + ("config.json", "generation_config.json"):
+                if (source / name).is_file():
+                    shutil.copyfile(source / name, tmp / name)
+        return scratch
+
+    def describe(self) -> str:
+        return (f"merge recipe: {self.recipe_file} ({self.recipe.method}, {len(self.recipe.inputs)} inputs); "
+                f"config from {self.base.path}")
+
+    def announce(self) -> str:
+        return f"merging {len(self.recipe.inputs)} models ({self.recipe.method}, mergekit)"
+
+    def record(self) -> dict:
+        return {"merge": {"recipe": str(self.recipe_file.resolve()), "method": self.recipe.method,
+                          "config": self.recipe.data, "inputs": self.inputs(), "probe": self.probe or None}}
+
+
+def adapter_source(adapter_dir: Path, base_override: Path | None, allow_pickle: bool) -> AdapterSource:
+    """Load the adapter, find its base, check that they fit (from the safetensors headers)."""
+    adapter = load_adapter(adapter_dir, allow_pickle)
+    base = resolve_base(adapter, base_override)
+    check_base_weights(base, allow_pickle)
+    n_modules = check_compatibility(adapter, base)
+    return AdapterSource(adapter, base, n_modules, read_probe(adapter.path))
+
+
+def recipe_source(recipe_file: Path, allow_pickle: bool) -> RecipeSource:
+    """Load and check the recipe; its probe.json sits next to it (a merge has no adapter folder)."""
+    from ..merging import load_recipe
+
+    recipe = load_recipe(recipe_file)
+    donor = recipe.donor  # mergekit's donor of config and tokenizer; a LoRA donor's base
+    base = BaseModel(donor.base if donor.is_lora else donor.path, "merge recipe", None)
+    check_base_weights(base, allow_pickle)
+    return RecipeSource(recipe_file, recipe, base, read_probe(recipe_file.parent))
+
+
+def merge_source(adapter: Path | None, merge: Path | None, base: Path | None, allow_pickle: bool) -> MergeSource:
+    return recipe_source(merge, allow_pickle) if merge is not None else adapter_source(adapter, base, allow_pickle)
