@@ -20,14 +20,8 @@ STAGES = ("chat", "quality", "plan", "merging", "modelfile", "exports")
 # Ollama's protocol wrapper reads and writes Modelfiles, so the Modelfile grammar sits below it.
 WRAPPER_MAY_IMPORT = {("ollama", "modelfile")}
 
-# Edges the move of the export runners into localserve/exports/ has yet to remove, as
-# (importing module, imported package). This list only shrinks; the last test fails when an entry
-# no longer exists, so that it is deleted.
-ALLOWED_UNTIL_THE_EXPORTS_MOVE_ENDS = {
-    # quantize_folder measures the GPU quant with the quality gate; it belongs to its only caller,
-    # the vLLM export runner (exports/vllm.py), which may import both.
-    ("localserve.gpuquant.export", "quality"),
-}
+# The top: the command line imports everything, the export runners every stage; nothing imports them.
+TOP = ("cli", "exports")
 
 
 def import_graph(source: Path) -> dict[str, set[str]]:
@@ -69,7 +63,8 @@ def package_of(module: str) -> str:
 
 
 def package_edges(graph: dict[str, set[str]], allowed=frozenset()) -> dict[tuple[str, str], list[str]]:
-    """(package, package it imports) -> the module imports that make the edge, allowed ones left out."""
+    """(package, package it imports) -> the module imports that make the edge; `allowed` holds
+    (module, package) edges to leave out."""
     edges: dict[tuple[str, str], list[str]] = {}
     for module, imported in sorted(graph.items()):
         for target in sorted(imported):
@@ -118,13 +113,19 @@ def wrapper_imports_of_stages(graph: dict[str, set[str]], allowed=frozenset()) -
 
 
 def test_no_two_packages_import_each_other():
-    cycles = package_cycles(package_edges(import_graph(SOURCE), ALLOWED_UNTIL_THE_EXPORTS_MOVE_ENDS))
+    cycles = package_cycles(package_edges(import_graph(SOURCE)))
     assert not cycles, "import cycles between packages of localserve:\n" + "\n".join(cycles)
 
 
 def test_tool_wrappers_import_no_stage():
-    wrong = wrapper_imports_of_stages(import_graph(SOURCE), ALLOWED_UNTIL_THE_EXPORTS_MOVE_ENDS)
+    wrong = wrapper_imports_of_stages(import_graph(SOURCE))
     assert not wrong, f"{', '.join(TOOL_WRAPPERS)} sit below {', '.join(STAGES)}:\n" + "\n".join(wrong)
+
+
+def test_only_the_command_line_imports_the_export_runners_and_nothing_imports_the_command_line():
+    wrong = [why for (a, b), why in package_edges(import_graph(SOURCE)).items()
+             if b in TOP and (a, b) not in {("cli", "exports"), ("__main__", "cli")}]
+    assert not wrong, "\n".join(line for lines in wrong for line in lines)
 
 
 def test_the_layers_named_here_are_the_packages_of_the_tree():
@@ -152,9 +153,3 @@ def test_a_cycle_through_a_function_level_import_is_found(tmp_path):
     assert wrapper_imports_of_stages(graph) == ["localserve.llamacpp.imatrix imports localserve.quality.measure"]
     assert not package_cycles(package_edges(graph, {("localserve.llamacpp.imatrix", "quality")}))
 
-
-def test_every_allowed_edge_still_exists_until_the_list_is_empty():
-    edges = package_edges(import_graph(SOURCE))
-    gone = [(module, package) for module, package in ALLOWED_UNTIL_THE_EXPORTS_MOVE_ENDS
-            if not any(line.startswith(f"{module} imports ") for line in edges.get((package_of(module), package), ()))]
-    assert not gone, f"no longer imported, delete from ALLOWED_UNTIL_THE_EXPORTS_MOVE_ENDS: {gone}"

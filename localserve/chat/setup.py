@@ -151,11 +151,3 @@ def build_setup(hf: HFChat, fam: Family | None, template: str, name: str, suppor
         notes=notes,
     )
 
-
-def __getattr__(name: str):
-    # localserve/vllm/export.py imports detect_family from here until it moves into localserve/exports/.
-    if name == "detect_family":
-        from .detect import detect_family
-
-        return detect_family
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -28,12 +28,11 @@ from ..pipeline import Pipeline, content_key
 from ..progress import step
 from .checks import check_chat, require_export_space
 from .inputs import MergeSource, merge_source
-from .spec import ExportSpec
+from .spec import QUALITY_GATE_TOKENS, ExportSpec
 
 # Candidates for --quant auto, smallest first: the K-quants llama.cpp recommends for general use.
 AUTO_CANDIDATES = ("Q2_K", "Q3_K_M", "Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0")
 IMATRIX_CANDIDATES = ("IQ4_XS", "IQ3_M")  # with an importance matrix
-EXPORT_QUALITY_TOKENS = 2048
 # F32 and BF16 keep more than the F16 intermediate holds (F32's precision, BF16's range): the
 # converter writes them from the merged model, not from the F16 file.
 CONVERTER_TYPES = {"F32": "f32", "BF16": "bf16"}
@@ -270,9 +269,8 @@ def _measure(spec: ExportSpec, ggufs, merged):
     reference = merged()
     data = spec.quality_data
     chat = data is not None and data.suffix.lower() == ".jsonl"
-    # 2048 tokens keep the ranking of quants stable while bounding the time every candidate costs.
     table = measure(list(ggufs), reference=reference, text=None if chat else data,
-                    data_jsonl=data if chat else None, max_tokens=EXPORT_QUALITY_TOKENS)
+                    data_jsonl=data if chat else None, max_tokens=QUALITY_GATE_TOKENS)
     step("quality against the merged model:\n" + table.format())
     return table
 

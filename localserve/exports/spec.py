@@ -174,6 +174,10 @@ class TenantExportSpec:
         return spec_to_json(self)
 
 
+# Tokens the quality gate measures every quant on: enough to rank quants stably, few enough that each
+# candidate costs seconds, not minutes. The GGUF and the vLLM export measure the same amount.
+QUALITY_GATE_TOKENS = 2048
+
 # vLLM's --dtype auto: float32 checkpoints are served in float16, the others as stored.
 VLLM_DTYPE_BYTES = {"auto": 2, "half": 2, "float16": 2, "bfloat16": 2, "float": 4, "float32": 4}
 
@@ -213,7 +217,7 @@ class VllmExportSpec:
     calibration_samples: int = option_field("calibration_samples", VLLM)
     calibration_seq_len: int = option_field("calibration_seq_len", VLLM)
     measure_quality: bool = True  # KL / top-1 against the unquantized merged model
-    quality_tokens: int = 2048  # of the shipped corpus; the GGUF export's quality gate uses as many
+    quality_tokens: int = QUALITY_GATE_TOKENS
 
     def __post_init__(self) -> None:
         _set(self, "adapters", tuple(Path(a) for a in self.adapters))

@@ -12,6 +12,7 @@ destination and renamed into place whole.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from ..fsutil import atomic_dir, human_bytes, require_free_space, sha256_file, s
 from ..gpuquant.export import CalibrationOptions, QuantResult, plan_quant, quantize_folder
 from ..lineage import (RECORD_FILE, AdapterRecord, Artifact, BaseRecord, ExportRecord, now, read_record, tool_versions,
                        write_record)
+from ..models.folders import MODEL_DIR
 from ..models.merge import TOKENIZER_FILES, check_compatibility, merge_adapter
 from ..models.resolve import Adapter, BaseModel, check_base_weights, load_adapter, read_json, resolve_base
 from ..plan.layout import Layout, parallel_layout
@@ -32,7 +34,6 @@ from ..vllm.lora import LoraPlan, plan_lora
 from ..vllm.weights import write_shards
 from .spec import VLLM_DTYPE_BYTES, VllmExportSpec
 
-MODEL_DIR = "model"
 ADAPTERS_DIR = "adapters"
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
@@ -103,7 +104,7 @@ def end_of_turn_ids(chat_dir: Path, template_family: str | None = None) -> tuple
     from ..chat import stop_tokens
     from ..chat.families import get_family
     from ..chat.hf import load_hf_chat
-    from ..chat.setup import detect_family
+    from ..chat import detect_family
 
     hf = load_hf_chat(chat_dir)
     if template_family:
@@ -249,7 +250,8 @@ def export_vllm(spec: VllmExportSpec) -> VllmExportResult:
             shutil.rmtree(merged)
             if quant_plan is not None:
                 quantization = quantize_folder(quant_plan, model, tmp, CalibrationOptions(
-                    spec.calibration, spec.calibration_samples, spec.calibration_seq_len), spec.quality_tokens if spec.measure_quality else None)
+                    spec.calibration, spec.calibration_samples, spec.calibration_seq_len),
+                    _quality_of(quant_plan.format.name, spec.quality_tokens, tmp) if spec.measure_quality else None)
         else:
             step(f"copying the base {base.path.name} and {len(lora_plan.adapters)} adapter(s) unmerged")
             eot_ids = _write_model_folder(base.path, base.path, chat, base.path, model, spec.template_family,
@@ -295,6 +297,23 @@ def export_vllm(spec: VllmExportSpec) -> VllmExportResult:
         serve_files=tuple(out / p.relative_to(tmp) for p in files), config_file=out / serve.CONFIG_FILE,
         lineage_path=out / RECORD_FILE, end_of_turn_ids=eot_ids, layout=layout, lora=lora_plan,
         model_bytes=model_bytes, quantization=quantization, record=record)
+
+
+def _quality_of(format_name: str, tokens: int, work: Path):
+    """How the quantize stage measures its result: the quality table of the quantized folder against the
+    merged model as it was (on `tokens` of the shipped corpus), charted to work/quality.png."""
+    def measure_folder(quantized: Path, reference: Path):
+        from ..quality import measure
+
+        table = measure([quantized], reference=reference, max_tokens=tokens)
+        rows = tuple(dataclasses.replace(r, file=reference.name, path=f"./{reference.name}") for r in table.rows)
+        quality = dataclasses.replace(table, rows=rows,
+                                      reference={**table.reference, "path": "the merged model before quantizing"})
+        quality.write_chart(work / "quality.png", title=f"{format_name}: size against KL")
+        step("quality against the merged model:\n" + quality.format())
+        return quality
+
+    return measure_folder
 
 
 def _served_names(loaded: list[Adapter], plan: LoraPlan | None) -> list[str | None]:

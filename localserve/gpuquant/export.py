@@ -3,21 +3,17 @@ written), then quantize the written model folder in place, and measure it."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 from ..fsutil import human_bytes
 from ..progress import step
 from .calibration import calibration_samples
 from .formats import GpuFormat, GroupChoice, choose_group_size, get_format, quantized_input_widths
 from .run import gpuquant_python, run_child
-
-# The same budget as the GGUF export's quality gate (localserve.exports.gguf.EXPORT_QUALITY_TOKENS).
-QUALITY_TOKENS = 2048
-
 
 @dataclass(frozen=True)
 class QuantPlan:
@@ -70,11 +66,11 @@ def plan_quant(name: str, model_dir: Path, group_size: int | None = None) -> Qua
 
 
 def quantize_folder(plan: QuantPlan, model_dir: Path, work: Path, calibration: CalibrationOptions,
-                    quality_tokens: int | None = QUALITY_TOKENS) -> QuantResult:
+                    measure: Callable[[Path, Path], Any] | None = None) -> QuantResult:
     """Quantize the complete HF folder `model_dir` in place: its weights and config.json are replaced by
     the compressed-tensors ones; tokenizer, chat template and generation_config stay as written.
-    With `quality_tokens`, the result is first measured against the folder as it was (on that many
-    tokens of the shipped corpus); the chart goes to `work/quality.png`."""
+    With `measure(quantized_folder, model_dir)`, the quantized folder is first measured against the
+    folder as it was (the caller's quality table, kept in the result)."""
     fmt = plan.format
     config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
     dtype = config.get("dtype") or config.get("torch_dtype") or "float32"
@@ -85,16 +81,7 @@ def quantize_folder(plan: QuantPlan, model_dir: Path, work: Path, calibration: C
     answer = run_child({"task": "quantize", "model": str(model_dir), "out": str(staged), "dtype": dtype,
                         "modifier": fmt.modifier, "group_size": plan.group.size if plan.group else None,
                         "samples": [list(s) for s in calib.samples] if calib else []})
-    quality = None
-    if quality_tokens:
-        from ..quality import measure
-
-        table = measure([staged], reference=model_dir, max_tokens=quality_tokens)
-        rows = tuple(dataclasses.replace(r, file=model_dir.name, path=f"./{model_dir.name}") for r in table.rows)
-        quality = dataclasses.replace(table, rows=rows,
-                                      reference={**table.reference, "path": "the merged model before quantizing"})
-        quality.write_chart(work / "quality.png", title=f"{fmt.name}: size against KL")
-        step("quality against the merged model:\n" + quality.format())
+    quality = measure(staged, model_dir) if measure is not None else None
     for old in [*model_dir.glob("*.safetensors"), model_dir / "model.safetensors.index.json"]:
         old.unlink(missing_ok=True)
     for new in [*staged.glob("*.safetensors"), staged / "model.safetensors.index.json", staged / "config.json",
