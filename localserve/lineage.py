@@ -234,7 +234,7 @@ class ExportRecord:
             raise InputError(f"{where} holds a JSON {type(data).__name__}, not an object", "re-run `localserve export`")
         data = dict(data)
         kind = _kind(data)
-        known = {f.name for f in dataclasses.fields(cls)} - {"sections", "adapters", "kind"} | {"adapter", "target"}
+        known = ({f.name for f in dataclasses.fields(cls)} - {"sections"}) | {"adapter", "target"}
         sections = {k: v for k, v in data.items() if k not in known}
         adapters = data.get("adapters") if "adapters" in data else ([data["adapter"]] if data.get("adapter") else [])
         try:

@@ -179,6 +179,13 @@ def test_mergekits_base_plus_adapter_form_merges_the_adapter_and_records_both(tm
     torch.testing.assert_close(merged[name], expected, atol=1e-5, rtol=1e-4)
     assert {i["path"]: i["sha256"] for i in result.inputs} == {
         str(p.resolve()): sha256_tree(p) for p in (tiny_base, finetunes[0], tiny_adapter)}
+    from localserve.fsutil import sha256_file
+    from localserve.lineage import read_record
+
+    record = read_record(out)  # the merged folder says what it is, for later exports and the version store
+    assert record.kind == "merge" and record.merge["method"] == "task_arithmetic"
+    assert record.merge["inputs"] == result.inputs
+    assert {a.file: a.sha256 for a in record.artifacts} == {p.name: sha256_file(p) for p in out.glob("*.safetensors")}
 
 
 def test_a_folder_merged_again_after_it_changed_is_read_anew(tmp_path, tiny_base):

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InputError, ToolError
-from ..fsutil import atomic_dir, sha256_tree, write_text
+from ..fsutil import atomic_dir, sha256_file, sha256_tree, write_text
+from ..lineage import Artifact, ExportRecord, now, tool_versions, write_record
 from ..progress import is_quiet, step
 from .recipe import Recipe
 
@@ -93,9 +94,25 @@ def merge_models(spec: MergeSpec, hashes: list[dict] | None = None) -> MergeResu
             if not any((tmp / name).is_file() for name in TOKENIZER_MARKERS):
                 raise ToolError("mergekit", f"the merged model has no tokenizer (donor: {recipe.donor.path})",
                                 hint="set tokenizer_source in the recipe to a model with a tokenizer")
+            write_record(tmp, _record(spec, hashes, tmp))
     yaml_path = write_text(spec.yaml_path, recipe.to_yaml()) if spec.write_yaml else None
     step(f"merged model written to {spec.out}")
     return MergeResult(spec.out, recipe.method, hashes, yaml_path)
+
+
+def _record(spec: MergeSpec, hashes: list[dict], folder: Path) -> ExportRecord:
+    """The merged folder's localserve.json: a later export (or the version store) can tell that this
+    model is a merge, and of what."""
+    recipe = spec.recipe
+    versions = tool_versions(("localserve", "mergekit", "transformers", "peft", "torch", "safetensors"))
+    return ExportRecord(
+        kind="merge", name=spec.out.name, spec={"recipe": recipe.data, "source": recipe.source,
+                                                "shard_size": spec.shard_size, "seed": spec.seed},
+        localserve_version=versions.pop("localserve"), created_at=now(),
+        merge={"method": recipe.method, "config": recipe.data, "inputs": hashes},
+        artifacts=tuple(Artifact(p.name, size=p.stat().st_size, sha256=sha256_file(p))
+                        for p in sorted(folder.glob("*.safetensors"))),
+        tools=versions)
 
 
 def _release_inputs() -> None:

@@ -30,6 +30,7 @@ from typing import Any
 
 from ..errors import InputError, ToolError, UnknownName
 from ..fsutil import write_json
+from ..lineage import find_record, read_record, record_path, write_record
 from ..progress import step
 
 TARGETS = ("llama.cpp", "ollama", "vllm")
@@ -183,12 +184,12 @@ def measurements(model: Path) -> list[Measurement]:
     if model.is_dir():
         for path in sorted(model.glob("*.gguf.bench.json")):
             add(path, path.name[: -len(".bench.json")], _read_json(path))
-    lineage = model.parent / "localserve.json" if model.is_file() else model / "localserve.json"
-    meta = _read_json(lineage)
-    records = meta.get("bench") if isinstance(meta, dict) else None
-    for file_name, by_target in (records.items() if isinstance(records, dict) else ()):
-        if model.is_dir() or file_name == model.name:
-            add(lineage, file_name, by_target)
+    found_record = find_record(model)
+    if found_record is not None:
+        folder, record = found_record
+        for file_name, by_target in (record.bench or {}).items():
+            if model.is_dir() or file_name == model.name:
+                add(record_path(folder), file_name, by_target)
     return sorted(found.values(), key=lambda m: m.measured_at, reverse=True)
 
 
@@ -211,15 +212,15 @@ def store(model: Path, result: dict[str, Any]) -> list[Path]:
     data = load_bench(model)
     data[result["target"]] = result
     written.append(write_json(path, data))
-    lineage = model.parent / "localserve.json" if model.is_file() else model / "localserve.json"
-    if lineage.is_file():
+    folder = model if model.is_dir() else model.parent
+    if record_path(folder).is_file():
         try:
-            meta = json.loads(lineage.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise InputError(f"{lineage} is not valid JSON ({e}); bench results were not added to it",
-                             f"results are in {path}") from None
-        meta.setdefault("bench", {}).setdefault(model.name, {})[result["target"]] = result
-        written.append(write_json(lineage, meta))
+            record = read_record(folder)
+        except InputError as e:
+            raise InputError(f"{e.message}; bench results were not added to it", f"results are in {path}") from None
+        bench = {**(record.bench or {})}
+        bench[model.name] = {**bench.get(model.name, {}), result["target"]: result}
+        written.append(write_record(folder, record.replace(bench=bench)))
     return written
 
 
@@ -228,11 +229,9 @@ def store(model: Path, result: dict[str, Any]) -> list[Path]:
 def _served_name(spec: BenchSpec) -> str:
     if spec.served_name:
         return spec.served_name
-    lineage = spec.model.parent / "localserve.json" if spec.model.is_file() else spec.model / "localserve.json"
-    if lineage.is_file():
-        name = json.loads(lineage.read_text(encoding="utf-8")).get("name")
-        if name:
-            return name
+    found = find_record(spec.model)
+    if found is not None and found[1].name:
+        return found[1].name
     return spec.model.stem
 
 

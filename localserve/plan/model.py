@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from ..errors import InputError, UnknownName
+from ..lineage import read_record, record_path
 from ..llamacpp.quant_types import DEFAULT_QUANT, bytes_for, quant_of_file_type, quant_type, registry, stored_type
 from ..llamacpp.quant_types import storage_type  # noqa: F401 (tests read the row fallback from here)
 
@@ -258,9 +259,9 @@ def load_model(path: str | Path, quants: tuple[str, ...] = ()) -> PlannedModel:
         weights = [exact] + [_estimate(q, tensors, f"estimated from {path.name}")
                              for q in quants if q != exact.quant]
         return PlannedModel(shape, tuple(weights), tensors)
-    if path.is_dir() and (path / "localserve.json").is_file():
-        meta = json.loads((path / "localserve.json").read_text(encoding="utf-8"))
-        files = [path / a["file"] for a in meta.get("artifacts", []) if (path / a.get("file", "")).is_file()]
+    if path.is_dir() and record_path(path).is_file():
+        record = read_record(path)
+        files = [path / a.file for a in record.artifacts if a.file.endswith(".gguf") and (path / a.file).is_file()]
         if files:
             results = [read_gguf(f) for f in files]
             shape, _, tensors = results[0]

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import InputError, LocalserveError
+from ..lineage import find_record
 from .bench import Measurement, measurements
 from .layout import Layout, parallel_layout
 from .memory import Fit, MemoryEstimate, Overhead, estimate, fit, kv_type
@@ -133,10 +133,6 @@ def plan(spec: PlanSpec) -> Plan:
 
 def _measured_quality(model: Path) -> dict[str, dict[str, Any]]:
     """Rows the export's quality gate recorded in localserve.json, by GGUF file name."""
-    lineage = model / "localserve.json" if model.is_dir() else model.parent / "localserve.json"
-    try:
-        meta = json.loads(lineage.read_text(encoding="utf-8"))
-        rows = (meta.get("quality") or {}).get("rows") or []
-        return {r["file"]: r for r in rows if isinstance(r, dict) and "file" in r}
-    except (OSError, ValueError, AttributeError):
-        return {}
+    found = find_record(model)
+    rows = ((found[1].quality or {}).get("rows") or []) if found else []
+    return {r["file"]: r for r in rows if isinstance(r, dict) and "file" in r}

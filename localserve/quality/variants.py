@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..errors import InputError
+from ..lineage import find_record, record_path
 from ..llamacpp import evaluate
 from ..progress import step
 
@@ -69,15 +70,10 @@ def _with_imatrix(ggufs: Sequence[Path], f16_gguf: Path, imatrix_data: Path, out
 
 def _refuse_an_exports_imatrix(path: Path) -> None:
     """An export folder's imatrix.gguf is recorded (sha256) in its localserve.json: never replace it."""
-    import json
-
-    lineage = path.parent / "localserve.json"
-    if not path.exists() or not lineage.is_file():
+    found = find_record(path) if path.exists() else None
+    if found is None:
         return
-    try:
-        recorded = (json.loads(lineage.read_text(encoding="utf-8")).get("imatrix") or {}).get("file")
-    except (json.JSONDecodeError, AttributeError):
-        return
-    if recorded == path.name:
-        raise InputError(f"{path} is the importance matrix {lineage} records; --imatrix-data would replace it",
+    folder, record = found
+    if record.imatrix is not None and record.imatrix.file == path.name:
+        raise InputError(f"{path} is the importance matrix {record_path(folder)} records; --imatrix-data would replace it",
                          "copy the GGUFs to another folder to measure them with a new importance matrix")
