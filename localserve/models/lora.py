@@ -1,0 +1,391 @@
+"""What a LoRA adapter is, read once from adapter_config.json and the weights' header, as peft reads it.
+
+    describe(adapter, base_shapes) -> AdapterFacts
+        per adapted module (LoraModule): its path, kind, rank and alpha after rank_pattern/alpha_pattern,
+            peft's scale, fan_in_fan_out, the A/B tensors, DoRA magnitude and lora bias keys, and the base
+            tensor it updates (given the base's tensor shapes);
+        adapter-wide: rsLoRA, DoRA, bias, layers_to_transform/layers_pattern, modules_to_save from the
+            config and the whole tensors the weights hold, LoRA variants, and the tokenizer and chat
+            template files the adapter ships (TokenizerFiles).
+
+No weight is read: safetensors headers only, and a pickled adapter (accepted with --allow-pickle) is
+opened on torch's meta device with weights_only. The tenant rules, the vLLM rules and the merge all
+refuse or accept from these facts, so they cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import InputError
+from .resolve import Adapter
+
+# Files that define tokenization and chat formatting. Fine-tuning often changes the chat template or
+# adds tokens and saves these beside the adapter; the adapter's copies then win over the base's.
+TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
+    "added_tokens.json", "vocab.json", "merges.txt", "chat_template.jinja", "chat_template.json",
+)
+# Where transformers finds a chat template, in its order of preference; tokenizer_config.json is the
+# last resort, and only when it has a "chat_template" entry.
+TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")
+
+# peft's defaults for what an adapter_config.json leaves out (LoraConfig).
+_DEFAULT_R = 8
+_DEFAULT_ALPHA = 8
+
+# LoraConfig fields that turn a LoRA into another computation (peft marks them is_lora_variant), and
+# init_lora_weights values that do (its lora_variants).
+_VARIANT_FIELDS = ("use_dora", "velora_config", "alora_invocation_tokens", "monteclora_config", "use_bdlora",
+                   "arrow_config", "kasa_config")
+_VARIANT_INITS = ("mica",)
+
+_PEFT_PREFIX = "base_model.model."
+# One LoRA tensor as peft saves it, the adapter name removed (older files may still hold it):
+#   <module>.lora_A.weight, <module>.lora_B.weight, <module>.lora_B.bias (lora_bias),
+#   <module>.lora_embedding_A, <module>.lora_embedding_B, <module>.lora_magnitude_vector (DoRA)
+_LORA_KEY = re.compile(r"^(?P<module>.+?)\.(?P<part>lora_A|lora_B|lora_embedding_A|lora_embedding_B|"
+                       r"lora_magnitude_vector)(?:\.(?P<adapter>[^.]+?))??(?:\.(?P<param>weight|bias))?$")
+# The wrapper segments peft puts between a module and its own tensors: ModulesToSaveWrapper's copy
+# (older files) and the base layer of a LoRA-wrapped module (saved embedding layers, trained biases).
+_WRAPPER = re.compile(r"\.(?:modules_to_save\.[^.]+|original_module|base_layer)(?=\.[^.]+$)")
+
+
+@dataclass(frozen=True)
+class LoraKey:
+    """One tensor name of an adapter's weights, parsed."""
+
+    module: str  # the module path in the base model, e.g. model.layers.0.self_attn.q_proj
+    part: str  # lora_A, lora_B, lora_embedding_A, lora_embedding_B, lora_magnitude_vector
+    param: str | None  # weight, bias, or None for a bare parameter (embedding A/B, DoRA magnitude)
+
+
+def parse_key(key: str) -> LoraKey | None:
+    """The LoRA part a tensor name holds, or None for any other tensor (a whole saved module, a bias)."""
+    m = _LORA_KEY.match(key.removeprefix(_PEFT_PREFIX))
+    return LoraKey(m.group("module"), m.group("part"), m.group("param")) if m else None
+
+
+def pattern_key(patterns, module: str) -> str | None:
+    """The rank_pattern/alpha_pattern key that applies to `module`: the first, in the config's order,
+    that matches the whole path or a suffix of it after a dot (peft's get_pattern_key); None if none."""
+    for key in patterns:
+        if re.match(rf"(.*\.)?({key})$", module):
+            return key
+    return module if module in patterns else None  # peft then looks the path itself up
+
+
+def peft_scale(alpha: float, rank: int, use_rslora: bool) -> float:
+    """The factor peft multiplies B·A by: alpha/r, or alpha/sqrt(r) with rsLoRA."""
+    return alpha / math.sqrt(rank) if use_rslora else alpha / rank
+
+
+def plain_alpha(alpha: float | None, rank: int | None, use_rslora: bool) -> float | None:
+    """The alpha that gives a runtime dividing by r (llama.cpp) peft's scale: alpha·sqrt(r) under rsLoRA."""
+    if alpha is None or not rank:
+        return alpha
+    return float(alpha) * math.sqrt(rank) if use_rslora else float(alpha)
+
+
+@dataclass(frozen=True)
+class LoraModule:
+    """One module the adapter adapts, as peft builds it."""
+
+    path: str  # module path in the base model (what rank_pattern/alpha_pattern match against)
+    kind: str  # "linear", "embedding" or "conv"
+    rank: int  # r, or the rank_pattern entry that matches
+    alpha: float  # lora_alpha, or the alpha_pattern entry that matches
+    scale: float  # peft_scale(alpha, rank, use_rslora)
+    # Linear only: the base weight is stored (in, out) and the update is transposed (GPT-2's Conv1D).
+    # peft decides it by the module's class; from shapes it is known unless the weight is square, where
+    # the config's value stands. Embedding updates are always (B·A)ᵀ, conv updates never transposed.
+    fan_in_fan_out: bool
+    a_key: str
+    a_shape: tuple[int, ...]  # linear/conv (r, in, ...); embedding (r, vocab)
+    b_key: str
+    b_shape: tuple[int, ...]  # linear/conv (out, r, ...); embedding (dim, r)
+    base_weight: str | None  # the base tensor the update lands on; None without base shapes or when absent
+    tied: bool = False  # base_weight is the input embedding a tied lm_head shares
+    magnitude_key: str | None = None  # DoRA's magnitude vector
+    bias_key: str | None = None  # lora_B's bias (lora_bias)
+    rank_pattern: str | None = None  # the rank_pattern key that set `rank`
+    alpha_pattern: str | None = None  # the alpha_pattern key that set `alpha`
+
+    @property
+    def name(self) -> str:
+        """The last component of the path (q_proj, lm_head, ...)."""
+        return self.path.rsplit(".", 1)[-1]
+
+
+@dataclass(frozen=True)
+class SavedTensor:
+    """A tensor of the adapter's weights that is not LoRA: a whole trained module or a trained bias.
+    Loaded by peft, it replaces the base's tensor."""
+
+    key: str
+    module: str  # module path in the base model
+    shape: tuple[int, ...]
+    base_tensor: str | None  # the base tensor it replaces; None without base shapes or when absent
+
+
+@dataclass(frozen=True)
+class TokenizerFiles:
+    """The tokenizer and chat template files a folder holds (of TOKENIZER_FILES), with their sha256."""
+
+    folder: Path
+    files: tuple[tuple[str, str], ...]  # (file name, sha256), in TOKENIZER_FILES order
+    template: str | None  # the file holding the folder's own chat template, as transformers would pick it
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self.files)
+
+    def differing_from(self, base_dir: Path) -> tuple[str, ...]:
+        """The files held here that the base folder lacks or holds with other bytes."""
+        base_dir = Path(base_dir)
+        return tuple(name for name, digest in self.files
+                     if not (base_dir / name).is_file() or _sha256(base_dir / name) != digest)
+
+
+def tokenizer_files(folder: Path) -> TokenizerFiles:
+    folder = Path(folder)
+    files = tuple((name, _sha256(folder / name)) for name in TOKENIZER_FILES if (folder / name).is_file())
+    return TokenizerFiles(folder, files, _template_file(folder))
+
+
+def _template_file(folder: Path) -> str | None:
+    for name in TEMPLATE_FILES:
+        if (folder / name).is_file():
+            return name
+    config = folder / "tokenizer_config.json"
+    if config.is_file():
+        try:
+            data = json.loads(config.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise InputError(f"{config} is not valid JSON ({e})", "restore it, or remove it to use the base's") from None
+        if isinstance(data, dict) and data.get("chat_template"):
+            return config.name
+    return None
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def tokenizer_sources(own: TokenizerFiles | None, base_dir: Path) -> dict[str, Path]:
+    """File name -> source of the tokenizer and chat template a model made from adapter + base gets.
+
+    Each of the adapter's files wins, the rest come from the base; a template the adapter carries is
+    never shadowed by a template file of the base's that transformers would prefer.
+    """
+    base_dir = Path(base_dir)
+    mine = set(own.names) if own is not None else set()
+    own_template = own is not None and own.template is not None
+    files: dict[str, Path] = {}
+    for name in TOKENIZER_FILES:
+        if name in mine:
+            files[name] = own.folder / name
+        elif (base_dir / name).is_file() and not (own_template and name in TEMPLATE_FILES):
+            files[name] = base_dir / name
+    return files
+
+
+@dataclass(frozen=True)
+class AdapterFacts:
+    path: Path  # the adapter folder
+    weights: Path  # adapter_model.safetensors (or .bin)
+    r: int  # the config's default rank
+    lora_alpha: float  # the config's default alpha
+    use_rslora: bool
+    use_dora: bool  # the config says so, or the weights hold magnitude vectors
+    lora_bias: bool  # the config says so, or the weights hold lora_B biases
+    bias: str  # "none", "all" or "lora_only": which base biases were trained
+    fan_in_fan_out: bool  # the config's value (per module: LoraModule.fan_in_fan_out)
+    rank_pattern: tuple[tuple[str, int], ...]
+    alpha_pattern: tuple[tuple[str, float], ...]
+    layers_to_transform: tuple[int, ...] | None
+    layers_pattern: tuple[str, ...] | None
+    modules_to_save: tuple[str, ...]  # as the config names them
+    variants: tuple[str, ...]  # LoRA variants the config enables (use_dora, ...): not the plain B·A update
+    modules: tuple[LoraModule, ...]  # sorted by path
+    saved: tuple[SavedTensor, ...]  # whole module tensors in the weights (modules_to_save, embedding layers)
+    biases: tuple[SavedTensor, ...]  # trained base biases (bias "all"/"lora_only")
+    tokenizer: TokenizerFiles
+
+    @property
+    def saved_modules(self) -> tuple[str, ...]:
+        """Modules saved whole beside the LoRA: the config's modules_to_save, then any other module
+        whose tensors the weights hold."""
+        names = list(self.modules_to_save)
+        for t in self.saved:
+            if not any(t.module == n or t.module.endswith(f".{n}") for n in names):
+                names.append(t.module)
+        return tuple(names)
+
+    @property
+    def max_rank(self) -> int:
+        return max((m.rank for m in self.modules), default=self.r)
+
+    @property
+    def module_names(self) -> tuple[str, ...]:
+        """The last name component of every adapted module (q_proj, ...), sorted."""
+        return tuple(sorted({m.name for m in self.modules}))
+
+    @property
+    def base_weights(self) -> dict[str, str | None]:
+        """Module path -> the base tensor its update lands on."""
+        return {m.path: m.base_weight for m in self.modules}
+
+    @property
+    def uniform(self) -> bool:
+        """Every module has the config's rank and alpha (what a runtime with one rank and alpha can hold)."""
+        return not self.rank_pattern and not self.alpha_pattern
+
+    @property
+    def ships_tokenizer(self) -> bool:
+        return bool(self.tokenizer.files)
+
+    @property
+    def ships_chat_template(self) -> bool:
+        return self.tokenizer.template is not None
+
+
+def adapter_tensor_shapes(adapter: Adapter) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape of the adapter's weights, from the header (or a meta-device load of a pickle)."""
+    if adapter.pickled:
+        import torch
+
+        state = torch.load(adapter.weights, map_location="meta", weights_only=True)
+        return {k: tuple(v.shape) for k, v in state.items()}
+    with open_safetensors(adapter.weights) as st:
+        return {name: tuple(st.get_slice(name).get_shape()) for name in st.keys()}
+
+
+def open_safetensors(path: Path):
+    """safe_open, with a damaged or truncated file reported as bad input naming the file."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        return safe_open(str(path), framework="pt")
+    except (SafetensorError, OSError) as e:
+        raise InputError(f"{path} is not a readable safetensors file ({e})",
+                         "re-download or re-save it; a truncated copy is the usual cause") from None
+
+
+def find_base_tensor(name: str, shapes: dict[str, tuple[int, ...]]) -> str | None:
+    """The base's tensor called `name` in the model's module paths, allowing for a checkpoint saved
+    with or without the outer `model.` prefix."""
+    for candidate in (name, name.removeprefix("model."), f"model.{name}"):
+        if candidate in shapes:
+            return candidate
+    return None
+
+
+def _base_weight(module: str, shapes: dict[str, tuple[int, ...]]) -> tuple[str | None, bool]:
+    found = find_base_tensor(f"{module}.weight", shapes)
+    if found is None and module.rsplit(".", 1)[-1] == "lm_head":
+        # tied embeddings store only the input side; peft's update of lm_head lands on that tensor
+        tied = find_base_tensor("model.embed_tokens.weight", shapes)
+        if tied is not None:
+            return tied, True
+    return found, False
+
+
+def _int_tuple(value) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    return (int(value),) if isinstance(value, int) else tuple(int(v) for v in value)
+
+
+def _str_tuple(value) -> tuple[str, ...] | None:
+    if not value:
+        return None
+    return (value,) if isinstance(value, str) else tuple(value)
+
+
+def describe(adapter: Adapter, base_shapes: dict | None = None) -> AdapterFacts:
+    """The adapter's facts. With `base_shapes` (tensor name -> shape of the base, e.g.
+    models.merge.base_tensor_shapes) every update and saved tensor is mapped onto the base tensor it
+    changes, and fan_in_fan_out is read from the base weight's orientation where it shows."""
+    config = adapter.config
+    r = int(config.get("r") or _DEFAULT_R)
+    alpha = config.get("lora_alpha")
+    alpha = _DEFAULT_ALPHA if alpha is None else alpha
+    use_rslora = bool(config.get("use_rslora"))
+    rank_pattern = dict(config.get("rank_pattern") or {})
+    alpha_pattern = dict(config.get("alpha_pattern") or {})
+    fan_in_fan_out = bool(config.get("fan_in_fan_out"))
+    bias = str(config.get("bias") or "none")
+    shapes = adapter_tensor_shapes(adapter)
+
+    parts: dict[str, dict[str, tuple[str, tuple[int, ...]]]] = {}
+    others: dict[str, tuple[int, ...]] = {}
+    for key, shape in shapes.items():
+        parsed = parse_key(key)
+        if parsed is None:
+            others[key] = shape
+            continue
+        slot = "lora_B.bias" if parsed.part == "lora_B" and parsed.param == "bias" else parsed.part
+        parts.setdefault(parsed.module, {})[slot] = (key, shape)
+
+    modules = []
+    for path, found in sorted(parts.items()):
+        if "lora_A" in found or "lora_B" in found:
+            a, b = found.get("lora_A"), found.get("lora_B")
+            kind = "conv" if a is not None and len(a[1]) > 2 else "linear"
+        elif "lora_embedding_A" in found or "lora_embedding_B" in found:
+            a, b = found.get("lora_embedding_A"), found.get("lora_embedding_B")
+            kind = "embedding"
+        else:
+            continue  # a magnitude or bias without its pair: not a LoRA module peft would build
+        a, b = a or ("", ()), b or ("", ())
+        r_key, a_key = pattern_key(rank_pattern, path), pattern_key(alpha_pattern, path)
+        rank = int(rank_pattern[r_key]) if r_key is not None else r
+        mod_alpha = alpha_pattern[a_key] if a_key is not None else alpha
+        base_weight, tied = _base_weight(path, base_shapes) if base_shapes else (None, False)
+        transposed = False
+        if kind == "linear":
+            transposed = fan_in_fan_out
+            if base_weight is not None and a[1] and b[1]:
+                stored = tuple(base_shapes[base_weight])
+                if stored != stored[::-1]:  # a square weight does not show its orientation
+                    transposed = stored == (a[1][-1], b[1][0])
+        modules.append(LoraModule(
+            path=path, kind=kind, rank=rank, alpha=mod_alpha, scale=peft_scale(mod_alpha, rank, use_rslora),
+            fan_in_fan_out=transposed, a_key=a[0], a_shape=a[1], b_key=b[0], b_shape=b[1],
+            base_weight=base_weight, tied=tied,
+            magnitude_key=found["lora_magnitude_vector"][0] if "lora_magnitude_vector" in found else None,
+            bias_key=found["lora_B.bias"][0] if "lora_B.bias" in found else None,
+            rank_pattern=r_key, alpha_pattern=a_key))
+
+    saved, biases = [], []
+    whole = {_WRAPPER.sub("", k.removeprefix(_PEFT_PREFIX)).rsplit(".", 1)[0]
+             for k in others if not k.endswith(".bias")}
+    for key, shape in sorted(others.items()):
+        name = _WRAPPER.sub("", key.removeprefix(_PEFT_PREFIX))
+        module = name.rsplit(".", 1)[0] if "." in name else name
+        tensor = SavedTensor(key, module, shape, find_base_tensor(name, base_shapes) if base_shapes else None)
+        # a bias of a module not otherwise saved whole is one of the base biases `bias` trains
+        (biases if bias != "none" and name.endswith(".bias") and module not in whole else saved).append(tensor)
+
+    variants = tuple(f for f in _VARIANT_FIELDS if config.get(f))
+    variants += tuple(f"init_lora_weights={v}" for v in _VARIANT_INITS if config.get("init_lora_weights") == v)
+    use_dora = bool(config.get("use_dora")) or any(m.magnitude_key for m in modules)
+    if use_dora and "use_dora" not in variants:
+        variants = ("use_dora",) + variants
+    return AdapterFacts(
+        path=adapter.path, weights=adapter.weights, r=r, lora_alpha=alpha, use_rslora=use_rslora,
+        use_dora=use_dora, lora_bias=bool(config.get("lora_bias")) or any(m.bias_key for m in modules),
+        bias=bias, fan_in_fan_out=fan_in_fan_out,
+        rank_pattern=tuple((k, int(v)) for k, v in rank_pattern.items()),
+        alpha_pattern=tuple(alpha_pattern.items()),
+        layers_to_transform=_int_tuple(config.get("layers_to_transform")),
+        layers_pattern=_str_tuple(config.get("layers_pattern")),
+        modules_to_save=tuple(m for m in (config.get("modules_to_save") or []) if m),
+        variants=variants, modules=tuple(modules), saved=tuple(saved), biases=tuple(biases),
+        tokenizer=tokenizer_files(adapter.path))
