@@ -13,7 +13,8 @@ from safetensors.torch import load_file
 from clihelpers import assert_one_line_error, invoke, run_cli
 from localserve import ExportSpec, export
 from localserve.cli import cli
-from localserve.errors import AdapterError, BaseModelNotFound, DiskSpaceError, UnknownName, UnsafeWeights, UnsupportedArchitecture
+from localserve.errors import (AdapterError, BaseModelNotFound, DiskSpaceError, UnknownName, UnsafeWeights,
+                               UnsupportedArchitecture)
 from localserve.models.resolve import load_adapter, resolve_base
 
 

@@ -16,7 +16,8 @@ from typing import Callable, Protocol
 from ..errors import InputError
 from ..fsutil import atomic_dir, sha256_tree
 from ..lineage import AdapterRecord
-from ..models.merge import TOKENIZER_FILES, check_compatibility, merge_adapter
+from ..models.lora import TOKENIZER_FILES, tokenizer_files
+from ..models.merge import check_compatibility, merge_adapter
 from ..models.resolve import Adapter, BaseModel, check_base_weights, load_adapter, resolve_base
 from ..pipeline import content_key
 
@@ -41,10 +42,7 @@ def read_probe(folder: Path) -> dict:
 
 def chat_source(adapter_dir: Path, base_dir: Path) -> Path:
     """The folder whose tokenizer and chat template a merged model gets: the adapter's own wins."""
-    for name in ("chat_template.jinja", "tokenizer_config.json", "tokenizer.json"):
-        if (adapter_dir / name).is_file():
-            return adapter_dir
-    return base_dir
+    return adapter_dir if tokenizer_files(adapter_dir).files else base_dir
 
 
 class MergeSource(Protocol):

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
-import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -25,6 +23,7 @@ from pathlib import Path
 from ..errors import AdapterError, InputError, SmokeTestFailed
 from ..fsutil import atomic_path, human_bytes, sha256_file, sha256_tree, write_text
 from ..lineage import Artifact, BaseRecord, ExportRecord, TenantRecord, now, read_record, tool_versions, write_record
+from ..models.lora import describe, plain_alpha
 from ..models.resolve import Adapter, BaseModel, check_base_weights, load_adapter, read_json, resolve_base
 from ..pipeline import Pipeline, content_key
 from ..progress import step
@@ -33,13 +32,6 @@ from .checks import check_chat, require_export_space
 from .inputs import read_probe
 from .spec import TenantExportSpec
 
-# Tokenizer files a LoRA cannot change: a tenant whose adapter ships different ones was trained on
-# a different vocabulary or chat format than the shared base serves.
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "added_tokens.json", "chat_template.jinja",
-                    "chat_template.json")
-# PEFT keys of whole modules saved beside the LoRA (modules_to_save), e.g.
-# base_model.model.lm_head.modules_to_save.default.weight or base_model.model.model.embed_tokens.weight
-_LORA_PART = re.compile(r"\.(lora_A|lora_B|lora_embedding_A|lora_embedding_B)(\.|$)")
 
 
 @dataclass
@@ -71,27 +63,27 @@ class TenantExportResult:
 # --- checks -------------------------------------------------------------------------------------
 
 def check_gguf_lora(adapter: Adapter) -> None:
-    """Refuse what a GGUF LoRA cannot carry: whole saved modules, DoRA, per-module rank or alpha."""
-    cfg = adapter.config
+    """Refuse what a GGUF LoRA cannot carry: whole saved modules, DoRA, biases, per-module rank or alpha."""
+    facts = describe(adapter)
     where = f"adapter {adapter.path}"
-    if cfg.get("use_dora"):
+    if facts.use_dora:
         raise AdapterError(f"{where} is a DoRA adapter (use_dora); llama.cpp's GGUF LoRA has no magnitude vectors",
                            "export it merged (`localserve export ADAPTER`)")
-    if cfg.get("lora_bias"):
+    if facts.lora_bias:
         raise AdapterError(f"{where} trains a bias in lora_B (lora_bias); a GGUF LoRA holds only the A and B matrices",
                            "export it merged (`localserve export ADAPTER`)")
-    saved = [m for m in (cfg.get("modules_to_save") or []) if m]
-    if not saved:
-        from ..models.merge import adapter_tensor_shapes
-
-        saved = sorted({k for k in adapter_tensor_shapes(adapter) if not _LORA_PART.search(k)})
+    saved = facts.saved_modules
     if saved:
         raise AdapterError(f"{where} saves whole modules beside its LoRA (modules_to_save: {', '.join(saved[:4])}); "
                            "a GGUF LoRA holds only low-rank pairs, so a tenant cannot carry them",
                            "export this adapter merged (`localserve export ADAPTER`), or retrain it without "
                            "modules_to_save")
+    if facts.biases:
+        raise AdapterError(f"{where} trains biases of the base (bias: {facts.bias}: {facts.biases[0].key}, ...); "
+                           "a GGUF LoRA holds only the A and B matrices",
+                           "export it merged (`localserve export ADAPTER`)")
     for key in ("rank_pattern", "alpha_pattern"):
-        if cfg.get(key):
+        if getattr(facts, key):
             raise AdapterError(f"{where} sets {key}; a GGUF LoRA has one rank and one alpha for every module",
                                "export it merged (`localserve export ADAPTER`)")
 
@@ -102,10 +94,7 @@ def gguf_alpha(config: dict) -> float | None:
     rsLoRA scales by alpha/sqrt(r); llama.cpp always divides by r, so alpha*sqrt(r) gives the same
     update. The converter copies lora_alpha as it finds it, hence _as_plain_lora.
     """
-    alpha, r = config.get("lora_alpha"), config.get("r")
-    if alpha is None or not r:
-        return alpha
-    return float(alpha) * math.sqrt(r) if config.get("use_rslora") else float(alpha)
+    return plain_alpha(config.get("lora_alpha"), config.get("r"), bool(config.get("use_rslora")))
 
 
 @contextlib.contextmanager
@@ -128,16 +117,14 @@ def _as_plain_lora(adapter: Adapter, scratch: Path):
 
 
 def _check_tokenizer(adapter: Adapter, base: BaseModel) -> None:
-    for name in _TOKENIZER_FILES:
-        mine = adapter.path / name
-        if not mine.is_file():
-            continue
-        theirs = base.path / name
-        if not theirs.is_file() or theirs.read_bytes() != mine.read_bytes():
-            raise AdapterError(f"adapter {adapter.path} ships its own {name}, different from the base's "
-                               f"({base.path}); a tenant is served with the shared base's tokenizer and chat template",
-                               "export this adapter merged (`localserve export ADAPTER`), or remove the file if "
-                               "it is an unchanged copy")
+    """A tenant is served with the shared base's tokenizer and template: an adapter that ships other
+    ones was trained on a different vocabulary or chat format than the base serves."""
+    differing = describe(adapter).tokenizer.differing_from(base.path)
+    if differing:
+        raise AdapterError(f"adapter {adapter.path} ships its own {', '.join(differing)}, different from the base's "
+                           f"({base.path}); a tenant is served with the shared base's tokenizer and chat template",
+                           "export this adapter merged (`localserve export ADAPTER`), or remove them if they "
+                           "are meant to be the base's")
 
 
 def check_shared_base(adapters: list[Adapter], override: Path | None) -> BaseModel:

@@ -24,7 +24,8 @@ from ..gpuquant.export import CalibrationOptions, QuantResult, plan_quant, quant
 from ..lineage import (RECORD_FILE, AdapterRecord, Artifact, BaseRecord, ExportRecord, now, read_record, tool_versions,
                        write_record)
 from ..models.folders import MODEL_DIR
-from ..models.merge import TOKENIZER_FILES, check_compatibility, merge_adapter
+from ..models.lora import describe, tokenizer_files, tokenizer_sources
+from ..models.merge import check_compatibility, merge_adapter
 from ..models.resolve import Adapter, BaseModel, check_base_weights, load_adapter, read_json, resolve_base
 from ..plan.layout import Layout, parallel_layout
 from ..progress import step
@@ -66,16 +67,6 @@ class VllmExportResult:
                 "quantization": self.quantization.to_json() if self.quantization else None}
 
 
-_TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")
-
-
-def _carries_template(folder: Path) -> bool:
-    if any((folder / n).is_file() for n in _TEMPLATE_FILES):
-        return True
-    config = folder / "tokenizer_config.json"
-    return config.is_file() and bool(json.loads(config.read_text(encoding="utf-8")).get("chat_template"))
-
-
 def chat_files(adapter: Adapter | None, base: BaseModel) -> tuple[dict[str, Path], Path]:
     """(file name -> source) of the tokenizer and chat template to serve, and the folder whose template it is.
 
@@ -83,14 +74,9 @@ def chat_files(adapter: Adapter | None, base: BaseModel) -> tuple[dict[str, Path
     falling back to the base's; a template the adapter carries is never shadowed by the base's
     chat_template.jinja, which transformers would prefer.
     """
-    own_template = adapter is not None and _carries_template(adapter.path)
-    files: dict[str, Path] = {}
-    for name in TOKENIZER_FILES:
-        if adapter is not None and (adapter.path / name).is_file():
-            files[name] = adapter.path / name
-        elif (base.path / name).is_file() and not (own_template and name in _TEMPLATE_FILES):
-            files[name] = base.path / name
-    return files, (adapter.path if own_template else base.path)
+    own = tokenizer_files(adapter.path) if adapter is not None else None
+    files = tokenizer_sources(own, base.path)
+    return files, (adapter.path if own is not None and own.template is not None else base.path)
 
 
 def end_of_turn_ids(chat_dir: Path, template_family: str | None = None) -> tuple[int, ...]:
@@ -323,9 +309,7 @@ def _served_names(loaded: list[Adapter], plan: LoraPlan | None) -> list[str | No
 def _check_shared_chat(adapters: list[Adapter], base: BaseModel) -> None:
     """Unmerged adapters share the base's tokenizer: an adapter that brings its own cannot be served so."""
     for a in adapters:
-        for name in ("chat_template.jinja", "tokenizer.json", "tokenizer_config.json"):
-            own = a.path / name
-            if own.is_file() and (not (base.path / name).is_file()
-                                  or own.read_bytes() != (base.path / name).read_bytes()):
-                raise AdapterError(f"{a.path} brings its own {name}, but adapters served with --lora share the "
-                                   f"base's tokenizer and chat template", "export this adapter merged (drop --lora)")
+        differing = describe(a).tokenizer.differing_from(base.path)
+        if differing:
+            raise AdapterError(f"{a.path} brings its own {', '.join(differing)}, but adapters served with --lora share "
+                               "the base's tokenizer and chat template", "export this adapter merged (drop --lora)")

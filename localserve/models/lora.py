@@ -167,7 +167,8 @@ def _template_file(folder: Path) -> str | None:
         try:
             data = json.loads(config.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise InputError(f"{config} is not valid JSON ({e})", "restore it, or remove it to use the base's") from None
+            raise InputError(f"{config} is not valid JSON ({e})",
+                             "restore it, or remove it to use the base's") from None
         if isinstance(data, dict) and data.get("chat_template"):
             return config.name
     return None

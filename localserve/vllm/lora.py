@@ -3,8 +3,9 @@
 vLLM serves an adapter only when:
 - it was trained on the very base the server runs;
 - its rank fits `--max-lora-rank`, which vLLM accepts only from a fixed set (MAX_LORA_RANKS);
-- it adds no full trained copies of modules (`modules_to_save`: a new `lm_head`/`embed_tokens`),
-  and no DoRA magnitudes or LoRA biases: vLLM applies only the low-rank A·B update;
+- it adds no full trained copies of modules (`modules_to_save`: a new `lm_head`/`embed_tokens`, named
+  in the config or found in the weights), and no DoRA magnitudes or LoRA biases: vLLM applies only
+  the low-rank A·B update;
 - it adapts only linear layers vLLM's model class exposes to LoRA (SERVABLE_MODULES).
 """
 
@@ -15,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import AdapterError, InputError
-from ..models.merge import _LORA_KEY, adapter_tensor_shapes, check_compatibility
+from ..models.lora import AdapterFacts, describe
+from ..models.merge import check_compatibility
 from ..models.resolve import Adapter, BaseModel
 
 # The values vLLM's LoRAConfig accepts for max_lora_rank (vllm/config/lora.py, MaxLoRARanks).
@@ -49,21 +51,18 @@ def max_lora_rank(rank: int) -> int:
                        "merge this adapter instead (drop --lora)")
 
 
-def adapter_rank(adapter: Adapter) -> int:
+def adapter_rank(adapter: Adapter | AdapterFacts) -> int:
     """The largest rank of any module: `r`, overridden per module by `rank_pattern`."""
-    config = adapter.config
-    ranks = [int(config.get("r") or 0)] + [int(v) for v in (config.get("rank_pattern") or {}).values()]
-    return max(ranks)
+    return _facts(adapter).max_rank
 
 
-def adapted_modules(adapter: Adapter) -> tuple[str, ...]:
+def adapted_modules(adapter: Adapter | AdapterFacts) -> tuple[str, ...]:
     """The last name component of every module the adapter's tensors adapt (`q_proj`, ...)."""
-    names = set()
-    for key in adapter_tensor_shapes(adapter):
-        m = _LORA_KEY.match(key)
-        if m:
-            names.add(m.group("module").rsplit(".", 1)[-1])
-    return tuple(sorted(names))
+    return _facts(adapter).module_names
+
+
+def _facts(adapter: Adapter | AdapterFacts) -> AdapterFacts:
+    return adapter if isinstance(adapter, AdapterFacts) else describe(adapter)
 
 
 @dataclass(frozen=True)
@@ -95,16 +94,15 @@ class LoraPlan:
 
 def check_adapter(adapter: Adapter, base: BaseModel, architecture: str) -> tuple[int, tuple[str, ...]]:
     """(rank, adapted modules) of an adapter vLLM can serve on `base`; AdapterError naming the rule otherwise."""
-    config, where = adapter.config, adapter.path / "adapter_config.json"
-    saved = [m for m in (config.get("modules_to_save") or []) if m]
-    if saved:
+    facts, where = describe(adapter), adapter.path / "adapter_config.json"
+    if facts.modules_to_save:
         raise AdapterError(
-            f"{where} trains full copies of {', '.join(saved)} (modules_to_save); vLLM serves only the low-rank "
-            "update of an adapter", "export it merged (drop --lora), or retrain without modules_to_save")
-    if config.get("use_dora"):
+            f"{where} trains full copies of {', '.join(facts.modules_to_save)} (modules_to_save); vLLM serves only "
+            "the low-rank update of an adapter", "export it merged (drop --lora), or retrain without modules_to_save")
+    if facts.use_dora:
         raise AdapterError(f"{where} is a DoRA adapter (use_dora); vLLM serves plain LoRA only",
                            "export it merged (drop --lora)")
-    if config.get("lora_bias") or config.get("bias", "none") != "none":
+    if facts.lora_bias or facts.bias != "none" or facts.biases:
         raise AdapterError(f"{where} trains biases (bias/lora_bias); vLLM serves LoRA without biases",
                            "export it merged (drop --lora)")
     check_compatibility(adapter, base)
@@ -112,12 +110,17 @@ def check_adapter(adapter: Adapter, base: BaseModel, architecture: str) -> tuple
     if servable is None:
         raise AdapterError(f"localserve does not know which modules vLLM serves LoRA on for {architecture}; "
                            f"known: {', '.join(SERVABLE_MODULES)}", "export it merged (drop --lora)")
-    modules = adapted_modules(adapter)
+    modules = facts.module_names
     refused = [m for m in modules if m not in servable]
     if refused:
         raise AdapterError(f"{adapter.path} adapts {', '.join(refused)}, which vLLM's {architecture} cannot serve "
                            f"as LoRA (it serves {', '.join(sorted(servable))})", "export it merged (drop --lora)")
-    rank = adapter_rank(adapter)
+    if facts.saved:  # vLLM would load the LoRA pairs and silently leave these out
+        raise AdapterError(
+            f"{adapter.weights} holds full trained copies of {', '.join(facts.saved_modules)} (modules_to_save) "
+            "beside its LoRA; vLLM serves only the low-rank update of an adapter",
+            "export it merged (drop --lora), or retrain without modules_to_save")
+    rank = facts.max_rank
     max_lora_rank(rank)
     return rank, modules
 
