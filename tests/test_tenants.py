@@ -179,6 +179,18 @@ def test_saved_lm_head_weights_are_refused_even_if_the_config_does_not_say(first
         export_tenants(TenantExportSpec(adapters=(bad,), out=tmp_path / "out", register=False))
 
 
+def test_trained_base_biases_are_refused(first_adapter, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    biased = _edit_config(first_adapter, tmp_path / "biased", bias="lora_only")
+    weights = load_file(biased / "adapter_model.safetensors")
+    q_proj = "base_model.model.model.layers.0.self_attn.q_proj"
+    weights[f"{q_proj}.base_layer.bias"] = weights[f"{q_proj}.lora_B.weight"][:, 0].clone()
+    save_file(weights, biased / "adapter_model.safetensors")
+    with pytest.raises(AdapterError, match=r"trains biases of the base \(bias: lora_only: .*q_proj"):
+        export_tenants(TenantExportSpec(adapters=(biased,), out=tmp_path / "out", register=False))
+
+
 def test_an_adapter_with_its_own_chat_template_is_refused(first_adapter, tmp_path):
     own = _edit_config(first_adapter, tmp_path / "own")
     (own / "chat_template.jinja").write_text("{{ messages }}")

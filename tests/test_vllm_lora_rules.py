@@ -64,6 +64,18 @@ def test_modules_to_save_is_refused_naming_the_modules(tiny_adapter, tmp_path):
         export_lora(tmp_path, tiny_adapter, saved)
 
 
+def test_whole_modules_saved_in_the_weights_are_refused_even_if_the_config_does_not_say(tiny_base, tiny_adapter,
+                                                                                       tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    headful = variant(tiny_adapter, tmp_path, "headful")
+    weights = load_file(headful / "adapter_model.safetensors")
+    weights["base_model.model.lm_head.weight"] = load_file(tiny_base / "model.safetensors")["lm_head.weight"] * 1.5
+    save_file(weights, headful / "adapter_model.safetensors")
+    with pytest.raises(AdapterError, match=r"holds full trained copies of lm_head \(modules_to_save\).*drop --lora"):
+        export_lora(tmp_path, headful)
+
+
 def test_dora_is_refused(tiny_adapter, tmp_path):
     with pytest.raises(AdapterError, match="DoRA"):
         export_lora(tmp_path, variant(tiny_adapter, tmp_path, "dora", use_dora=True))

@@ -15,6 +15,7 @@ refuse or accept from these facts, so they cannot drift apart.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -22,7 +23,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import InputError
+from ..errors import AdapterError, InputError
 from .resolve import Adapter
 
 # Files that define tokenization and chat formatting. Fine-tuning often changes the chat template or
@@ -44,6 +45,10 @@ _DEFAULT_ALPHA = 8
 _VARIANT_FIELDS = ("use_dora", "velora_config", "alora_invocation_tokens", "monteclora_config", "use_bdlora",
                    "arrow_config", "kasa_config")
 _VARIANT_INITS = ("mica",)
+
+# What the input embedding is called in transformers' model classes (Llama and most since; GPT-2;
+# BLOOM/BERT; GPT-NeoX; some Llama ports): the tensor a tied lm_head shares.
+_INPUT_EMBEDDINGS = ("embed_tokens", "wte", "word_embeddings", "embed_in", "tok_embeddings")
 
 _PEFT_PREFIX = "base_model.model."
 # One LoRA tensor as peft saves it, the adapter name removed (older files may still hold it):
@@ -102,8 +107,9 @@ class LoraModule:
     alpha: float  # lora_alpha, or the alpha_pattern entry that matches
     scale: float  # peft_scale(alpha, rank, use_rslora)
     # Linear only: the base weight is stored (in, out) and the update is transposed (GPT-2's Conv1D).
-    # peft decides it by the module's class; from shapes it is known unless the weight is square, where
-    # the config's value stands. Embedding updates are always (B·A)ᵀ, conv updates never transposed.
+    # peft decides it by the module's class; here the base weight's shape shows it (a square one takes
+    # what the adapter's other projections show, see _orient_square), the config's value without base
+    # shapes. Embedding updates are always (B·A)ᵀ, conv updates never transposed.
     fan_in_fan_out: bool
     a_key: str
     a_shape: tuple[int, ...]  # linear/conv (r, in, ...); embedding (r, vocab)
@@ -125,12 +131,13 @@ class LoraModule:
 @dataclass(frozen=True)
 class SavedTensor:
     """A tensor of the adapter's weights that is not LoRA: a whole trained module or a trained bias.
-    Loaded by peft, it replaces the base's tensor."""
+    peft loads it in place of the base's tensor; a LoRA update on the same module is added after."""
 
     key: str
     module: str  # module path in the base model
     shape: tuple[int, ...]
     base_tensor: str | None  # the base tensor it replaces; None without base shapes or when absent
+    tied: bool = False  # base_tensor is the input embedding a tied lm_head shares
 
 
 @dataclass(frozen=True)
@@ -278,23 +285,23 @@ def open_safetensors(path: Path):
                          "re-download or re-save it; a truncated copy is the usual cause") from None
 
 
-def find_base_tensor(name: str, shapes: dict[str, tuple[int, ...]]) -> str | None:
-    """The base's tensor called `name` in the model's module paths, allowing for a checkpoint saved
-    with or without the outer `model.` prefix."""
+def find_base_tensor(name: str, shapes: dict[str, tuple[int, ...]]) -> tuple[str | None, bool]:
+    """(the base's tensor for `name`, whether it is the input embedding standing in for a tied lm_head).
+
+    `name` is in the model's module paths; the checkpoint may be saved with or without the outer
+    `model.` prefix. A model with tied embeddings stores only the input side, and what peft writes
+    to lm_head lands on that one tensor.
+    """
     for candidate in (name, name.removeprefix("model."), f"model.{name}"):
         if candidate in shapes:
-            return candidate
-    return None
-
-
-def _base_weight(module: str, shapes: dict[str, tuple[int, ...]]) -> tuple[str | None, bool]:
-    found = find_base_tensor(f"{module}.weight", shapes)
-    if found is None and module.rsplit(".", 1)[-1] == "lm_head":
-        # tied embeddings store only the input side; peft's update of lm_head lands on that tensor
-        tied = find_base_tensor("model.embed_tokens.weight", shapes)
-        if tied is not None:
-            return tied, True
-    return found, False
+            return candidate, False
+    module, _, param = name.rpartition(".")
+    if module.rsplit(".", 1)[-1] == "lm_head":
+        for embedding in _INPUT_EMBEDDINGS:
+            found = sorted(k for k in shapes if k == f"{embedding}.{param}" or k.endswith(f".{embedding}.{param}"))
+            if found:
+                return found[0], True
+    return None, False
 
 
 def _int_tuple(value) -> tuple[int, ...] | None:
@@ -309,12 +316,88 @@ def _str_tuple(value) -> tuple[str, ...] | None:
     return (value,) if isinstance(value, str) else tuple(value)
 
 
+def _lora_module(path: str, found: dict, r: int, alpha: float, rank_pattern: dict, alpha_pattern: dict,
+                 use_rslora: bool, fan_in_fan_out: bool, base_shapes: dict | None) -> LoraModule | None:
+    """The module peft builds at `path` from its LoRA tensors (`found`: slot -> (key, shape))."""
+    if "lora_A" in found or "lora_B" in found:
+        a, b = found.get("lora_A"), found.get("lora_B")
+        kind = "conv" if a is not None and len(a[1]) > 2 else "linear"
+    elif "lora_embedding_A" in found or "lora_embedding_B" in found:
+        a, b = found.get("lora_embedding_A"), found.get("lora_embedding_B")
+        kind = "embedding"
+    else:
+        return None  # a magnitude or bias without its pair: no LoRA module peft would build
+    a, b = a or ("", ()), b or ("", ())
+    r_key, a_key = pattern_key(rank_pattern, path), pattern_key(alpha_pattern, path)
+    rank = int(rank_pattern[r_key]) if r_key is not None else r
+    mod_alpha = alpha_pattern[a_key] if a_key is not None else alpha
+    base_weight, tied = find_base_tensor(f"{path}.weight", base_shapes) if base_shapes else (None, False)
+    transposed = False
+    if kind == "linear":
+        shown = _shown_orientation(base_shapes[base_weight], a[1], b[1]) if base_weight is not None else None
+        transposed = fan_in_fan_out if shown is None else shown
+    return LoraModule(
+        path=path, kind=kind, rank=rank, alpha=mod_alpha,
+        scale=peft_scale(mod_alpha, rank, use_rslora) if rank > 0 else 0.0,
+        fan_in_fan_out=transposed, a_key=a[0], a_shape=a[1], b_key=b[0], b_shape=b[1],
+        base_weight=base_weight, tied=tied,
+        magnitude_key=found["lora_magnitude_vector"][0] if "lora_magnitude_vector" in found else None,
+        bias_key=found["lora_B.bias"][0] if "lora_B.bias" in found else None,
+        rank_pattern=r_key, alpha_pattern=a_key)
+
+
+def _shown_orientation(stored, a_shape, b_shape) -> bool | None:
+    """Whether a linear base weight is stored (in, out), when its shape shows it (not square, and
+    matching the LoRA pair one way round)."""
+    stored = tuple(stored)
+    if not a_shape or not b_shape or len(stored) != 2 or stored[0] == stored[1]:
+        return None
+    if stored == (b_shape[0], a_shape[-1]):
+        return False
+    return True if stored == (a_shape[-1], b_shape[0]) else None
+
+
+def _orient_square(modules: list[LoraModule], base_shapes: dict | None) -> list[LoraModule]:
+    """peft transposes a linear update by the module's class (Conv1D stores (in, out), nn.Linear (out, in)).
+    A square weight does not show which it is: it takes the orientation every non-square projection of
+    the adapter shows (a model uses one class for its projections; lm_head is nn.Linear everywhere),
+    and the config's value only when they show none or disagree."""
+    if not base_shapes:
+        return modules
+    shown = {_shown_orientation(base_shapes[m.base_weight], m.a_shape, m.b_shape)
+             for m in modules if m.kind == "linear" and m.base_weight is not None and m.name != "lm_head"}
+    shown.discard(None)
+    if len(shown) != 1:
+        return modules
+    (orientation,) = shown
+    return [dataclasses.replace(m, fan_in_fan_out=orientation)
+            if m.kind == "linear" and m.base_weight is not None
+            and _shown_orientation(base_shapes[m.base_weight], m.a_shape, m.b_shape) is None else m
+            for m in modules]
+
+
+def _non_lora_tensors(others: dict[str, tuple[int, ...]], bias: str,
+                      base_shapes: dict | None) -> tuple[list[SavedTensor], list[SavedTensor]]:
+    """(whole saved module tensors, trained base biases) among the tensors that are not LoRA parts."""
+    names = {key: _WRAPPER.sub("", key.removeprefix(_PEFT_PREFIX)) for key in others}
+    whole = {name.rsplit(".", 1)[0] for name in names.values() if not name.endswith(".bias")}
+    saved, biases = [], []
+    for key, shape in sorted(others.items()):
+        name = names[key]
+        module = name.rsplit(".", 1)[0] if "." in name else name
+        base_tensor, tied = find_base_tensor(name, base_shapes) if base_shapes else (None, False)
+        tensor = SavedTensor(key, module, shape, base_tensor, tied)
+        # a bias of a module not otherwise saved whole is one of the base biases `bias` trains
+        (biases if bias != "none" and name.endswith(".bias") and module not in whole else saved).append(tensor)
+    return saved, biases
+
+
 def describe(adapter: Adapter, base_shapes: dict | None = None) -> AdapterFacts:
     """The adapter's facts. With `base_shapes` (tensor name -> shape of the base, e.g.
     models.merge.base_tensor_shapes) every update and saved tensor is mapped onto the base tensor it
     changes, and fan_in_fan_out is read from the base weight's orientation where it shows."""
     config = adapter.config
-    r = int(config.get("r") or _DEFAULT_R)
+    r = int(config["r"]) if config.get("r") is not None else _DEFAULT_R
     alpha = config.get("lora_alpha")
     alpha = _DEFAULT_ALPHA if alpha is None else alpha
     use_rslora = bool(config.get("use_rslora"))
@@ -330,49 +413,21 @@ def describe(adapter: Adapter, base_shapes: dict | None = None) -> AdapterFacts:
         parsed = parse_key(key)
         if parsed is None:
             others[key] = shape
-            continue
-        slot = "lora_B.bias" if parsed.part == "lora_B" and parsed.param == "bias" else parsed.part
-        parts.setdefault(parsed.module, {})[slot] = (key, shape)
-
+        else:
+            slot = "lora_B.bias" if parsed.part == "lora_B" and parsed.param == "bias" else parsed.part
+            parts.setdefault(parsed.module, {})[slot] = (key, shape)
     modules = []
     for path, found in sorted(parts.items()):
-        if "lora_A" in found or "lora_B" in found:
-            a, b = found.get("lora_A"), found.get("lora_B")
-            kind = "conv" if a is not None and len(a[1]) > 2 else "linear"
-        elif "lora_embedding_A" in found or "lora_embedding_B" in found:
-            a, b = found.get("lora_embedding_A"), found.get("lora_embedding_B")
-            kind = "embedding"
-        else:
-            continue  # a magnitude or bias without its pair: not a LoRA module peft would build
-        a, b = a or ("", ()), b or ("", ())
-        r_key, a_key = pattern_key(rank_pattern, path), pattern_key(alpha_pattern, path)
-        rank = int(rank_pattern[r_key]) if r_key is not None else r
-        mod_alpha = alpha_pattern[a_key] if a_key is not None else alpha
-        base_weight, tied = _base_weight(path, base_shapes) if base_shapes else (None, False)
-        transposed = False
-        if kind == "linear":
-            transposed = fan_in_fan_out
-            if base_weight is not None and a[1] and b[1]:
-                stored = tuple(base_shapes[base_weight])
-                if stored != stored[::-1]:  # a square weight does not show its orientation
-                    transposed = stored == (a[1][-1], b[1][0])
-        modules.append(LoraModule(
-            path=path, kind=kind, rank=rank, alpha=mod_alpha, scale=peft_scale(mod_alpha, rank, use_rslora),
-            fan_in_fan_out=transposed, a_key=a[0], a_shape=a[1], b_key=b[0], b_shape=b[1],
-            base_weight=base_weight, tied=tied,
-            magnitude_key=found["lora_magnitude_vector"][0] if "lora_magnitude_vector" in found else None,
-            bias_key=found["lora_B.bias"][0] if "lora_B.bias" in found else None,
-            rank_pattern=r_key, alpha_pattern=a_key))
-
-    saved, biases = [], []
-    whole = {_WRAPPER.sub("", k.removeprefix(_PEFT_PREFIX)).rsplit(".", 1)[0]
-             for k in others if not k.endswith(".bias")}
-    for key, shape in sorted(others.items()):
-        name = _WRAPPER.sub("", key.removeprefix(_PEFT_PREFIX))
-        module = name.rsplit(".", 1)[0] if "." in name else name
-        tensor = SavedTensor(key, module, shape, find_base_tensor(name, base_shapes) if base_shapes else None)
-        # a bias of a module not otherwise saved whole is one of the base biases `bias` trains
-        (biases if bias != "none" and name.endswith(".bias") and module not in whole else saved).append(tensor)
+        module = _lora_module(path, found, r, alpha, rank_pattern, alpha_pattern, use_rslora, fan_in_fan_out,
+                              base_shapes)
+        if module is None:
+            continue
+        if module.rank <= 0:
+            raise AdapterError(f"{adapter.path / 'adapter_config.json'} gives {path} rank {module.rank}; "
+                               "a LoRA rank is a positive integer", "re-save the adapter with peft")
+        modules.append(module)
+    modules = _orient_square(modules, base_shapes)
+    saved, biases = _non_lora_tensors(others, bias, base_shapes)
 
     variants = tuple(f for f in _VARIANT_FIELDS if config.get(f))
     variants += tuple(f"init_lora_weights={v}" for v in _VARIANT_INITS if config.get("init_lora_weights") == v)
