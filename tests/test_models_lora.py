@@ -11,30 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from tinymodel import build_adapter
+
 from localserve.models.lora import LoraKey, describe, parse_key, pattern_key, tokenizer_files
 from localserve.models.merge import base_tensor_shapes
 from localserve.models.resolve import Adapter, load_adapter
-
-
-def build_adapter(base_dir: Path, out: Path, seed: int = 3, **lora) -> Path:
-    """A peft LoRA on `base_dir` with LoraConfig(**lora), every trained tensor random (peft starts B at
-    zero, which would make every update vanish and every merge comparison pass)."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
-    peft_model = get_peft_model(model, LoraConfig(lora_dropout=0.0, task_type="CAUSAL_LM", **lora))
-    with torch.no_grad():
-        for name, param in peft_model.named_parameters():
-            if param.requires_grad:
-                param.add_(torch.randn_like(param) * 0.05)
-    peft_model.save_pretrained(out)
-    cfg = json.loads((out / "adapter_config.json").read_text())
-    cfg["base_model_name_or_path"] = str(base_dir.resolve())
-    (out / "adapter_config.json").write_text(json.dumps(cfg, indent=2))
-    return out
 
 
 def peft_layers(base_dir: Path, adapter_dir: Path) -> dict[str, dict]:

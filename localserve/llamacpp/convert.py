@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -10,6 +11,7 @@ from pathlib import Path
 
 from ..errors import ToolError, UnsupportedArchitecture
 from ..fsutil import atomic_path
+from .merged_convert import ERROR_EXIT, ERROR_PREFIX
 from .process import run_with_progress
 from .vendor import LlamaCpp, locate
 
@@ -43,18 +45,25 @@ _WRITE_LINE = re.compile(r"Writing.*?(\d+(?:\.\d+)?[kMG]?)/(\d+(?:\.\d+)?[kMG]?)
 
 
 def convert_hf_to_gguf(model_dir: Path, out_path: Path, outtype: str = "f16",
-                       tree: LlamaCpp | None = None) -> Path:
+                       tree: LlamaCpp | None = None, merge_plan: Path | None = None) -> Path:
     """Run convert_hf_to_gguf.py; the GGUF appears at `out_path` complete or not at all.
 
     The converter's own chat-template and tokenizer handling writes `tokenizer.chat_template` and
     the tokenizer metadata from the folder, so the GGUF carries the model's exact template.
+    With `merge_plan` (a MergePlan as JSON), the adapters it names are merged into the base's
+    tensors as the converter streams them (see merged_convert.py).
     """
     tree = tree or locate()
     with atomic_path(out_path) as tmp:
-        cmd = [sys.executable, str(tree.convert_hf), str(model_dir), "--outfile", str(tmp),
-               "--outtype", outtype]
+        if merge_plan is None:
+            cmd = [sys.executable, str(tree.convert_hf), str(model_dir), "--outfile", str(tmp), "--outtype", outtype]
+        else:
+            cmd = [sys.executable, "-m", "localserve.llamacpp.merged_convert", str(model_dir), "--outfile", str(tmp),
+                   "--outtype", outtype, "--plan", str(merge_plan)]
         done = run_with_progress(cmd, f"convert {outtype.upper()}", _WRITE_LINE, "B", env=tree.python_env(),
                                  scale=_num)
+        if done.returncode == ERROR_EXIT:
+            _raise_our_error(done.tail)
         if done.returncode != 0:
             text = done.tail
             if "is not supported" in text or "NotImplementedError" in text and "architecture" in text:
@@ -64,6 +73,20 @@ def convert_hf_to_gguf(model_dir: Path, out_path: Path, outtype: str = "f16",
             raise ToolError("convert_hf_to_gguf.py", f"conversion of {model_dir} failed (exit {done.returncode})",
                             "\n".join(text.splitlines()[-15:]))
     return Path(out_path)
+
+
+def _raise_our_error(tail: str) -> None:
+    """The one-line error merged_convert printed, raised here as the error it was there."""
+    from .. import errors
+
+    for line in reversed(tail.splitlines()):
+        if line.startswith(ERROR_PREFIX):
+            data = json.loads(line[len(ERROR_PREFIX):])
+            kind = getattr(errors, data["type"], None)
+            if isinstance(kind, type) and issubclass(kind, errors.LocalserveError) and kind.__init__ is errors.LocalserveError.__init__:
+                raise kind(data["message"], data.get("hint"))
+            raise errors.AdapterError(data["message"], data.get("hint"))
+    raise ToolError("localserve.llamacpp.merged_convert", "the merged conversion failed", tail)
 
 
 def _num(text: str) -> int:

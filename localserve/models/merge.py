@@ -1,16 +1,29 @@
-"""Merge a LoRA adapter into its base with peft, in fp32, after checking that it fits."""
+"""Merging LoRA adapters into their base, after checking that they fit.
+
+Two engines, one arithmetic:
+- the stream (`MergePlan`, the default): every base tensor an adapter changes is merged on its own,
+  in fp32, exactly as peft does it (W + scale·(B·A), DoRA's magnitude, saved modules, lora biases),
+  cast to the base's published dtype, and handed to whoever writes it — llama.cpp's converter
+  (llamacpp/merged_convert.py) or a safetensors writer (`write_merged`). No full model is ever in
+  memory; peak memory follows the largest tensor.
+- peft itself (`merge_adapter`, `--merge-engine peft`): loads the whole base in fp32 and calls
+  `merge_and_unload`. The reference the stream is tested against, bit for bit.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import AdapterError
+from ..errors import AdapterError, InputError
 from ..progress import is_quiet, step
 from .lora import AdapterFacts, describe, open_safetensors, tokenizer_files, tokenizer_sources
 from .resolve import Adapter, BaseModel
+
+MERGE_ENGINES = ("stream", "peft")
 
 
 @dataclass(frozen=True)
@@ -99,10 +112,221 @@ def merge_adapter(adapter: Adapter, base: BaseModel, out_dir: Path, trust_remote
     if dtype != "float32":
         merged = merged.to(getattr(torch, dtype))
     merged.save_pretrained(out_dir, safe_serialization=True, max_shard_size="2GB")
-    for name, src in tokenizer_sources(tokenizer_files(adapter.path), base.path).items():
+    copy_chat_files(adapter.path, base.path, out_dir)
+    return MergeResult(out_dir, dtype, n_modules)
+
+
+# --- the stream ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TensorStep:
+    """One change to one base tensor, in the order peft makes them."""
+
+    adapter: int  # index into MergePlan.weights
+    kind: str  # "replace" (a saved module's tensor), "lora", "dora", "bias" (lora_B's bias)
+    module: str
+    key: str | None = None  # replace: the saved tensor; bias: lora_B's bias
+    a_key: str | None = None
+    b_key: str | None = None
+    magnitude_key: str | None = None  # dora
+    scale: float = 1.0
+    transpose: bool = False  # the update is (B·A)ᵀ: an embedding, or a fan_in_fan_out linear
+
+
+class MergeError(InputError):
+    """A merged tensor that is not finite: the adapter (or the base) holds NaN or Inf."""
+
+
+@dataclass(frozen=True)
+class MergePlan:
+    """What every adapter does to every base tensor, in order; plain data, so a child process
+    (llama.cpp's converter) can carry it out. `dtype` is the base's published dtype: every floating
+    tensor leaves the stream in it, as peft's merged model is saved."""
+
+    weights: tuple[str, ...]  # the adapters' weight files, in the order they are applied
+    dtype: str
+    steps: dict[str, tuple[TensorStep, ...]]
+
+    def to_json(self) -> dict:
+        return {"weights": list(self.weights), "dtype": self.dtype,
+                "steps": {name: [dataclasses.asdict(s) for s in steps] for name, steps in self.steps.items()}}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "MergePlan":
+        return cls(tuple(data["weights"]), data["dtype"],
+                   {name: tuple(TensorStep(**s) for s in steps) for name, steps in data["steps"].items()})
+
+    def apply(self, name: str, tensor, reader: "AdapterTensors"):
+        """The merged `tensor` named `name` (a base tensor), in the plan's dtype."""
+        import torch
+
+        out = getattr(torch, self.dtype) if tensor.is_floating_point() else tensor.dtype
+        steps = self.steps.get(name, ())
+        if not steps:
+            return tensor if tensor.dtype == out else tensor.to(out)
+        # peft loads the base in fp32 (an exact upcast) and merges there: a low-rank update is often
+        # below bf16's resolution, so merging in bf16 could round the adapter away.
+        w = tensor.to(torch.float32)
+        for s in steps:
+            if s.kind == "replace":
+                w = reader.get(s.adapter, s.key).to(torch.float32)
+            elif s.kind == "bias":
+                w = w + reader.get(s.adapter, s.key).to(torch.float32) * s.scale
+            else:
+                a = reader.get(s.adapter, s.a_key).to(torch.float32)
+                b = reader.get(s.adapter, s.b_key).to(torch.float32)
+                delta = b @ a
+                delta = (delta.T if s.transpose else delta) * s.scale
+                if s.kind == "dora":
+                    # peft's DoRA merge: rescale every output row of W + ΔW to the trained magnitude,
+                    # with the norm taken before this adapter's update is kept.
+                    rows = (w.T if s.transpose else w) + 1 * (delta.T if s.transpose else delta)
+                    factor = reader.get(s.adapter, s.magnitude_key).to(torch.float32) / torch.linalg.norm(rows, dim=1)
+                    factor = factor.view(-1, 1)
+                    w = (factor.T if s.transpose else factor) * (w + delta)
+                else:
+                    w = w + delta
+            if not torch.isfinite(w).all():
+                raise MergeError(f"merging {self.weights[s.adapter]} into {name} gives NaN or Inf "
+                                 f"({s.kind} of {s.module})",
+                                 "the adapter holds non-finite values (a diverged training run?); retrain or "
+                                 "export an earlier checkpoint")
+        return w.to(out)
+
+
+class AdapterTensors:
+    """The adapters' tensors, read on demand (they are small: a LoRA is a few MB per billion weights)."""
+
+    def __init__(self, weights: tuple[str, ...]):
+        self.weights = weights
+        self._open: dict[int, object] = {}
+
+    def get(self, adapter: int, key: str):
+        if adapter not in self._open:
+            path = Path(self.weights[adapter])
+            if path.suffix == ".safetensors":
+                self._open[adapter] = open_safetensors(path).__enter__()
+            else:  # adapter_model.bin, accepted with --allow-pickle: tensors only, never code
+                import torch
+
+                self._open[adapter] = torch.load(path, map_location="cpu", weights_only=True)
+        source = self._open[adapter]
+        return source.get_tensor(key) if hasattr(source, "get_tensor") else source[key]
+
+
+def plan_merge(adapters: list[Adapter], base: BaseModel) -> MergePlan:
+    """The plan for merging `adapters`, in order, into `base`. Anything the stream cannot merge exactly
+    as peft would is refused here, before any work, naming the module."""
+    base_shapes = base_tensor_shapes(base.path)
+    if not base_shapes:
+        raise AdapterError(f"the base model in {base.path} has no safetensors weights to stream",
+                           "convert it to safetensors, or pass --merge-engine peft")
+    config = json.loads((base.path / "config.json").read_text(encoding="utf-8"))
+    steps: dict[str, list[TensorStep]] = {}
+    for i, adapter in enumerate(adapters):
+        facts = describe(adapter, base_shapes)
+        check_fits(facts, base_shapes, base.path)
+        where = adapter.path / "adapter_config.json"
+        other = [v for v in facts.variants if v != "use_dora"]
+        if other:
+            raise AdapterError(f"{where} uses {', '.join(other)}, which localserve cannot merge exactly",
+                               "merge it with peft yourself and export the merged folder, or retrain as plain LoRA")
+        for t in facts.saved + facts.biases:
+            if t.base_tensor is None or base_shapes[t.base_tensor] != t.shape:
+                raise AdapterError(f"{adapter.weights} saves {t.key} {list(t.shape)}, which replaces no tensor of "
+                                   f"the base in {base.path}", "pass --base with the model this adapter was trained on")
+            steps.setdefault(t.base_tensor, []).append(TensorStep(i, "replace", t.module, key=t.key))
+        # A tied lm_head's update lands on the input embedding after the embedding's own: HF models
+        # list lm_head last, and peft merges in module order.
+        for m in sorted(facts.modules, key=lambda m: m.tied):
+            if m.a_shape and m.a_shape[0] != m.rank:
+                raise AdapterError(f"{where} gives {m.path} rank {m.rank}, but its tensors have rank {m.a_shape[0]}",
+                                   "the config does not belong to these weights; re-save the adapter with peft")
+            if m.kind == "conv":
+                raise AdapterError(f"{adapter.path} adapts the convolution {m.path}; localserve merges linear and "
+                                   "embedding LoRA", "merge it with peft yourself and export the merged folder")
+            if m.magnitude_key and m.kind != "linear":
+                raise AdapterError(f"{adapter.path} puts DoRA on the {m.kind} {m.path}; localserve merges DoRA on "
+                                   "linear layers", "merge it with peft yourself and export the merged folder")
+            kind = "dora" if m.magnitude_key else "lora"
+            steps.setdefault(m.base_weight, []).append(TensorStep(
+                i, kind, m.path, a_key=m.a_key, b_key=m.b_key, magnitude_key=m.magnitude_key, scale=m.scale,
+                transpose=m.kind == "embedding" or m.fan_in_fan_out))
+            if m.bias_key:
+                bias = m.base_weight.removesuffix(".weight") + ".bias"
+                if bias not in base_shapes:
+                    raise AdapterError(f"{where} trains a bias for {m.path} (lora_bias), but the base's layer has "
+                                       "none", "pass --base with the model this adapter was trained on")
+                steps.setdefault(bias, []).append(TensorStep(i, "bias", m.path, key=m.bias_key, scale=m.scale))
+    return MergePlan(tuple(str(a.weights) for a in adapters), saved_dtype(config),
+                     {name: tuple(s) for name, s in steps.items()})
+
+
+def merged_tensors(plan: MergePlan, base_dir: Path, reader: AdapterTensors | None = None) -> list:
+    """Every tensor of the base as the merged model has it, each produced (read, merged, cast) only
+    when a writer asks for it."""
+    from .tensors import PlannedTensor, read_folder, read_tensor
+
+    reader = reader or AdapterTensors(plan.weights)
+    stored = read_folder(base_dir)
+    missing = set(plan.steps) - {t.name for t in stored}
+    if missing:
+        raise AdapterError(f"the merge changes {sorted(missing)[0]}, which no safetensors file of {base_dir} holds",
+                           "pass --base with the complete model folder")
+    out = []
+    for t in stored:
+        floating = t.torch_dtype.is_floating_point
+        out.append(PlannedTensor(t.name, plan.dtype if floating else str(t.torch_dtype).removeprefix("torch."),
+                                 t.shape, lambda t=t: plan.apply(t.name, read_tensor(t), reader)))
+    return out
+
+
+def merge_to_folder(adapters: list[Adapter], base: BaseModel, out_dir: Path,
+                    shard_bytes: int = 2 * 1000**3) -> MergeResult:
+    """The stream's counterpart of `merge_adapter`: `adapters` merged, in order, into `base`, written to
+    the (new) folder `out_dir` as shards of at most `shard_bytes`, with the config, the tokenizer and
+    chat template (the last adapter's own files win) and generation_config.json."""
+    from .tensors import write_shards
+
+    plan = plan_merge(adapters, base)
+    n_modules = sum(1 for steps in plan.steps.values() for s in steps if s.kind in ("lora", "dora"))
+    step(f"merging {n_modules} LoRA updates into {base.path.name} tensor by tensor, in float32 "
+         f"(saving as {plan.dtype})")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_shards(merged_tensors(plan, base.path), out_dir, shard_bytes, f"merge {out_dir.name}")
+    shutil.copyfile(base.path / "config.json", out_dir / "config.json")
+    copy_chat_files(chat_adapter(adapters), base.path, out_dir)
+    return MergeResult(out_dir, plan.dtype, n_modules)
+
+
+def copy_chat_files(adapter_dir: Path | None, base_dir: Path, out_dir: Path) -> None:
+    """The tokenizer, chat template and generation_config.json a merged model gets: the adapter's own
+    files win, each falling back to the base's."""
+    own = tokenizer_files(adapter_dir) if adapter_dir is not None else None
+    for name, src in tokenizer_sources(own, base_dir).items():
         shutil.copyfile(src, out_dir / name)
-    own = adapter.path / "generation_config.json"
-    generation = own if own.is_file() else base.path / "generation_config.json"
+    generation = adapter_dir / "generation_config.json" if adapter_dir is not None else None
+    if generation is None or not generation.is_file():
+        generation = base_dir / "generation_config.json"
     if generation.is_file():
         shutil.copyfile(generation, out_dir / "generation_config.json")
-    return MergeResult(out_dir, dtype, n_modules)
+
+
+def merged_model_view(adapters: list[Adapter], base: BaseModel, dest: Path) -> Path:
+    """A folder that reads like the merged model to llama.cpp's converter, with the base's weights:
+    links to the base's config and safetensors, and the tokenizer, chat template and generation
+    config the merged model gets. The weights are merged as the converter streams them."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for src in [base.path / "config.json", *base.path.glob("*.safetensors"), base.path / "model.safetensors.index.json"]:
+        if src.is_file() and not (dest / src.name).exists():
+            (dest / src.name).symlink_to(src.resolve())
+    copy_chat_files(chat_adapter(adapters), base.path, dest)
+    return dest
+
+
+def chat_adapter(adapters: list[Adapter]) -> Path | None:
+    """The adapter whose tokenizer and chat template a merge of `adapters` gets: the last that ships any."""
+    for adapter in reversed(adapters):
+        if tokenizer_files(adapter.path).files or (adapter.path / "generation_config.json").is_file():
+            return adapter.path
+    return adapters[-1].path if adapters else None
