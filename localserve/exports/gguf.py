@@ -73,10 +73,14 @@ class _Stages:
         self.convert_key = content_key("convert", self.merge_key, self.tree.commit, "f16")
         self.imatrix_key = (content_key("imatrix", self.convert_key, sha256_file(spec.imatrix_data))
                             if spec.imatrix_data else None)
+        # The merged folder is written only when something reads it: the converter (a merge recipe,
+        # the peft engine) or the quality gate's reference. The stream merges inside the converter.
+        self.from_merged = ("merge",) if source.converts_from_merged else ()
         pipe.stage("merge", self.merge_key, [self.merged_dir],
                    lambda: source.merge(self.merged_dir, spec.trust_remote_code), source.announce())
         pipe.stage("convert", self.convert_key, [self.f16_path], self._convert,
-                   "converting to a 16-bit GGUF (llama.cpp's converter)", needs=("merge",))
+                   "converting to a 16-bit GGUF (llama.cpp's converter" +
+                   (")" if source.converts_from_merged else ", merging tensor by tensor)"), needs=self.from_merged)
         if self.imatrix_path is not None:
             pipe.stage("imatrix", self.imatrix_key, [self.imatrix_path], self._imatrix,
                        f"computing an importance matrix from {spec.imatrix_data} (llama-imatrix)", needs=("convert",))
@@ -92,14 +96,14 @@ class _Stages:
 
     def declare_quant(self, q: str, target: Path) -> str:
         name = f"quantize:{q}"
-        needs = ("merge",) if q in CONVERTER_TYPES else ("convert", "imatrix")
+        needs = self.from_merged if q in CONVERTER_TYPES else ("convert", "imatrix")
         self.pipe.stage(name, self.quant_key(q), [target], lambda: self._quantize(q, target), f"quantizing to {q}",
                         needs=needs)
         return name
 
     def _convert(self) -> dict:
-        convert.convert_hf_to_gguf(self.merged_dir, self.f16_path, "f16", self.tree)
-        return {"size": self.f16_path.stat().st_size}
+        self.source.convert(self.f16_path, "f16", self.tree, self.merged_dir, self.work / "stream")
+        return {"size": self.f16_path.stat().st_size, "merge_engine": self.spec.merge_engine}
 
     def _imatrix(self) -> dict:
         from ..llamacpp.imatrix import compute_imatrix
@@ -112,7 +116,7 @@ class _Stages:
             with atomic_path(target) as tmp:
                 shutil.copyfile(self.f16_path, tmp)
         elif q in CONVERTER_TYPES:
-            convert.convert_hf_to_gguf(self.merged_dir, target, CONVERTER_TYPES[q], self.tree)
+            self.source.convert(target, CONVERTER_TYPES[q], self.tree, self.merged_dir, self.work / "stream")
         else:
             quant.quantize(self.f16_path, target, q, self.imatrix_path)
         return {"size": target.stat().st_size, "sha256": sha256_file(target)}
@@ -123,7 +127,7 @@ def export(spec: ExportSpec) -> ExportResult:
     from ..modelfile import parse_modelfile
 
     # --- resolve and check everything before writing anything -----------------------------
-    source = merge_source(spec.adapter, spec.merge, spec.base, spec.allow_pickle)
+    source = merge_source(spec.adapter, spec.merge, spec.base, spec.allow_pickle, spec.merge_engine)
     config = read_json(source.base.path / "config.json")
     architecture = convert.check_architecture(config)
     step(source.describe())
@@ -151,7 +155,8 @@ def export(spec: ExportSpec) -> ExportResult:
     stale = [q for q in requested if not (final(q).exists() and pipe.is_fresh(names[q]))]
     if stale:
         try:
-            require_export_space(out, source.base.path, config, tuple(stale), merged=True,
+            require_export_space(out, source.base.path, config, tuple(stale),
+                                 merged=source.converts_from_merged or spec.quality_gate,
                                  what=f"merging and quantizing to {', '.join(stale)}")
         except LocalserveError:
             if created_out and out.is_dir() and not any(out.rglob("*")):  # leave no empty output folder
@@ -161,6 +166,9 @@ def export(spec: ExportSpec) -> ExportResult:
     quality, over_size = None, {}
     for q in requested:
         pipe.need(names[q])
+    if not spec.keep_intermediate and stages.f16_path.exists():  # every quant is written: the peak disk passes
+        stages.f16_path.unlink()
+        pipe.forget("convert")
     if spec.auto_quant:
         quality, chosen, over_size = _choose(spec, targets, stages.merged)
         step(f"--quant auto chose {chosen} from {', '.join(targets)}")

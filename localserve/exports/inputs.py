@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Callable, Protocol
 
 from ..errors import InputError
-from ..fsutil import atomic_dir, sha256_tree
+from ..fsutil import atomic_dir, sha256_tree, write_text
 from ..lineage import AdapterRecord
+from ..llamacpp.convert import convert_hf_to_gguf
 from ..models.lora import TOKENIZER_FILES, tokenizer_files
-from ..models.merge import check_compatibility, merge_adapter
+from ..models.merge import check_compatibility, merge_adapter, merge_to_folder, merged_model_view, plan_merge
 from ..models.resolve import Adapter, BaseModel, check_base_weights, load_adapter, resolve_base
 from ..pipeline import content_key
 
@@ -55,8 +56,15 @@ class MergeSource(Protocol):
     def merge_key(self, versions: dict) -> str:
         """The content key of the merged model."""
 
+    @property
+    def converts_from_merged(self) -> bool:
+        """Whether converting to GGUF reads the merged folder (else the merge happens in the converter's stream)."""
+
     def merge(self, dest: Path, trust_remote_code: bool) -> dict:
         """Write the merged model as a Hugging Face folder at `dest`; facts for the stage record."""
+
+    def convert(self, dest: Path, outtype: str, tree, merged_dir: Path, scratch: Path) -> None:
+        """Write the merged model as a GGUF of `outtype` (f16, f32, bf16) at `dest`."""
 
     def chat_dir(self, merged: Callable[[], Path], scratch: Path) -> Path:
         """The folder holding the tokenizer and chat template to serve; `merged()` gives the merged
@@ -78,6 +86,7 @@ class AdapterSource:
     base: BaseModel
     lora_modules: int
     probe: dict
+    engine: str = "stream"  # models.merge.MERGE_ENGINES
     _hashes: dict[str, str] | None = None
 
     def hashes(self) -> dict[str, str]:
@@ -86,12 +95,34 @@ class AdapterSource:
         return self._hashes
 
     def merge_key(self, versions: dict) -> str:
-        return content_key("merge", self.hashes(), versions["transformers"], versions["peft"], versions["torch"])
+        return content_key("merge", self.hashes(), self.engine, versions["transformers"], versions["peft"],
+                           versions["torch"])
+
+    @property
+    def converts_from_merged(self) -> bool:
+        return self.engine == "peft"
 
     def merge(self, dest: Path, trust_remote_code: bool) -> dict:
         with atomic_dir(dest) as tmp:
-            result = merge_adapter(self.adapter, self.base, tmp, trust_remote_code)
-        return {"dtype": result.dtype, "lora_modules": result.lora_modules}
+            if self.engine == "peft":
+                result = merge_adapter(self.adapter, self.base, tmp, trust_remote_code)
+            else:
+                result = merge_to_folder([self.adapter], self.base, tmp)
+        return {"dtype": result.dtype, "lora_modules": result.lora_modules, "engine": self.engine}
+
+    def convert(self, dest: Path, outtype: str, tree, merged_dir: Path, scratch: Path) -> None:
+        if self.engine == "peft":
+            convert_hf_to_gguf(merged_dir, dest, outtype, tree)
+            return
+        scratch.mkdir(parents=True, exist_ok=True)
+        plan = write_text(scratch / "merge-plan.json", json.dumps(plan_merge([self.adapter], self.base).to_json()))
+        # named like the merged folder of the peft engine: the converter derives general.name from it
+        view = merged_model_view([self.adapter], self.base, scratch / "merged")
+        try:
+            convert_hf_to_gguf(view, dest, outtype, tree, merge_plan=plan)
+        finally:
+            shutil.rmtree(view, ignore_errors=True)
+            plan.unlink(missing_ok=True)
 
     def chat_dir(self, merged: Callable[[], Path], scratch: Path) -> Path:
         return chat_source(self.adapter.path, self.base.path)
@@ -129,11 +160,18 @@ class RecipeSource:
         return content_key("merge", self.recipe.data, self.inputs(), versions["mergekit"], versions["transformers"],
                            versions["peft"], versions["torch"])
 
+    @property
+    def converts_from_merged(self) -> bool:
+        return True
+
     def merge(self, dest: Path, trust_remote_code: bool) -> dict:
         from ..merging import MergeSpec, merge_models
 
         merge_models(MergeSpec(self.recipe, dest, write_yaml=False), hashes=self.inputs())
         return {"method": self.recipe.method}
+
+    def convert(self, dest: Path, outtype: str, tree, merged_dir: Path, scratch: Path) -> None:
+        convert_hf_to_gguf(merged_dir, dest, outtype, tree)
 
     def chat_dir(self, merged: Callable[[], Path], scratch: Path) -> Path:
         """The merged model's own tokenizer and template, kept beside the output (the merged folder is
@@ -157,13 +195,16 @@ class RecipeSource:
                           "config": self.recipe.data, "inputs": self.inputs(), "probe": self.probe or None}}
 
 
-def adapter_source(adapter_dir: Path, base_override: Path | None, allow_pickle: bool) -> AdapterSource:
+def adapter_source(adapter_dir: Path, base_override: Path | None, allow_pickle: bool,
+                   engine: str = "stream") -> AdapterSource:
     """Load the adapter, find its base, check that they fit (from the safetensors headers)."""
     adapter = load_adapter(adapter_dir, allow_pickle)
     base = resolve_base(adapter, base_override)
     check_base_weights(base, allow_pickle)
     n_modules = check_compatibility(adapter, base)
-    return AdapterSource(adapter, base, n_modules, read_probe(adapter.path))
+    if engine == "stream":
+        plan_merge([adapter], base)  # refuses, before any work, what the stream cannot merge exactly
+    return AdapterSource(adapter, base, n_modules, read_probe(adapter.path), engine)
 
 
 def recipe_source(recipe_file: Path, allow_pickle: bool) -> RecipeSource:
@@ -177,5 +218,8 @@ def recipe_source(recipe_file: Path, allow_pickle: bool) -> RecipeSource:
     return RecipeSource(recipe_file, recipe, base, read_probe(recipe_file.parent))
 
 
-def merge_source(adapter: Path | None, merge: Path | None, base: Path | None, allow_pickle: bool) -> MergeSource:
-    return recipe_source(merge, allow_pickle) if merge is not None else adapter_source(adapter, base, allow_pickle)
+def merge_source(adapter: Path | None, merge: Path | None, base: Path | None, allow_pickle: bool,
+                 engine: str = "stream") -> MergeSource:
+    if merge is not None:
+        return recipe_source(merge, allow_pickle)
+    return adapter_source(adapter, base, allow_pickle, engine)

@@ -91,6 +91,11 @@ OPTIONS: dict[str, ExportOption] = _options(
                  default=64, minimum=1),
     ExportOption("calibration_seq_len", "vLLM --quant: tokens per sample (default 512).", frozenset({VLLM}), "int",
                  default=512, minimum=8),
+    ExportOption("merge_engine", "How an adapter is merged: stream (tensor by tensor inside llama.cpp's converter "
+                                 "or the safetensors writer; memory follows the largest tensor) or peft "
+                                 "(merge_and_unload on the whole model in fp32; the reference). [default: stream]",
+                 frozenset({GGUF, VLLM}), "choice", default="stream", choices=("stream", "peft"),
+                 hints={TENANTS: "tenants are not merged"}),
     # --- every export ---
     ExportOption("base", "Base model folder (default: from adapter_config.json).", ALL, "path"),
     ExportOption("name", "Model name (default: the adapter folder's name).", ALL),

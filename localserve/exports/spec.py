@@ -14,7 +14,7 @@ from typing import Any
 from ..errors import InputError
 from ..llamacpp.quant_types import DEFAULT_QUANT, canonical_quants, is_quant_type
 from ..spec import MODEL_NAME_RE, check_model_name, name_from_path, spec_to_json
-from ..vllm.weights import DEFAULT_SHARD_BYTES
+from ..models.tensors import DEFAULT_SHARD_BYTES
 from .options import GGUF, TENANTS, VLLM, export_kind, given_options, option_field
 
 _set = object.__setattr__  # validation normalises fields of the frozen dataclasses below
@@ -25,6 +25,13 @@ def _paths(spec: Any, *keys: str) -> None:
         value = getattr(spec, key)
         if value is not None:
             _set(spec, key, Path(value))
+
+
+def _check_merge_engine(spec: Any) -> None:
+    from ..models.merge import MERGE_ENGINES
+
+    if spec.merge_engine not in MERGE_ENGINES:
+        raise InputError(f"--merge-engine must be one of {', '.join(MERGE_ENGINES)}, not {spec.merge_engine!r}")
 
 
 def _check_ollama_template(spec: Any) -> None:
@@ -63,6 +70,7 @@ class ExportSpec:
     max_size: int | None = option_field("max_size", GGUF)
     quality_data: Path | None = option_field("quality_data", GGUF)
     merge: Path | None = option_field("merge", GGUF)
+    merge_engine: str = option_field("merge_engine", GGUF)
 
     def __post_init__(self) -> None:
         if (self.adapter is None) == (self.merge is None):
@@ -78,6 +86,7 @@ class ExportSpec:
         source = self.adapter if self.adapter is not None else self.merge.with_suffix("")
         _set(self, "name", check_model_name(self.name or name_from_path(source)))
         _check_ollama_template(self)
+        _check_merge_engine(self)
         if self.max_kl is not None and self.max_kl <= 0:
             raise InputError(f"--max-kl must be positive, not {self.max_kl}")
         if self.max_size is not None and self.max_size <= 0:
@@ -216,6 +225,7 @@ class VllmExportSpec:
     calibration: Path | None = option_field("calibration", VLLM)
     calibration_samples: int = option_field("calibration_samples", VLLM)
     calibration_seq_len: int = option_field("calibration_seq_len", VLLM)
+    merge_engine: str = option_field("merge_engine", VLLM)
     measure_quality: bool = True  # KL / top-1 against the unquantized merged model
     quality_tokens: int = QUALITY_GATE_TOKENS
 
@@ -246,6 +256,7 @@ class VllmExportSpec:
                 raise InputError(f"--{key.replace('_', '-')} must be positive, not {value}")
         if not self.lora and (self.max_loras or self.max_cpu_loras):
             raise InputError("max_loras/max_cpu_loras apply to --lora only")
+        _check_merge_engine(self)
         self._check_quant()
         # Under --lora the adapters keep their folder names; the base's name is known once it is resolved.
         name = self.name or (None if self.lora else name_from_path(self.adapters[0]))

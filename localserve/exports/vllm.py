@@ -25,14 +25,14 @@ from ..lineage import (RECORD_FILE, AdapterRecord, Artifact, BaseRecord, ExportR
                        write_record)
 from ..models.folders import MODEL_DIR
 from ..models.lora import describe, tokenizer_files, tokenizer_sources
-from ..models.merge import check_compatibility, merge_adapter
+from ..models.merge import check_compatibility, merge_adapter, merged_tensors, plan_merge
+from ..models.tensors import as_stored, write_shards
 from ..models.resolve import Adapter, BaseModel, check_base_weights, load_adapter, read_json, resolve_base
 from ..plan.layout import Layout, parallel_layout
 from ..progress import step
 from ..spec import name_from_path
 from ..vllm import serve
 from ..vllm.lora import LoraPlan, plan_lora
-from ..vllm.weights import write_shards
 from .spec import VLLM_DTYPE_BYTES, VllmExportSpec
 
 ADAPTERS_DIR = "adapters"
@@ -111,15 +111,16 @@ def end_of_turn_ids(chat_dir: Path, template_family: str | None = None) -> tuple
     return tuple(dict.fromkeys(ids))
 
 
-def _write_model_folder(weights_from: Path, config_from: Path, chat: tuple[dict[str, Path], Path],
+def _write_model_folder(tensors: list, config_from: Path, chat: tuple[dict[str, Path], Path],
                         generation_from: Path, dest: Path, template_family: str | None,
                         shard_bytes: int) -> tuple[int, ...]:
-    """Shards, config, tokenizer, template and generation_config.json; returns the end-of-turn ids."""
+    """Shards of `tensors` (models.tensors.PlannedTensor), config, tokenizer, template and
+    generation_config.json; returns the end-of-turn ids."""
     from ..chat.hf import load_hf_chat
 
     files, template_source = chat
     dest.mkdir(parents=True)
-    write_shards(weights_from, dest, shard_bytes)
+    write_shards(tensors, dest, shard_bytes, f"write {dest.name} shards")
     shutil.copyfile(config_from / "config.json", dest / "config.json")
     for name, source in files.items():
         shutil.copyfile(source, dest / name)
@@ -219,7 +220,10 @@ def export_vllm(spec: VllmExportSpec) -> VllmExportResult:
     out = spec.out_dir(name)
     _check_out(out)
     weights = sum(p.stat().st_size for p in base.path.glob("*.safetensors"))
-    require_free_space(out.parent, weights * (3 if not spec.lora else 1) + (1 << 26), "the vLLM export")
+    # the stream writes the merged shards once; peft's merge keeps a merged copy beside them first
+    merge_plan = plan_merge(loaded, base) if not spec.lora and spec.merge_engine == "stream" else None
+    copies = 3 if not spec.lora and spec.merge_engine == "peft" else 1
+    require_free_space(out.parent, weights * copies + (1 << 26), "the vLLM export")
 
     # --- write: the whole folder is built beside `out` and renamed into place --------------
     inputs = {"base": sha256_tree(base.path), **{f"adapter:{a.path.name}": sha256_tree(a.path) for a in loaded}}
@@ -227,20 +231,26 @@ def export_vllm(spec: VllmExportSpec) -> VllmExportResult:
     with atomic_dir(out) as tmp:
         model = tmp / MODEL_DIR
         if lora_plan is None:
-            merged = tmp / ".merged"
-            step("merging the adapter into the base (peft, fp32)")
-            merge_adapter(loaded[0], base, merged, spec.trust_remote_code)
             own = loaded[0].path / "generation_config.json"
-            eot_ids = _write_model_folder(merged, merged, chat, own.parent if own.is_file() else base.path, model,
-                                          spec.template_family, spec.shard_bytes)
-            shutil.rmtree(merged)
+            generation_from = own.parent if own.is_file() else base.path
+            if spec.merge_engine == "peft":
+                merged = tmp / ".merged"
+                step("merging the adapter into the base (peft, fp32)")
+                merge_adapter(loaded[0], base, merged, spec.trust_remote_code)
+                eot_ids = _write_model_folder(as_stored(merged), merged, chat, generation_from, model,
+                                              spec.template_family, spec.shard_bytes)
+                shutil.rmtree(merged)
+            else:
+                step("merging the adapter into the base tensor by tensor, in fp32, as the shards are written")
+                eot_ids = _write_model_folder(merged_tensors(merge_plan, base.path), base.path, chat,
+                                              generation_from, model, spec.template_family, spec.shard_bytes)
             if quant_plan is not None:
                 quantization = quantize_folder(quant_plan, model, tmp, CalibrationOptions(
                     spec.calibration, spec.calibration_samples, spec.calibration_seq_len),
                     _quality_of(quant_plan.format.name, spec.quality_tokens, tmp) if spec.measure_quality else None)
         else:
             step(f"copying the base {base.path.name} and {len(lora_plan.adapters)} adapter(s) unmerged")
-            eot_ids = _write_model_folder(base.path, base.path, chat, base.path, model, spec.template_family,
+            eot_ids = _write_model_folder(as_stored(base.path), base.path, chat, base.path, model, spec.template_family,
                                           spec.shard_bytes)
             for a in lora_plan.adapters:
                 dest = tmp / ADAPTERS_DIR / a.name

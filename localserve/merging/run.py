@@ -129,19 +129,20 @@ def _release_inputs() -> None:
 def _with_loras_merged(recipe: Recipe, scratch: Path) -> dict:
     """The recipe's data with each LoRA input replaced by its merged full model.
 
-    We merge with localserve.models.merge.merge_adapter rather than mergekit's `model+lora` form:
-    it checks every LoRA module against the base first (one clear error instead of a peft
-    traceback), merges in fp32 (a bf16 merge can round the low-rank update away), and carries the
-    adapter's own tokenizer and chat template, which mergekit's form drops.
+    We merge with localserve's streaming merge (models.merge.merge_to_folder: peft's arithmetic, tensor by
+    tensor) rather than mergekit's `model+lora` form: it checks every LoRA module against the base first
+    (one clear error instead of a peft traceback), merges in fp32 (a bf16 merge can round the low-rank
+    update away), never holds a whole model in memory, and carries the adapter's own tokenizer and chat
+    template, which mergekit's form drops.
     """
-    from ..models.merge import merge_adapter
+    from ..models.merge import merge_to_folder
     from ..models.resolve import BaseModel, load_adapter
 
     replacements: dict[str, str] = {}
     loras = [item for item in recipe.inputs if item.is_lora]
     for i, item in enumerate(loras):
         target = scratch / f"{i}-{item.path.name}"
-        merge_adapter(load_adapter(item.path), BaseModel(item.base, "merge recipe", None), target)
+        merge_to_folder([load_adapter(item.path)], BaseModel(item.base, "merge recipe", None), target)
         replacements[item.ref] = str(target)
     if not replacements:
         return recipe.data

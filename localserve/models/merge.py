@@ -21,7 +21,7 @@ from pathlib import Path
 from ..errors import AdapterError, InputError
 from ..progress import is_quiet, step
 from .lora import AdapterFacts, describe, open_safetensors, tokenizer_files, tokenizer_sources
-from .resolve import Adapter, BaseModel
+from .resolve import Adapter, BaseModel, read_json
 
 MERGE_ENGINES = ("stream", "peft")
 
@@ -221,7 +221,7 @@ def plan_merge(adapters: list[Adapter], base: BaseModel) -> MergePlan:
     if not base_shapes:
         raise AdapterError(f"the base model in {base.path} has no safetensors weights to stream",
                            "convert it to safetensors, or pass --merge-engine peft")
-    config = json.loads((base.path / "config.json").read_text(encoding="utf-8"))
+    config = read_json(base.path / "config.json")
     steps: dict[str, list[TensorStep]] = {}
     for i, adapter in enumerate(adapters):
         facts = describe(adapter, base_shapes)
@@ -281,19 +281,18 @@ def merged_tensors(plan: MergePlan, base_dir: Path, reader: AdapterTensors | Non
     return out
 
 
-def merge_to_folder(adapters: list[Adapter], base: BaseModel, out_dir: Path,
-                    shard_bytes: int = 2 * 1000**3) -> MergeResult:
+def merge_to_folder(adapters: list[Adapter], base: BaseModel, out_dir: Path, shard_bytes: int | None = None) -> MergeResult:
     """The stream's counterpart of `merge_adapter`: `adapters` merged, in order, into `base`, written to
     the (new) folder `out_dir` as shards of at most `shard_bytes`, with the config, the tokenizer and
     chat template (the last adapter's own files win) and generation_config.json."""
-    from .tensors import write_shards
+    from .tensors import DEFAULT_SHARD_BYTES, write_shards
 
     plan = plan_merge(adapters, base)
     n_modules = sum(1 for steps in plan.steps.values() for s in steps if s.kind in ("lora", "dora"))
     step(f"merging {n_modules} LoRA updates into {base.path.name} tensor by tensor, in float32 "
          f"(saving as {plan.dtype})")
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_shards(merged_tensors(plan, base.path), out_dir, shard_bytes, f"merge {out_dir.name}")
+    write_shards(merged_tensors(plan, base.path), out_dir, shard_bytes or DEFAULT_SHARD_BYTES, f"merge {out_dir.name}")
     shutil.copyfile(base.path / "config.json", out_dir / "config.json")
     copy_chat_files(chat_adapter(adapters), base.path, out_dir)
     return MergeResult(out_dir, plan.dtype, n_modules)

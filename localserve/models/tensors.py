@@ -27,6 +27,8 @@ _DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat
            "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2"}
 _NAMES = {v: k for k, v in _DTYPES.items()}
 _ALIGN = 8
+# transformers and vLLM load a model shard by shard: bounded shards keep their loading memory bounded too.
+DEFAULT_SHARD_BYTES = 2 * 1000**3
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,11 @@ def read_tensor(stored: StoredTensor):
     if not data:
         return torch.empty(stored.shape, dtype=stored.torch_dtype)
     return torch.frombuffer(data, dtype=stored.torch_dtype).reshape(stored.shape)
+
+
+def as_stored(folder: Path) -> list["PlannedTensor"]:
+    """Every tensor of a model folder, to be written unchanged."""
+    return [PlannedTensor(t.name, _DTYPES[t.dtype], t.shape, lambda t=t: read_tensor(t)) for t in read_folder(folder)]
 
 
 @dataclass(frozen=True)
