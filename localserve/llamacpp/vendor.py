@@ -53,6 +53,11 @@ class LlamaCpp:
             p for p in (str(self.root / "gguf-py"), str(self.root), env.get("PYTHONPATH", "")) if p
         )
         env.pop("NO_LOCAL_GGUF", None)
+        # The converter allocates and frees one tensor after another. glibc raises its mmap threshold
+        # after each large free, so later tensors land on the heap and their freed memory is kept:
+        # the process grows towards the model's size. A fixed threshold returns each tensor's memory
+        # when it is freed, so memory follows the largest tensor.
+        env.setdefault("MALLOC_MMAP_THRESHOLD_", str(1 << 20))
         return env
 
 

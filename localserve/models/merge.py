@@ -165,18 +165,20 @@ class MergePlan:
         if not steps:
             return tensor if tensor.dtype == out else tensor.to(out)
         # peft loads the base in fp32 (an exact upcast) and merges there: a low-rank update is often
-        # below bf16's resolution, so merging in bf16 could round the adapter away.
-        w = tensor.to(torch.float32)
+        # below bf16's resolution, so merging in bf16 could round the adapter away. The updates are
+        # applied in place (the same arithmetic as peft's out-of-place ops, bit for bit) so a tensor
+        # costs two fp32 copies of itself at most.
+        w = tensor.to(torch.float32, copy=True)
         for s in steps:
             if s.kind == "replace":
-                w = reader.get(s.adapter, s.key).to(torch.float32)
+                w = reader.get(s.adapter, s.key).to(torch.float32, copy=True)
             elif s.kind == "bias":
-                w = w + reader.get(s.adapter, s.key).to(torch.float32) * s.scale
+                w.add_(reader.get(s.adapter, s.key).to(torch.float32) * s.scale)
             else:
                 a = reader.get(s.adapter, s.a_key).to(torch.float32)
                 b = reader.get(s.adapter, s.b_key).to(torch.float32)
                 delta = b @ a
-                delta = (delta.T if s.transpose else delta) * s.scale
+                delta = (delta.T if s.transpose else delta).mul_(s.scale)
                 if s.kind == "dora":
                     # peft's DoRA merge: rescale every output row of W + ΔW to the trained magnitude,
                     # with the norm taken before this adapter's update is kept.
@@ -185,7 +187,8 @@ class MergePlan:
                     factor = factor.view(-1, 1)
                     w = (factor.T if s.transpose else factor) * (w + delta)
                 else:
-                    w = w + delta
+                    w.add_(delta)
+                del delta
             if not torch.isfinite(w).all():
                 raise MergeError(f"merging {self.weights[s.adapter]} into {name} gives NaN or Inf "
                                  f"({s.kind} of {s.module})",
