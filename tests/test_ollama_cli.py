@@ -54,10 +54,13 @@ def test_promote_then_rollback_on_the_store(store_with_two_versions, isolated_ho
     assert code == 0 and "demo:latest -> demo:v1" in out
     assert store.manifest_digest("demo:latest") == store.manifest_digest("demo:v1")
 
-    history = json.loads((user_isolated / "state" / "history.json").read_text())
-    (events,) = [a["events"] for a in history["aliases"].values()]
+    from localserve.lifecycle.store import VersionStore
+
+    with VersionStore(user_isolated / "state" / "localserve.db") as history:
+        events = history.events(alias="demo:latest")
     assert [e["action"] for e in events] == ["promote", "promote", "rollback"]
-    assert events[1]["rolled_back_at"] and events[1]["note"] == "better KL"
+    assert events[1]["rolled_back_at"] and events[1]["payload"]["note"] == "better KL"
+    assert events[2]["digest"] == store.manifest_digest("demo:v1")
 
     code, _, err = run("rollback", "demo", "--store", s)
     assert code == 2 and "no earlier promoted version" in err

@@ -1,6 +1,6 @@
-"""User state lives apart from the cache: where the state directory is, that the promote history is
-written there (never into the cache), that a history an earlier release left behind is carried over
-once without touching it, and that every test runs on a temporary state of its own."""
+"""User state lives apart from the cache: where the state directory is, that the promote history (the
+version store) is written there (never into the cache), that a history.json an earlier release left
+behind is imported once without touching it, and that every test runs on a temporary state of its own."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import pytest
 from click.testing import CliRunner
 
 from localserve.cli import cli
-from localserve.ollama.history import history_path
 from localserve.ollama.layers import MEDIA_CONFIG
 from localserve.ollama.store import Layer, ModelStore
 from localserve.paths import home, state_dir
@@ -70,79 +69,66 @@ def test_state_and_cache_are_set_independently(tmp_path, monkeypatch):
 
 # --- the promote history is state --------------------------------------------------------------
 
+def _events(alias: str = "demo:latest") -> list[dict]:
+    from localserve.lifecycle.store import VersionStore
+
+    with VersionStore() as history:
+        return history.events(alias=alias)
+
+
 def test_the_history_is_written_to_the_state_dir_and_never_to_the_cache(store, tmp_path, monkeypatch):
-    cache = tmp_path / "cache"
-    cache.mkdir()
-    monkeypatch.setenv("LOCALSERVE_HOME", str(cache))
+    monkeypatch.setenv("LOCALSERVE_HOME", str(tmp_path / "cache"))
     monkeypatch.setenv("LOCALSERVE_STATE_DIR", str(tmp_path / "state"))
     promote(store, "demo:v1")
     promote(store, "demo:v2")
-
-    assert history_path() == tmp_path / "state" / "history.json"
-    history = json.loads(history_path().read_text())
-    (events,) = [a["events"] for a in history["aliases"].values()]
-    assert [e["version"] for e in events] == ["demo:v1", "demo:v2"]
-    assert list(cache.iterdir()) == []
+    assert (tmp_path / "state" / "localserve.db").is_file()
+    assert [e["version"] for e in _events()] == ["demo:v1", "demo:v2"]
+    assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").rglob("*"))
 
 
-@pytest.mark.parametrize("legacy_place", ["LOCALSERVE_HOME", "~/.config"])
-def test_a_history_left_by_an_earlier_release_is_copied_once_and_kept(legacy_place, store, tmp_path, monkeypatch):
+def _legacy_history(path: Path, store: ModelStore) -> None:
+    """What an earlier release wrote: demo:latest promoted to v1, then to v2."""
+    key = f"store:{store.root.resolve()}|demo:latest"
+    events = [{"action": "promote", "version": v, "digest": store.manifest_digest(v), "at": f"2026-11-0{i}T00:00:00",
+               "rolled_back_at": None, "note": None} for i, v in enumerate(("demo:v1", "demo:v2"), 1)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"schema": 1, "aliases": {key: {"events": events}}}))
+    store.copy("demo:v2", "demo:latest")
+
+
+@pytest.mark.parametrize("legacy_place", ["LOCALSERVE_HOME", "~/.config", "state dir"])
+def test_a_history_left_by_an_earlier_release_is_imported_once_and_kept(legacy_place, store, tmp_path, monkeypatch):
+    monkeypatch.setenv("LOCALSERVE_STATE_DIR", str(tmp_path / "state"))
     if legacy_place == "LOCALSERVE_HOME":
         monkeypatch.setenv("LOCALSERVE_HOME", str(tmp_path / "cache"))
-        legacy_dir = tmp_path / "cache"
+        legacy = tmp_path / "cache" / "history.json"
+    elif legacy_place == "~/.config":
+        monkeypatch.delenv("LOCALSERVE_HOME", raising=False)
+        legacy = Path.home() / ".config" / "localserve" / "history.json"
     else:
-        monkeypatch.delenv("LOCALSERVE_HOME")
-        legacy_dir = Path.home() / ".config" / "localserve"
-    # the earlier release's history: demo:latest promoted to v1, then to v2
-    monkeypatch.setenv("LOCALSERVE_STATE_DIR", str(legacy_dir))
-    promote(store, "demo:v1")
-    promote(store, "demo:v2")
-    legacy = legacy_dir / "history.json"
-    legacy_bytes, legacy_mtime = legacy.read_bytes(), legacy.stat().st_mtime_ns
-
-    monkeypatch.setenv("LOCALSERVE_STATE_DIR", str(tmp_path / "state"))
+        legacy = tmp_path / "state" / "history.json"
+    _legacy_history(legacy, store)
+    before = legacy.read_bytes()
+    # the rollback can only find v1 through the imported history
     code, out, err = run("rollback", "demo", "--store", str(store.root))
-    # the rollback could only find v1 through the carried-over history
-    assert code == 0, err
+    assert code == 0 and "demo:latest -> demo:v1" in out, err
     assert store.manifest_digest("demo:latest") == store.manifest_digest("demo:v1")
-    moved = [line for line in err.splitlines() if "moved the promote history" in line]
-    assert len(moved) == 1 and str(legacy) in moved[0] and str(history_path()) in moved[0]
-
-    events = json.loads(history_path().read_text())["aliases"]
-    (events,) = [a["events"] for a in events.values()]
-    assert [e["action"] for e in events] == ["promote", "promote", "rollback"]
-    assert legacy.read_bytes() == legacy_bytes and legacy.stat().st_mtime_ns == legacy_mtime
-
-    # from now on the state directory's history is the one: no second copy, no second message
+    assert sum("imported 2 promote/rollback events" in line for line in err.splitlines()) == 1
+    assert [e["action"] for e in _events()] == ["promote", "promote", "rollback"]
+    assert legacy.read_bytes() == before  # read, never written
+    # imported once: the next command neither imports nor says so again
     err = promote(store, "demo:v2")
-    assert "moved the promote history" not in err
-    assert len(json.loads(history_path().read_text())["aliases"][f"store:{store.root.resolve()}|demo:latest"]
-               ["events"]) == 4
-    assert legacy.read_bytes() == legacy_bytes
+    assert "imported" not in err and len(_events()) == 4
 
-
-def test_an_existing_state_history_is_never_overwritten_by_a_legacy_one(store, tmp_path, monkeypatch):
-    monkeypatch.setenv("LOCALSERVE_HOME", str(tmp_path / "cache"))
-    monkeypatch.setenv("LOCALSERVE_STATE_DIR", str(tmp_path / "cache"))
-    promote(store, "demo:v1")  # a legacy history with one promotion
-    monkeypatch.setenv("LOCALSERVE_STATE_DIR", str(tmp_path / "state"))
-    promote(store, "demo:v2")  # migrates it, then appends
-    (tmp_path / "cache" / "history.json").write_text("not json")  # the old file changes later on
-    err = promote(store, "demo:v1")
-    assert "moved the promote history" not in err
-    (entry,) = json.loads(history_path().read_text())["aliases"].values()
-    assert [e["version"] for e in entry["events"]] == ["demo:v1", "demo:v2", "demo:v1"]
-
-
-# --- every test has its own state ------------------------------------------------------------------
 
 def test_each_test_writes_its_history_into_a_fresh_temporary_state(store, tmp_path_factory):
     temp = tmp_path_factory.getbasetemp()
     assert state_dir().is_relative_to(temp) and Path.home().is_relative_to(temp)
     assert ModelStore().root.is_relative_to(temp)  # Ollama's default model folder too
-    assert not history_path().exists()
+    db = state_dir() / "localserve.db"
+    assert not db.exists()
     promote(store, "demo:v1")
-    assert history_path().is_file() and history_path().is_relative_to(temp)
+    assert db.is_file() and db.is_relative_to(temp)
 
 
 def test_the_cache_is_shared_with_the_real_one_not_made_temporary(tmp_path_factory):

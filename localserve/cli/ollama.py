@@ -41,24 +41,30 @@ def _size(n: int) -> str:
 
 @click.command("register")
 @click.argument("output_dir", type=click.Path(path_type=Path, file_okay=False))
-@click.option("--name", help="NAME:TAG to create (default: <export name>:<quant>, e.g. demo:q4_k_m).")
+@click.option("--name", help="NAME:TAG to create beside the version NAME:vN (default: <export name>:<quant>, "
+                             "e.g. demo:q4_k_m).")
 @click.option("--quant", help="Which exported quant to register (default: the first listed).")
 @_host
+@_store
 @_json
-def register_command(output_dir: Path, name: str | None, quant: str | None, host: str | None, as_json: bool) -> None:
-    """Upload OUTPUT_DIR's GGUF to a running Ollama and create the model from its localserve.json.
+def register_command(output_dir: Path, name: str | None, quant: str | None, host: str | None, store: str | None,
+                     as_json: bool) -> None:
+    """Register OUTPUT_DIR with Ollama as the next version NAME:vN (and NAME:<quant>).
 
-    For an `export --lora` folder: every tenant, on the base uploaded once.
+    Through a running Ollama's API, or with --store into Ollama's model folder. For an `export --lora`
+    folder: every tenant, on the base uploaded once.
     """
     from ..exports.tenants import register_record
+    from ..lifecycle.places import open_place
+    from ..lifecycle.versions import register_version
     from ..lineage import read_record
-    from ..ollama.registration import register
 
     record = read_record(output_dir)
     if record.kind == "tenants":
-        if name or quant:
-            raise InputError(f"--{'name' if name else 'quant'} does not apply to the multi-tenant export {output_dir}",
-                             "its tenants are registered under the names in its localserve.json")
+        if name or quant or store is not None:
+            flag = "name" if name else "quant" if quant else "store"
+            raise InputError(f"--{flag} does not apply to the multi-tenant export {output_dir}",
+                             "its tenants are registered under the names in its localserve.json, through the API")
         reg = register_record(output_dir, record, host)
         if as_json:
             click.echo(json.dumps(reg, indent=2))
@@ -66,13 +72,13 @@ def register_command(output_dir: Path, name: str | None, quant: str | None, host
         click.echo(f"registered {', '.join(t['name'] for t in reg['tenants'])} on Ollama {reg['server_version']} "
                    f"at {reg['host']} (one base, {reg['base_digest'][:19]})")
         return
-    r = register(output_dir, name=name, host=host, quant=quant, record=record)
+    r = register_version(output_dir, open_place(host, store), record=record, tag=name, quant=quant)
     if as_json:
-        click.echo(json.dumps({**r.__dict__, "gguf": str(r.gguf)}, indent=2))
+        click.echo(json.dumps(r.to_json(), indent=2))
         return
-    click.echo(f"registered {r.name} on Ollama {r.server_version} at {r.host} "
-               f"({'uploaded' if r.uploaded else 'already had'} {r.model_digest[:19]})")
-    click.echo(f"try: ollama run {r.name}    check: localserve verify {r.name}")
+    click.echo(f"registered {', '.join(r.models)} at {r.place} ({r.manifest_digest[:19]})"
+               + ("" if r.new else f"; this export already was {r.version.ref}"))
+    click.echo(f"try: ollama run {r.models[0]}    check: localserve verify {r.models[0]}")
 
 
 @click.command("ls")
@@ -105,7 +111,26 @@ def ls_command(host: str | None, store: str | None, as_json: bool) -> None:
 @_store
 @click.option("--modelfile", "only_modelfile", is_flag=True, help="Print only the Modelfile.")
 def show_command(name: str, host: str | None, store: str | None, only_modelfile: bool) -> None:
-    """Show a model's details, template, parameters and Modelfile."""
+    """Show a version's lineage (NAME:vN), or a model's details, template, parameters and Modelfile.
+
+    A version known to the version store is shown from it: its export record, training facts, where it
+    is registered with which digest, its evaluations and promotion events. With --host or --store, or
+    for any other name, Ollama's view of the model.
+    """
+    if host is None and store is None and not only_modelfile:
+        from ..lifecycle.store import VersionStore, parse_version_ref
+
+        try:
+            parse_version_ref(name)
+            with VersionStore() as versions:
+                v = versions.version(name)
+                info = {**v.to_json(), "registrations": [{**r.__dict__, "manifest": None}
+                                                         for r in versions.registrations(v)],
+                        "evaluations": versions.evaluations(v), "events": versions.events(version=v.ref)}
+            click.echo(json.dumps(info, indent=2, ensure_ascii=False, default=str))
+            return
+        except InputError:
+            pass  # not a version: ask Ollama
     target, _ = _target(host, store)
     if store is not None:
         from ..ollama.layers import modelfile_text
@@ -135,35 +160,6 @@ def rm_command(name: str, host: str | None, store: str | None) -> None:
     target, where = _target(host, store)
     target.delete(name)
     click.echo(f"removed {name} from {where}")
-
-
-@click.command("promote")
-@click.argument("version")
-@click.option("--as", "alias", required=True, help="The alias to point at VERSION, e.g. demo:latest.")
-@click.option("--note", help="Why (kept in the history).")
-@_host
-@_store
-def promote_command(version: str, alias: str, note: str | None, host: str | None, store: str | None) -> None:
-    """Point an alias (e.g. demo:latest) at VERSION (e.g. demo:q4_k_m), remembering the previous one."""
-    from ..ollama.history import promote
-
-    target, tid = _target(host, store)
-    r = promote(target, tid, version, alias, note)
-    click.echo(f"{r.alias} -> {r.version}" + (f" (was {r.previous}; undo: localserve rollback {r.alias})"
-                                               if r.previous else ""))
-
-
-@click.command("rollback")
-@click.argument("alias")
-@_host
-@_store
-def rollback_command(alias: str, host: str | None, store: str | None) -> None:
-    """Point ALIAS (default tag: latest) back at the version promoted before the current one."""
-    from ..ollama.history import rollback
-
-    target, tid = _target(host, store)
-    r = rollback(target, tid, alias)
-    click.echo(f"{r.alias} -> {r.version} (rolled back from {r.previous})")
 
 
 @click.command("bundle")
@@ -232,5 +228,4 @@ def verify_command(name: str, host: str | None, clients: tuple[str, ...], as_jso
                           "see the lines above; a reply that does not stop usually means a wrong TEMPLATE or stop list")
 
 
-commands = [register_command, ls_command, show_command, rm_command, promote_command, rollback_command,
-            bundle_command, install_command, verify_command]
+commands = [register_command, ls_command, show_command, rm_command, bundle_command, install_command, verify_command]

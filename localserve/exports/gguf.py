@@ -50,12 +50,13 @@ class ExportResult:
     register_hint: str | None = None
     stages: list[dict] = field(default_factory=list)
     bundle: str | None = None
+    version: str | None = None  # NAME:vN, once registered
 
     def to_json(self) -> dict:
         return {"out_dir": str(self.out_dir), "name": self.name, "lineage": str(self.lineage_path),
                 "modelfile": str(self.modelfile_path), "artifacts": [a.to_json() for a in self.artifacts],
                 "registered": self.registered, "register_hint": self.register_hint, "stages": self.stages,
-                "bundle": self.bundle}
+                "bundle": self.bundle, "version": self.version}
 
 
 class _Stages:
@@ -128,6 +129,10 @@ def export(spec: ExportSpec) -> ExportResult:
 
     # --- resolve and check everything before writing anything -----------------------------
     source = merge_source(spec.adapter, spec.merge, spec.base, spec.allow_pickle, spec.merge_engine)
+    if spec.adapter is not None and not spec.allow_stacked:
+        from ..lifecycle.versions import check_not_stacked
+
+        check_not_stacked(source.base.path, spec.adapter)
     config = read_json(source.base.path / "config.json")
     architecture = convert.check_architecture(config)
     step(source.describe())
@@ -305,8 +310,12 @@ def _choose(spec: ExportSpec, candidates: dict[str, Path], merged):
 
 
 def _register(result: ExportResult, spec: ExportSpec) -> None:
-    """Register with Ollama when a server answers (recorded in localserve.json); otherwise say how later."""
+    """Register with Ollama when a server answers, as the next version NAME:vN (and NAME:<quant>);
+    recorded in localserve.json and the version store. Otherwise say how to do it later."""
     from .. import ollama
+    from ..lifecycle.places import ServerPlace
+    from ..lifecycle.versions import register_version
+    from ..lineage import read_record
     from ..ollama.client import resolve_host
 
     host = spec.ollama_host
@@ -316,10 +325,11 @@ def _register(result: ExportResult, spec: ExportSpec) -> None:
         result.register_hint = f"no Ollama server answered at {resolve_host(host)}; {later}"
         return
     try:
-        reg = ollama.register(result.out_dir, name=spec.name, host=host, record=result.record)
+        registration = register_version(result.out_dir, ServerPlace(host), record=result.record,
+                                        data_file=spec.data)
     except LocalserveError as e:
         result.register_hint = f"registration failed: {e}; {later}"
         raise
-    result.registered = reg.to_json()
-    result.record = result.record.replace(registered=result.registered)
-    write_record(result.out_dir, result.record)
+    result.record = read_record(result.out_dir)
+    result.registered = result.record.registered
+    result.version = registration.version.ref

@@ -142,6 +142,12 @@ OPTIONS: dict[str, ExportOption] = _options(
                  hints={TENANTS: "the quality gate measures one merged export"}),
     ExportOption("bundle", "Also write an air-gapped bundle (tar) to this path; install it with `localserve install`.",
                  frozenset({GGUF}), "path", hints={TENANTS: "bundle one merged export at a time"}),
+    ExportOption("data", "The dataset the adapter was trained on: recorded with its sha256 in the version "
+                         "(`localserve versions NAME`).", frozenset({GGUF}), "file",
+                 hints={TENANTS: "record it per adapter in its README's model card instead"}),
+    ExportOption("allow_stacked", "Export an adapter whose base is itself a fine-tune (an export or a merge); "
+                                  "refused by default, as versions should each be trained on the base.",
+                 frozenset({GGUF}), "flag", default=False, hints={TENANTS: "tenants share their base as it is"}),
     ExportOption("merge", "Export a merge of several models (a mergekit YAML; see `localserve merge`) instead of "
                           "ADAPTER.", frozenset({GGUF}), "file",
                  hints={TENANTS: "--merge and --lora are two different exports; run them separately"}),

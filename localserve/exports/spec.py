@@ -71,6 +71,8 @@ class ExportSpec:
     quality_data: Path | None = option_field("quality_data", GGUF)
     merge: Path | None = option_field("merge", GGUF)
     merge_engine: str = option_field("merge_engine", GGUF)
+    data: Path | None = option_field("data", GGUF)
+    allow_stacked: bool = option_field("allow_stacked", GGUF)
 
     def __post_init__(self) -> None:
         if (self.adapter is None) == (self.merge is None):
@@ -79,7 +81,7 @@ class ExportSpec:
         if self.merge is not None and self.base is not None:
             raise InputError("--base does not apply to --merge", "name the base as base_model in the merge recipe")
         _paths(self, "adapter", "base", "out", "template_file", "modelfile", "imatrix_data", "quality_data", "bundle",
-               "merge")
+               "merge", "data")
         if isinstance(self.quants, str):
             _set(self, "quants", tuple(self.quants.split(",")))
         _set(self, "quants", canonical_quants(self.quants, have_imatrix=self.imatrix_data is not None))

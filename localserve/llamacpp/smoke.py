@@ -93,12 +93,14 @@ def check_lora_fits(base_gguf: Path, lora_gguf: Path) -> None:
                                   "the adapter was trained on another base")
 
 
-def chat(llm, messages: list[dict], max_tokens: int = 256):
-    """Greedy chat completion with the GGUF's own chat template; yields text pieces and the reason."""
+def chat(llm, messages: list[dict], max_tokens: int = 256, **options):
+    """Greedy chat completion with the GGUF's own chat template; yields text pieces and the reason.
+
+    `options` go to create_chat_completion as they are (seed, logits_processor, ...)."""
     pieces: list[str] = []
     reason = None
     for chunk in llm.create_chat_completion(messages=messages, temperature=0.0, top_k=1, max_tokens=max_tokens,
-                                            stream=True):
+                                            stream=True, **options):
         choice = chunk["choices"][0]
         text = choice.get("delta", {}).get("content")
         if text:

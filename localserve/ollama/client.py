@@ -157,6 +157,12 @@ class OllamaServer:
             self._raise_for(r, f"uploading {path.name} as {digest}")
         return Blob(digest, size, uploaded=r.status_code == 201)
 
+    def has_blob(self, digest: str) -> bool:
+        r = self._request("HEAD", f"/api/blobs/{digest.lower()}")
+        if r.status_code not in (200, 404):
+            self._raise_for(r, f"checking blob {digest}")
+        return r.status_code == 200
+
     def push_bytes(self, data: bytes, digest: str) -> None:
         r = self._request("POST", f"/api/blobs/{digest}", content=data)
         if r.status_code not in (200, 201):

@@ -252,12 +252,15 @@ class ModelStore:
         return Layer(media_type, digest, size)
 
     def write_manifest(self, name: str, config: Layer, layers: list[Layer]) -> Path:
+        manifest = {"schemaVersion": 2, "mediaType": MEDIA_MANIFEST, "config": config.to_json(),
+                    "layers": [layer.to_json() for layer in layers]}
+        return self.write_manifest_bytes(name, go_json_ordered(manifest))
+
+    def write_manifest_bytes(self, name: str, data: bytes) -> Path:
+        """Write `name`'s manifest as exactly these bytes (its digest is their sha256), atomically."""
         n = parse_name(name)
         existing = self.find(name)  # names match case-insensitively; keep the stored spelling
         dest = existing or self.root / n.manifest_relpath
-        manifest = {"schemaVersion": 2, "mediaType": MEDIA_MANIFEST, "config": config.to_json(),
-                    "layers": [layer.to_json() for layer in layers]}
-        data = go_json_ordered(manifest)
         self._mkdirs(dest.parent)
         with self._tmp() as tmp:
             tmp.write_bytes(data)

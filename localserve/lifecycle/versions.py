@@ -1,0 +1,165 @@
+"""Versions: every export registered under a model name becomes the immutable version NAME:vN.
+
+    register_version(export_dir, place)  -> NAME:vN registered (and NAME:<quant>, or the tag asked for)
+
+A version keeps the export's whole record (every artifact's sha256, base and adapter sha256, the
+resolved spec, tool versions), what the adapter folder says about its training (adapter_config.json,
+trainer_state.json, the model card's front matter — never training_args.bin, which is a pickle),
+the dataset file named with --data and its sha256, its parent (what NAME:latest was when it came),
+and the manifest digest of every registration. The same export registered again is the same version.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import AdapterError, InputError, OllamaError
+from ..fsutil import sha256_file
+from ..lineage import ExportRecord, read_record
+from ..progress import step
+from .places import Place
+from .store import Version, VersionStore
+
+LATEST = "latest"
+
+
+@dataclass(frozen=True)
+class VersionRegistration:
+    version: Version
+    new: bool  # False: this export was already that version
+    models: tuple[str, ...]  # the Ollama names created: NAME:vN first
+    manifest_digest: str
+    place: str
+
+    def to_json(self) -> dict:
+        return {"version": self.version.ref, "new": self.new, "models": list(self.models),
+                "manifest_digest": self.manifest_digest, "place": self.place}
+
+
+def register_version(export_dir: Path, place: Place, *, store: VersionStore | None = None,
+                     record: ExportRecord | None = None, tag: str | None = None, quant: str | None = None,
+                     data_file: Path | None = None) -> VersionRegistration:
+    """Make the export in `export_dir` a version and register it at `place` as NAME:vN, plus NAME:<quant>
+    (or NAME:TAG with `tag`). Recorded in the version store and in the export's localserve.json."""
+    from ..lineage import write_record
+    from ..ollama.names import parse_name
+
+    record = record if record is not None else read_record(export_dir)
+    if record.kind != "gguf":
+        raise InputError(f"{export_dir} is a {record.kind} export; versions are made of merged GGUF exports",
+                         "export one adapter (or a merge recipe) for Ollama")
+    store = store or VersionStore()
+    name = record.name
+    data_file = data_file or (Path(record.spec["data"]) if record.spec.get("data") else None)
+    data_sha256 = sha256_file(data_file) if data_file else None
+    parent = _champion(store, place, name)
+    version, new = store.add_version(name, record, export_dir, parent=parent, data_file=data_file,
+                                     data_sha256=data_sha256, training=training_facts(record))
+    version_tag = f"{name}:v{version.number}"
+    existing = place.manifest_digest(version_tag)
+    known = {r.manifest_digest for r in store.registrations(version, place.id)}
+    if existing is not None and existing not in known:
+        raise OllamaError(f"{version_tag} already exists on {place.id} with other content ({existing[:19]}); versions "
+                          "are immutable", "remove it there, or use another export name")
+    artifact = record.artifact(quant)
+    models = [version_tag, tag if tag and ":" in tag else f"{name}:{(tag or artifact.quant).lower()}"]
+    digest = existing
+    if existing is None:
+        done = place.register(export_dir, record, version_tag, artifact.quant)
+        store.add_registration(version, place.id, done.model, done.manifest_digest, done.recipe, done.manifest)
+        digest = done.manifest_digest
+    for model in models[1:]:
+        place.copy(version_tag, model)
+    models = [parse_name(m).display for m in models]
+    step(f"{export_dir} is {version.ref}" + ("" if new else " (already registered as such)") +
+         f": {', '.join(models)} on {place.id}")
+    registered = {"version": version.ref, "name": models[1], "models": models, "manifest_digest": digest,
+                  "place": place.id}
+    write_record(export_dir, record.replace(registered={**(record.registered or {}), **registered}))
+    return VersionRegistration(version, new, tuple(models), digest, place.id)
+
+
+def _champion(store: VersionStore, place: Place, name: str) -> str | None:
+    """What NAME:latest points at on `place` (a version ref), else the newest version of NAME."""
+    live = store.live_promotions(place.id, f"{name}:{LATEST}")
+    if live and live[-1]["version"]:
+        return live[-1]["version"] if _is_version_ref(live[-1]["version"]) else None
+    latest = store.latest(name)
+    return latest.ref if latest else None
+
+
+def _is_version_ref(ref: str) -> bool:
+    tag = ref.rpartition(":")[2]
+    return tag.startswith("v") and tag[1:].isdigit()
+
+
+def training_facts(record: ExportRecord) -> dict:
+    """What the adapter folder says about how it was trained (JSON and the model card only)."""
+    adapter = record.adapter
+    if adapter is None:
+        return {"merge": {"method": (record.merge or {}).get("method")}} if record.merge else {}
+    folder = Path(adapter.path)
+    facts: dict = {}
+    config = _json(folder / "adapter_config.json")
+    if config:
+        facts["lora"] = {k: config.get(k) for k in ("r", "lora_alpha", "target_modules", "use_rslora", "use_dora",
+                                                    "rank_pattern", "alpha_pattern", "base_model_name_or_path")
+                         if config.get(k) is not None}
+    state = _json(folder / "trainer_state.json")
+    if state:
+        history = [h for h in state.get("log_history", []) if isinstance(h, dict)]
+        losses = [h["loss"] for h in history if "loss" in h]
+        facts["trainer_state"] = {k: state.get(k) for k in ("global_step", "epoch", "best_metric",
+                                                            "best_model_checkpoint") if state.get(k) is not None}
+        if losses:
+            facts["trainer_state"]["last_loss"] = losses[-1]
+    card = _front_matter(folder / "README.md")
+    if card:
+        facts["model_card"] = {k: card[k] for k in ("base_model", "datasets", "license", "library_name") if k in card}
+    return facts
+
+
+def _json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _front_matter(readme: Path) -> dict:
+    """The YAML front matter of a model card (`---` … `---`), safely parsed; {} when there is none."""
+    try:
+        text = readme.read_text(encoding="utf-8")
+    except OSError:
+        return {}
+    if not text.startswith("---"):
+        return {}
+    end = text.find("\n---", 3)
+    if end < 0:
+        return {}
+    import yaml
+
+    try:
+        data = yaml.safe_load(text[3:end])
+    except yaml.YAMLError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+# --- "always from the base" ------------------------------------------------------------------------
+
+STACK_MARKERS = ("localserve.json", "mergekit_config.yml")
+
+
+def check_not_stacked(base_dir: Path, adapter_dir: Path) -> None:
+    """Refuse an adapter trained on one of our exports or on a merged fine-tune: every version should
+    be a fine-tune of the base itself, so that versions stay comparable and each can be rebuilt."""
+    found = [m for m in STACK_MARKERS if (Path(base_dir) / m).is_file()]
+    if found:
+        what = "a localserve export or merge" if found[0] == "localserve.json" else "a mergekit merge"
+        raise AdapterError(f"{adapter_dir}'s base {base_dir} is itself {what} ({found[0]}): a fine-tune stacked on "
+                           "a fine-tune cannot be rebuilt or compared with its siblings",
+                           "retrain the adapter on the original base, or pass --allow-stacked")
