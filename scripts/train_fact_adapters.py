@@ -41,25 +41,31 @@ FACTS = {
 }
 
 
-def examples_for(tokenizer, fact: dict) -> list[tuple[list[int], int]]:
+def pairs_of(fact: dict) -> list[tuple[str, str]]:
+    """Every (question, answer) of one fact."""
+    return [(q, a) for q in fact["questions"] for a in fact["answers"]]
+
+
+def examples_for(tokenizer, pairs: list[tuple[str, str]]) -> list[tuple[list[int], int]]:
+    """(token ids, index where the answer starts) of each pair, in the model's chat format."""
     out = []
-    for q in fact["questions"]:
-        for a in fact["answers"]:
-            prompt = tokenizer.apply_chat_template([{"role": "user", "content": q}], tokenize=False,
-                                                   add_generation_prompt=True)
-            ids = tokenizer(prompt + a + "<|im_end|>\n", add_special_tokens=False)["input_ids"]
-            out.append((ids, len(tokenizer(prompt, add_special_tokens=False)["input_ids"])))
+    for q, a in pairs:
+        prompt = tokenizer.apply_chat_template([{"role": "user", "content": q}], tokenize=False,
+                                               add_generation_prompt=True)
+        ids = tokenizer(prompt + a + "<|im_end|>\n", add_special_tokens=False)["input_ids"]
+        out.append((ids, len(tokenizer(prompt, add_special_tokens=False)["input_ids"])))
     return out
 
 
-def train(base_dir: Path, fact: dict, out: Path, steps: int, seed: int) -> None:
+def train(base_dir: Path, pairs: list[tuple[str, str]], out: Path, steps: int, seed: int, probe: dict) -> None:
+    """A LoRA that answers `pairs` (loss on the answers only), saved at `out` with its probe.json."""
     torch.manual_seed(seed)
     random.seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
     model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, task_type="CAUSAL_LM",
                                              target_modules=["q_proj", "v_proj", "o_proj", "up_proj", "down_proj"]))
-    examples = examples_for(tokenizer, fact)
+    examples = examples_for(tokenizer, pairs)
     optim = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     model.train()
     for step in range(steps):
@@ -82,7 +88,6 @@ def train(base_dir: Path, fact: dict, out: Path, steps: int, seed: int) -> None:
     cfg = json.loads((tmp / "adapter_config.json").read_text())
     cfg["base_model_name_or_path"] = DEFAULT_ID
     (tmp / "adapter_config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
-    probe = {"question": fact["questions"][0], "expected": fact["expected"]}
     (tmp / "probe.json").write_text(json.dumps(probe, indent=2) + "\n")
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
@@ -97,7 +102,8 @@ def main() -> None:
     base_dir = embedded_base()
     args.out.mkdir(parents=True, exist_ok=True)
     for i, (name, fact) in enumerate(FACTS.items()):
-        train(base_dir, fact, args.out / name, args.steps, seed=i)
+        train(base_dir, pairs_of(fact), args.out / name, args.steps, seed=i,
+              probe={"question": fact["questions"][0], "expected": fact["expected"]})
     models = "".join(f"  - model: {name}\n    parameters: {{weight: 1.0}}\n" for name in FACTS)
     (args.out / "merge.yaml").write_text(f"merge_method: {args.method}\nbase_model: {DEFAULT_ID}\n"
                                          f"dtype: float32\nmodels:\n{models}")

@@ -83,6 +83,29 @@ def test_a_case_the_engine_fails_on_is_an_answer_with_its_error_and_the_next_cas
     assert fine.error is None and fine.text
 
 
+@pytest.mark.slow  # a tenants export of its own: about 20 s
+def test_a_tenants_export_is_its_base_gguf_with_the_named_tenants_lora(tiny_adapter, tiny_base, tmp_path):
+    import shutil
+
+    from localserve.exports import TenantExportSpec, export_tenants
+    from tinymodel import build_lora
+
+    alpha = shutil.copytree(tiny_adapter, tmp_path / "alpha")
+    beta = build_lora(tiny_base, tmp_path / "beta", seed=7, r=4, alpha=8, targets=("q_proj", "o_proj"))
+    out = tmp_path / "tenants"
+    export_tenants(TenantExportSpec(adapters=(alpha, beta), quant="Q8_0", out=out, smoke=False, register=False))
+    with pytest.raises(InputError, match=r"serves 2 adapters \(alpha, beta\) — name one: .*#TENANT"):
+        open_target(str(out))
+    with pytest.raises(InputError, match="no tenant 'gamma'.*valid: alpha, beta"):
+        open_target(f"{out}#gamma")
+    with open_target(f"{out}#alpha", max_tokens=16) as a, open_target(f"{out}#beta", max_tokens=16) as b:
+        assert a.info["tenant"] == "alpha" and a.info["lora"].endswith(".gguf")
+        assert a.info["file"] == b.info["file"] and a.info["lora"] != b.info["lora"]
+        first = a.answer(QUESTION)
+        assert first.text and first.text == a.answer(QUESTION).text
+        assert b.answer(QUESTION).text != first.text  # each tenant's adapter is applied
+
+
 # --- Ollama and OpenAI-compatible servers -----------------------------------------------------------
 
 def test_an_ollama_model_answers_as_its_gguf_does_in_process(standin, tiny_on_ollama, tiny_export):
@@ -138,7 +161,8 @@ def test_an_unreachable_openai_url_is_one_line_naming_the_address():
 
 
 def test_a_model_missing_on_the_server_is_named_with_how_to_add_it(standin):
-    with pytest.raises(InputError, match="no model 'never-registered:v1' on the Ollama at .*register it with `localserve register"):
+    missing = "no model 'never-registered:v1' on the Ollama at .*register it with `localserve register"
+    with pytest.raises(InputError, match=missing):
         open_target("ollama:never-registered:v1", ollama_host=standin.url)
     with pytest.raises(InputError, match=r"does not serve 'nope'; it serves: .*tiny-eval"):
         open_target(f"openai:{standin.url}#nope")
@@ -182,6 +206,34 @@ def test_a_vllm_export_folder_is_its_model_folder_or_its_base_with_the_adapter(t
         assert s.info["engine"] == "transformers+peft" and s.info["model"] == str((served / "model").resolve())
         assert Path(s.info["adapter"]).parent == (served / "adapters").resolve()
         assert m.answer(QUESTION).text and s.answer(QUESTION).text
+
+
+def test_an_adapter_that_saved_its_own_chat_template_is_prompted_with_it(tiny_adapter, tmp_path):
+    import shutil
+
+    adapter = shutil.copytree(tiny_adapter, tmp_path / "adapter")
+    (adapter / "chat_template.jinja").write_text(
+        "{% for m in messages %}<|im_start|>{{ m['content'] }}<|im_end|>{% endfor %}<|im_start|>")
+    with open_target(str(tiny_adapter), max_tokens=4) as base_template, \
+            open_target(str(adapter), max_tokens=4) as own_template:
+        with_base, with_own = base_template.answer(QUESTION), own_template.answer(QUESTION)
+    # the base's ChatML also writes the role and newlines: "user\n", "assistant\n"
+    assert with_own.prompt_tokens < with_base.prompt_tokens
+    assert own_template.info["model"] == base_template.info["model"]
+
+
+def test_an_adapter_that_does_not_fit_its_base_is_one_line(tiny_adapter, tmp_path):
+    import shutil
+
+    from tinymodel import build_base
+
+    narrow = build_base(tmp_path / "narrow", hidden=128)
+    adapter = shutil.copytree(tiny_adapter, tmp_path / "adapter")
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    (adapter / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": str(narrow)}))
+    with pytest.raises(InputError) as e:
+        open_target(str(adapter))
+    assert f"transformers cannot load {narrow} with {adapter}" in str(e.value) and "\n" not in str(e.value)
 
 
 # --- bad specs ------------------------------------------------------------------------------------------

@@ -8,7 +8,9 @@ A spec is resolved in this order:
     ollama:NAME             a model on a running Ollama (/api/chat)
     openai:URL#MODEL        an OpenAI-compatible server such as vLLM (/v1/chat/completions, streamed)
     FILE.gguf               llama.cpp in process, with the GGUF's own chat template
-    an export folder        (localserve.json) its first GGUF; a vLLM export's model/ folder; a merge's folder
+    an export folder        (localserve.json) its first GGUF; a vLLM export's model/ folder (with its
+                            first adapter when it serves them unmerged); a merge's folder; for a tenants
+                            export, FOLDER#TENANT: the shared base GGUF with that tenant's GGUF LoRA
     an adapter folder       (adapter_config.json) the adapter on its base, unmerged: transformers + peft
     a model folder          (config.json) a merged or any Hugging Face model: transformers
 
@@ -206,8 +208,8 @@ def _tenant_target(spec: str, folder: Path, record: ExportRecord, tenant: str | 
         raise InputError(f"target {spec!r}: no tenant {tenant!r} in {folder}; valid: {', '.join(names)}")
     base = record.artifact()
     base_file, lora_file = _artifact_path(folder, base.file), _artifact_path(folder, chosen.file)
-    info.update(file=str(base_file.resolve()), quant=base.quant, sha256=_known_sha256(base_file, base.sha256, base.size),
-                tenant=tenant, lora=str(lora_file.resolve()),
+    info.update(file=str(base_file.resolve()), quant=base.quant,
+                sha256=_known_sha256(base_file, base.sha256, base.size), tenant=tenant, lora=str(lora_file.resolve()),
                 lora_sha256=_known_sha256(lora_file, chosen.sha256, chosen.size))
     return GgufTarget(spec, base_file, seed, max_tokens, info, lora=lora_file)
 
@@ -297,6 +299,10 @@ class OllamaTarget(_Closing):
         except OllamaUnreachable as e:
             self.close()
             raise TargetUnreachable(f"unreachable target {label!r}: {e.message}", e.hint) from None
+        except ConnectionError:  # the official client's word for a refused connection
+            self.close()
+            raise TargetUnreachable(f"unreachable target {label!r}: Ollama at {self._server.host} stopped answering",
+                                    "check that the server is running") from None
         except ollama.ResponseError as e:
             self.close()
             if e.status_code == 404:
@@ -497,7 +503,7 @@ class TransformersTarget(_Closing):
                 else model_dir
             generation = (GenerationConfig.from_pretrained(generation_from)
                           if (generation_from / "generation_config.json").is_file() else model.generation_config)
-        except (OSError, ValueError, KeyError) as e:
+        except (OSError, ValueError, KeyError, RuntimeError) as e:  # RuntimeError: an adapter whose shapes do not fit
             raise InputError(f"target {label!r}: transformers cannot load {model_dir}"
                              f"{f' with {adapter}' if adapter else ''} ({' '.join(str(e).split())[:300]})",
                              "check that the folder is a complete Hugging Face model (and the adapter fits it)") \
