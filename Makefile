@@ -4,7 +4,7 @@ LOCALSERVE_HOME ?= $(HOME)/.cache/localserve
 VENV ?= $(LOCALSERVE_HOME)/venv
 export LOCALSERVE_HOME
 
-.PHONY: demo test test-fast bootstrap bootstrap-vllm bootstrap-gpuquant bench
+.PHONY: demo test test-fast bootstrap bootstrap-vllm bootstrap-gpuquant bootstrap-browser bench
 
 bootstrap:
 	bash scripts/bootstrap.sh
@@ -17,13 +17,17 @@ bootstrap-vllm:
 bootstrap-gpuquant:
 	bash scripts/bootstrap_gpuquant.sh
 
+# Debian's Chromium (headless), for the test that opens the HTML evaluation report in a browser.
+bootstrap-browser:
+	bash scripts/bootstrap_browser.sh
+
 # The main job on the embedded default: export the demo adapter to Q4_K_M and show its answer.
 demo: bootstrap
 	$(VENV)/bin/localserve export examples/demo-adapter --quant Q4_K_M --out exports/demo --name demo
 
 # Every test tier, once (fast tiny-model tests, Go template tests, slow end-to-end tests, the real vLLM
 # serving merged, LoRA and GPU-quantized exports).
-test: bootstrap bootstrap-vllm bootstrap-gpuquant
+test: bootstrap bootstrap-vllm bootstrap-gpuquant bootstrap-browser
 	$(VENV)/bin/python -m pytest -q
 
 test-fast: bootstrap

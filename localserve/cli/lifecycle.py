@@ -71,17 +71,17 @@ def eval_command(suite: Path, targets: tuple[str, ...], seed: int, max_tokens: i
     from ..lifecycle.suites import load_suite
 
     loaded = load_suite(suite)
-    runs, versions = [], []
+    runs = []
     with VersionStore() as store:
-        for spec in targets:
-            version = _as_version(store, spec)
+        versions = [_as_version(store, spec) for spec in targets]
+        if record:
+            for spec, version in zip(targets, versions):
+                if version is None:
+                    parse_version_ref(spec)  # says how a version is named
+        for spec, version in zip(targets, versions):
             resolved = str(version.export_dir) if version else spec
             runs.append(evaluate(loaded, resolved, seed=seed, max_tokens=max_tokens, ollama_host=host, label=spec))
-            versions.append(version)
         if record:
-            missing = [t for t, v in zip(targets, versions) if v is None]
-            if missing:
-                parse_version_ref(missing[0])  # says how a version is named
             for run, version in zip(runs, versions):
                 store.add_evaluation(run, version)
     if html:

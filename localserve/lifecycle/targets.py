@@ -7,6 +7,8 @@ A spec is resolved in this order:
 
     ollama:NAME             a model on a running Ollama (/api/chat)
     openai:URL#MODEL        an OpenAI-compatible server such as vLLM (/v1/chat/completions, streamed)
+    store:DIR#NAME:TAG      a model in an Ollama model folder, without a server: its GGUF in llama.cpp,
+                            prompted through its stored Go TEMPLATE, stopping on its stored stops
     FILE.gguf               llama.cpp in process, with the GGUF's own chat template
     an export folder        (localserve.json) its first GGUF; a vLLM export's model/ folder (with its
                             first adapter when it serves them unmerged); a merge's folder; for a tenants
@@ -32,7 +34,7 @@ from ..fsutil import sha256_file, sha256_tree
 from ..lineage import RECORD_FILE, ExportRecord, find_record, read_record
 from .results import Answer
 
-FORMS = ("ollama:NAME", "openai:URL#MODEL", "a .gguf file", f"an export folder ({RECORD_FILE})",
+FORMS = ("ollama:NAME", "openai:URL#MODEL", "store:DIR#NAME:TAG", "a .gguf file", f"an export folder ({RECORD_FILE})",
          "an adapter folder (adapter_config.json)", "a Hugging Face model folder (config.json)")
 FORMS_HINT = "a target is one of: " + ", ".join(FORMS)
 
@@ -89,6 +91,8 @@ def open_target(spec: str, *, seed: int = 0, max_tokens: int = 128, ollama_host:
         return OllamaTarget(spec, spec.removeprefix("ollama:"), seed, max_tokens, ollama_host)
     if spec.startswith("openai:"):
         return OpenAITarget(spec, spec.removeprefix("openai:"), seed, max_tokens)
+    if spec.startswith("store:"):
+        return StoreTarget(spec, spec.removeprefix("store:"), seed, max_tokens)
     path = Path(spec).expanduser()
     tenant = None
     if not path.exists() and "#" in spec:
@@ -212,6 +216,65 @@ def _tenant_target(spec: str, folder: Path, record: ExportRecord, tenant: str | 
                 sha256=_known_sha256(base_file, base.sha256, base.size), tenant=tenant, lora=str(lora_file.resolve()),
                 lora_sha256=_known_sha256(lora_file, chosen.sha256, chosen.size))
     return GgufTarget(spec, base_file, seed, max_tokens, info, lora=lora_file)
+
+
+# --- a model in an Ollama store, without a server ----------------------------------------------------
+
+class StoreTarget(_Closing):
+    """`store:DIR#NAME:TAG` — a model in Ollama's model folder, run as Ollama would run it but without a
+    server: its GGUF blob in llama.cpp, the prompt rendered by its stored Go TEMPLATE (Ollama's own
+    template engine, see chat.gotemplate) with its SYSTEM, stopping on its stored `stop` parameters."""
+
+    def __init__(self, label: str, rest: str, seed: int, max_tokens: int):
+        from ..llamacpp.smoke import load
+        from ..ollama.store import ModelStore
+
+        root, sep, name = rest.rpartition("#")
+        if not sep or not name:
+            raise InputError(f"target {label!r}: name the model after '#'", "store:DIR#NAME:TAG, e.g. "
+                             "store:~/.ollama/models#demo:v2")
+        self.label, self.seed, self.max_tokens = label, seed, max_tokens
+        store = ModelStore(Path(root).expanduser() if root else None)
+        gguf, self.recipe, config = store.read_recipe(name)
+        if not self.recipe.template:
+            raise InputError(f"target {label!r} has no TEMPLATE (it relies on the GGUF's own chat template)",
+                             f"evaluate its GGUF instead: {gguf}")
+        self.info = {"engine": "llama.cpp", "store": str(store.root), "model": name,
+                     "manifest_digest": store.manifest_digest(name), "gguf": str(gguf), "quant": config.get("file_type")}
+        self._llm = load(gguf)
+
+    def answer(self, messages: list[dict]) -> Answer:
+        from ..chat.gotemplate import render
+
+        start = time.perf_counter()
+        if self.recipe.system and not any(m.get("role") == "system" for m in messages):
+            messages = [{"role": "system", "content": self.recipe.system}, *messages]
+        stop = self.recipe.parameters.get("stop") or []
+        first = None
+        pieces: list[str] = []
+        reason = None
+        tokens = _TokenCounter()
+        try:
+            prompt = render(self.recipe.template, messages)
+            for chunk in self._llm.create_completion(prompt, max_tokens=self.max_tokens, temperature=0.0,
+                                                     seed=self.seed, stop=list(stop), stream=True,
+                                                     logits_processor=[tokens]):
+                choice = chunk["choices"][0]
+                if choice.get("text"):
+                    first = first or time.perf_counter()
+                    pieces.append(choice["text"])
+                reason = choice.get("finish_reason") or reason
+        except Exception as e:  # any failure of the engine or the template on this case
+            return _failed(start, "llama.cpp", e)
+        end = time.perf_counter()
+        completion = tokens.sampled - (reason == "stop")
+        return Answer("".join(pieces), end - start, ttft_s=(first or end) - start, prompt_tokens=tokens.prompt,
+                      completion_tokens=max(completion, 0), finish_reason=reason)
+
+    def close(self) -> None:
+        llm, self._llm = getattr(self, "_llm", None), None
+        if llm is not None:
+            llm.close()
 
 
 # --- llama.cpp in process -------------------------------------------------------------------------------

@@ -33,19 +33,23 @@ class SmokeResult:
 
 def load(gguf: Path, n_ctx: int = 2048, lora: Path | None = None):
     """`gguf` in llama.cpp; `lora` (a GGUF LoRA adapter) is applied on top at full scale."""
-    from llama_cpp import Llama
+    import logging
 
-    if lora is None:
-        return Llama(model_path=str(gguf), n_ctx=n_ctx, verbose=False, seed=0)
+    from llama_cpp import Llama
     from llama_cpp._utils import suppress_stdout_stderr
 
+    # verbose=False does not cover what llama.cpp prints while it creates the context (a context
+    # longer than the model was trained with, tensors it cannot repack): unless --debug, it goes.
+    quiet = suppress_stdout_stderr(disable=logging.getLogger().isEnabledFor(logging.DEBUG))
+    if lora is None:
+        with quiet:
+            return Llama(model_path=str(gguf), n_ctx=n_ctx, verbose=False, seed=0)
     # llama-cpp-python takes a failed adapter load (a NULL pointer) for success and the first
     # decode then crashes the interpreter, so the file is checked against the base first.
     check_lora_fits(gguf, lora)
     failed = f"llama.cpp could not apply the LoRA {Path(lora).name} to {Path(gguf).name}"
     try:
-        # verbose=False does not cover adapter loading, which prints a line per tensor it cannot repack
-        with suppress_stdout_stderr(disable=False):
+        with quiet:
             llm = Llama(model_path=str(gguf), n_ctx=n_ctx, verbose=False, seed=0, lora_path=str(lora))
     except ValueError as e:
         raise SmokeTestFailed(f"{failed}: {e}", "the adapter's architecture or shapes do not fit this base") from None
