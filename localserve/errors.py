@@ -116,3 +116,8 @@ class RuntimeLoraDisabled(VllmError):
 
 class AdapterRefused(VllmError):
     """vLLM refused a LoRA adapter (incompatible with its base or limits, unknown name, already loaded)."""
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived: unwinds like Ctrl-C (temporary files removed, children stopped), exit 143.
+    A BaseException, like KeyboardInterrupt, so that no `except Exception` swallows it."""

@@ -123,3 +123,42 @@ def human_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
         n /= 1000
     raise AssertionError("unreachable")
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike, what: str = "localserve run") -> Iterator[None]:
+    """Hold the lock of `folder` (a file beside it, `.NAME.lock`) for one run, or refuse at once,
+    naming the process that holds it. The kernel drops the lock of a killed process, so a lock left
+    by a crash is simply taken over; the file is removed on release."""
+    import fcntl
+
+    from .errors import InputError
+
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    path = folder.parent / f".{folder.name}.lock"
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise InputError(f"another {what} (pid {holder}) is writing {folder}",
+                             "wait for it to finish, or write somewhere else with --out") from None
+        # the file may have been released and removed between our open and our lock: then lock anew
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        os.close(fd)

@@ -14,7 +14,7 @@ import sys
 
 import click
 
-from ..errors import LocalserveError
+from ..errors import LocalserveError, Terminated
 from ..progress import set_quiet
 
 
@@ -30,6 +30,9 @@ class _Group(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted: nothing half-written was left behind", err=True)
             ctx.exit(130)
+        except Terminated:
+            click.echo("terminated: nothing half-written was left behind", err=True)
+            ctx.exit(143)
         except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
             raise
         except Exception as e:  # a bug or an input no check foresaw: still one line, the traceback on request
@@ -97,7 +100,14 @@ def _collect() -> None:
 _collect()
 
 
+def _terminate(signum, frame) -> None:
+    raise Terminated()
+
+
 def main() -> None:
+    import signal
+
+    signal.signal(signal.SIGTERM, _terminate)
     cli(prog_name="localserve")
 
 

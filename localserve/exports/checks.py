@@ -32,6 +32,21 @@ def check_chat(chat_dir: Path, family: str | None, template_file: Path | None, f
     return setup, parity
 
 
+def check_out(out: Path, inputs: list[Path]) -> None:
+    """The output folder must be a folder (or not exist yet) and lie outside every input folder."""
+    from ..errors import InputError
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is a file, not a folder", "pass a folder path (it is created if missing)")
+    resolved = out.resolve()
+    for source in inputs:
+        source = Path(source).resolve()
+        if resolved == source or source in resolved.parents:
+            raise InputError(f"--out {out} is inside the input {source}: writing there would change what is read",
+                             "pass an --out outside the adapter and base folders")
+
+
 def require_export_space(out: Path, base_dir: Path, config: dict, quants: tuple[str, ...], merged: bool,
                          what: str) -> None:
     """Free disk for the run's peak: the merged folder (when there is one), the F16 GGUF and every quant."""

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import LocalserveError, QualityBoundNotMet
-from ..fsutil import atomic_path, human_bytes, sha256_file, write_text
+from ..fsutil import atomic_path, folder_lock, human_bytes, sha256_file, write_text
 from ..lineage import Artifact, BaseRecord, ExportRecord, ImatrixRecord, now, tool_versions, write_record
 from ..llamacpp import convert, quantize as quant
 from ..llamacpp.imatrix import IMATRIX_FILE
@@ -26,7 +26,7 @@ from ..llamacpp.vendor import locate
 from ..models.resolve import read_json
 from ..pipeline import Pipeline, content_key
 from ..progress import step
-from .checks import check_chat, require_export_space
+from .checks import check_chat, check_out, require_export_space
 from .inputs import MergeSource, merge_source
 from .spec import QUALITY_GATE_TOKENS, ExportSpec
 
@@ -124,7 +124,14 @@ class _Stages:
 
 
 def export(spec: ExportSpec) -> ExportResult:
-    """Run the whole export described by `spec`; see the module docstring for the stages."""
+    """Run the whole export described by `spec`; see the module docstring for the stages. One run at a
+    time writes an output folder: a second one is refused, naming the first."""
+    check_out(spec.out_dir, [p for p in (spec.adapter, spec.base) if p is not None])
+    with folder_lock(spec.out_dir, "localserve export"):
+        return _export(spec)
+
+
+def _export(spec: ExportSpec) -> ExportResult:
     from ..modelfile import parse_modelfile
 
     # --- resolve and check everything before writing anything -----------------------------

@@ -21,14 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import AdapterError, InputError, SmokeTestFailed
-from ..fsutil import atomic_path, human_bytes, sha256_file, sha256_tree, write_text
+from ..fsutil import atomic_path, folder_lock, human_bytes, sha256_file, sha256_tree, write_text
 from ..lineage import Artifact, BaseRecord, ExportRecord, TenantRecord, now, read_record, tool_versions, write_record
 from ..models.lora import describe, plain_alpha
 from ..models.resolve import Adapter, BaseModel, check_base_weights, load_adapter, read_json, resolve_base
 from ..pipeline import Pipeline, content_key
 from ..progress import step
 from ..spec import name_from_path
-from .checks import check_chat, require_export_space
+from .checks import check_chat, check_out, require_export_space
 from .inputs import read_probe
 from .spec import TenantExportSpec
 
@@ -165,7 +165,14 @@ def check_adapters(spec: TenantExportSpec) -> tuple[list[Adapter], BaseModel, li
 # --- the export ---------------------------------------------------------------------------------
 
 def export_tenants(spec: TenantExportSpec) -> TenantExportResult:
-    """Run the multi-tenant export described by `spec`; see the module docstring for the stages."""
+    """Run the multi-tenant export described by `spec`; see the module docstring for the stages. One
+    run at a time writes an output folder."""
+    check_out(spec.out_dir, [*spec.adapters, *([spec.base] if spec.base else [])])
+    with folder_lock(spec.out_dir, "localserve export"):
+        return _export_tenants(spec)
+
+
+def _export_tenants(spec: TenantExportSpec) -> TenantExportResult:
     from ..llamacpp import convert, quantize as quant
     from ..llamacpp.lora import ADAPTER_OUTTYPE, answer, convert_lora_to_gguf
     from ..llamacpp.smoke import smoke_test

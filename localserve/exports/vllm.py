@@ -12,6 +12,7 @@ destination and renamed into place whole.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import shutil
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import AdapterError, InputError, TemplateMismatch
-from ..fsutil import atomic_dir, human_bytes, require_free_space, sha256_file, sha256_tree
+from ..fsutil import atomic_dir, folder_lock, human_bytes, require_free_space, sha256_file, sha256_tree
 from ..gpuquant.export import CalibrationOptions, QuantResult, plan_quant, quantize_folder
 from ..lineage import (RECORD_FILE, AdapterRecord, Artifact, BaseRecord, ExportRecord, now, read_record, tool_versions,
                        write_record)
@@ -33,6 +34,7 @@ from ..progress import step
 from ..spec import name_from_path
 from ..vllm import serve
 from ..vllm.lora import LoraPlan, plan_lora
+from .checks import check_out
 from .spec import VLLM_DTYPE_BYTES, VllmExportSpec
 
 ADAPTERS_DIR = "adapters"
@@ -165,7 +167,13 @@ def _check_out(out: Path) -> None:
 
 
 def export_vllm(spec: VllmExportSpec) -> VllmExportResult:
-    """Run the vLLM export described by `spec`; see the module docstring for the stages."""
+    """Run the vLLM export described by `spec`; see the module docstring for the stages. One run at a
+    time writes an output folder (its name is known once the base is resolved)."""
+    with contextlib.ExitStack() as held:
+        return _export_vllm(spec, held)
+
+
+def _export_vllm(spec: VllmExportSpec, held: contextlib.ExitStack) -> VllmExportResult:
 
     # --- resolve and check everything before writing anything -----------------------------
     loaded = [load_adapter(a, spec.allow_pickle) for a in spec.adapters]
@@ -218,6 +226,8 @@ def export_vllm(spec: VllmExportSpec) -> VllmExportResult:
         max_cpu_loras=lora_plan.max_cpu_loras if lora_plan else None,
         arithmetic=layout.lines if layout else ())
     out = spec.out_dir(name)
+    check_out(out, [*(a.path for a in loaded), base.path])
+    held.enter_context(folder_lock(out, "localserve export"))
     _check_out(out)
     weights = sum(p.stat().st_size for p in base.path.glob("*.safetensors"))
     # the stream writes the merged shards once; peft's merge keeps a merged copy beside them first

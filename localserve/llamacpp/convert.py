@@ -80,8 +80,8 @@ def _raise_our_error(tail: str) -> None:
     from .. import errors
 
     for line in reversed(tail.splitlines()):
-        if line.startswith(ERROR_PREFIX):
-            data = json.loads(line[len(ERROR_PREFIX):])
+        if ERROR_PREFIX in line:  # a progress bar may share the line
+            data = json.loads(line.split(ERROR_PREFIX, 1)[1])
             kind = getattr(errors, data["type"], None)
             if isinstance(kind, type) and issubclass(kind, errors.LocalserveError) and kind.__init__ is errors.LocalserveError.__init__:
                 raise kind(data["message"], data.get("hint"))

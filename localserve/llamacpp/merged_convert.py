@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         convert(args.model, args.outfile, args.outtype, args.plan)
     except (LocalserveError, LookupError) as e:
         hint = getattr(e, "hint", None)
-        print(ERROR_PREFIX + json.dumps({"type": type(e).__name__, "message": getattr(e, "message", str(e)),
+        print("\n" + ERROR_PREFIX + json.dumps({"type": type(e).__name__, "message": getattr(e, "message", str(e)),
                                          "hint": hint}), file=sys.stderr, flush=True)
         return ERROR_EXIT
     return 0

@@ -261,8 +261,25 @@ def plan_merge(adapters: list[Adapter], base: BaseModel) -> MergePlan:
                     raise AdapterError(f"{where} trains a bias for {m.path} (lora_bias), but the base's layer has "
                                        "none", "pass --base with the model this adapter was trained on")
                 steps.setdefault(bias, []).append(TensorStep(i, "bias", m.path, key=m.bias_key, scale=m.scale))
-    return MergePlan(tuple(str(a.weights) for a in adapters), saved_dtype(config),
+    plan = MergePlan(tuple(str(a.weights) for a in adapters), saved_dtype(config),
                      {name: tuple(s) for name, s in steps.items()})
+    check_finite(plan)
+    return plan
+
+
+def check_finite(plan: MergePlan) -> None:
+    """Every adapter tensor the plan reads holds finite values (an adapter is small: this is cheap,
+    and a diverged training run is then one line before any work, naming the tensor)."""
+    import torch
+
+    reader = AdapterTensors(plan.weights)
+    for steps in plan.steps.values():
+        for s in steps:
+            for key in filter(None, (s.key, s.a_key, s.b_key, s.magnitude_key)):
+                if not torch.isfinite(reader.get(s.adapter, key)).all():
+                    raise MergeError(f"{plan.weights[s.adapter]} holds NaN or Inf in {key}",
+                                     "the adapter comes from a diverged training run; retrain it or export an "
+                                     "earlier checkpoint")
 
 
 def merged_tensors(plan: MergePlan, base_dir: Path, reader: AdapterTensors | None = None) -> list:
