@@ -55,7 +55,7 @@ fi
 
 # llama.cpp's converter and gguf-py, from the very sdist llama-cpp-python was built from.
 "$VENV/bin/python" -m localserve.llamacpp.vendor --ensure
-# llama-imatrix and llama-quantize (importance matrices), built once from that same source (~5 min).
-"$VENV/bin/python" -m localserve.llamacpp.tools --ensure
+# llama-imatrix and llama-quantize are built from that same source only when a command first needs
+# them (an importance matrix: --imatrix-data), saying so; the demo and most exports never do.
 
 log "ready: $VENV"

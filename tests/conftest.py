@@ -97,3 +97,26 @@ def exported_demo(demo_adapter, embedded_base, tmp_path_factory) -> Path:
     export(ExportSpec(adapter=demo_adapter, quants=("Q4_K_M", "Q8_0", "F16"), name="demo", out=out,
                       keep_intermediate=True, register=False))
     return out
+
+
+# --- tier timings: printed at the end of every run, so growth shows before it blocks CI -------------
+TIERS = ("vllm", "slow", "go")  # a test's tier is the first of these marks it carries, else "fast"
+_tier_seconds: dict[str, float] = {}
+_tier_counts: dict[str, int] = {}
+
+
+def pytest_runtest_logreport(report):
+    item_tier = next((t for t in TIERS if t in report.keywords), "fast")
+    _tier_seconds[item_tier] = _tier_seconds.get(item_tier, 0.0) + report.duration
+    if report.when == "call":
+        _tier_counts[item_tier] = _tier_counts.get(item_tier, 0) + 1
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not _tier_seconds:
+        return
+    terminalreporter.section("tier timings (setup + call + teardown)")
+    for tier in ("fast", "go", "slow", "vllm"):
+        if tier in _tier_seconds:
+            terminalreporter.write_line(f"{tier:<5} {_tier_counts.get(tier, 0):4d} tests  {_tier_seconds[tier] / 60:6.1f} min")
+    terminalreporter.write_line(f"total {sum(_tier_counts.values()):4d} tests  {sum(_tier_seconds.values()) / 60:6.1f} min")
