@@ -11,7 +11,6 @@ vLLM serves an adapter only when:
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from ..errors import AdapterError, InputError
 from ..models.lora import AdapterFacts, describe
 from ..models.merge import check_compatibility
 from ..models.resolve import Adapter, BaseModel
+from ..spec import MODEL_NAME_RE
 
 # The values vLLM's LoRAConfig accepts for max_lora_rank (vllm/config/lora.py, MaxLoRARanks).
 MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
@@ -37,7 +37,6 @@ SERVABLE_MODULES: dict[str, frozenset[str]] = {
     "Phi3ForCausalLM": frozenset({"qkv_proj", "o_proj", "gate_up_proj", "down_proj"}),
 }
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,79}$")
 
 
 def max_lora_rank(rank: int) -> int:
@@ -137,7 +136,7 @@ def plan_lora(adapters: list[tuple[str, Adapter, BaseModel]], architecture: str,
         if base.path.resolve() != first_base.path.resolve():
             raise AdapterError(f"{adapter.path} was trained on {base.path}, but {first.path} on {first_base.path}; "
                                "one vLLM server serves adapters of one base", "export each base's adapters separately")
-        if not _NAME_RE.match(name):
+        if not MODEL_NAME_RE.match(name):
             raise InputError(f"invalid adapter name {name!r} (from {adapter.path})",
                              "rename the folder: letters, digits, '_', '.', '-'")
         if name in seen:
