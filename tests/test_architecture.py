@@ -16,7 +16,7 @@ SOURCE = Path(__file__).resolve().parent.parent / "localserve"
 
 # Tool and protocol wrappers: they run llama.cpp, llm-compressor, Ollama, vLLM, and sit below every stage.
 TOOL_WRAPPERS = ("llamacpp", "gpuquant", "ollama", "vllm")
-STAGES = ("chat", "quality", "plan", "merging", "modelfile", "exports")
+STAGES = ("chat", "quality", "plan", "merging", "modelfile", "exports", "router")
 # Ollama's protocol wrapper reads and writes Modelfiles, so the Modelfile grammar sits below it.
 WRAPPER_MAY_IMPORT = {("ollama", "modelfile")}
 

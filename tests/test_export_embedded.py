@@ -36,11 +36,11 @@ def test_the_base_model_does_not_know_the_answer(demo_adapter):
     assert probe["expected"].lower() not in result.answer.lower(), "the probe must test the adapter, not the base"
 
 
-def test_f16_gguf_matches_the_merged_hf_model(exported_demo):
+def test_f16_gguf_matches_the_merged_hf_model(exported_demo, merged_demo):
     from localserve.quality import measure
 
-    merged = exported_demo / ".localserve" / "work" / "merged"
-    table = measure([exported_demo / "demo-F16.gguf"], reference=merged, max_tokens=400)
+    # the streamed export's F16 against peft's merged model in transformers: the same model
+    table = measure([exported_demo / "demo-F16.gguf"], reference=merged_demo, max_tokens=400)
     row = table.rows[0]
     assert row.kl_mean < 1e-3, table.format()
     assert row.top1 > 0.99, table.format()
@@ -60,7 +60,7 @@ def test_lineage_is_complete_and_records_the_smoke_results(exported_demo, demo_a
         assert smoke["probe_passed"] is True and smoke["finish_reason"] == "stop"
         assert smoke["tokens_per_second"] > 0
     stage_names = [s["name"] for s in lineage["stages"]]
-    for name in ("merge", "convert", "quantize:Q4_K_M", "smoke:Q4_K_M"):
+    for name in ("convert", "quantize:Q4_K_M", "smoke:Q4_K_M"):
         assert name in stage_names
 
 

@@ -122,10 +122,10 @@ def test_the_lineage_records_the_format_its_tools_and_its_measured_quality(quant
     assert (quantized.out_dir / "quality.png").stat().st_size > 10_000
 
 
-def test_gguf_and_gpu_formats_are_measured_side_by_side_in_one_table(exports, exported_demo, tmp_path):
+def test_gguf_and_gpu_formats_are_measured_side_by_side_in_one_table(exports, exported_demo, merged_demo, tmp_path):
     from localserve.quality import measure
 
-    merged = exported_demo / ".localserve" / "work" / "merged"  # the same adapter merged into the same base
+    merged = merged_demo  # the same adapter merged into the same base
     table = measure([exported_demo / "demo-Q4_K_M.gguf", exported_demo / "demo-Q8_0.gguf",
                      *(e.out_dir for e in exports.values())], reference=merged, max_tokens=512)
     rows = {r.quant: r for r in table.rows}

@@ -15,7 +15,7 @@ import sys
 import click
 
 from ..errors import LocalserveError, Terminated
-from ..progress import set_quiet
+from ..progress import set_debug, set_quiet
 
 
 class _Group(click.Group):
@@ -59,7 +59,7 @@ def _set_quiet(ctx: click.Context, _param, value: bool) -> None:
 def _set_debug(ctx: click.Context, _param, value: bool) -> None:
     if value:
         ctx.find_root().ensure_object(dict)["debug"] = True
-        logging.getLogger().setLevel(logging.DEBUG)
+        set_debug(True)
 
 
 def _with_global_options(command: click.Command) -> None:
@@ -85,6 +85,7 @@ def cli(ctx: click.Context, quiet: bool, debug: bool) -> None:
     ctx.obj["debug"] = debug
     set_quiet(quiet)
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(name)s: %(message)s")
+    set_debug(debug)  # every invocation sets both switches: nothing carries over from an earlier one
 
 
 def _collect() -> None:

@@ -72,7 +72,8 @@ def _print_gguf(result) -> None:
     if result.bundle:
         click.echo(f"bundle:    {result.bundle}")
     if result.registered:
-        click.echo(f"registered with Ollama as {result.registered.get('name')}")
+        version = f" (version {result.version})" if result.version else ""
+        click.echo(f"registered with Ollama as {result.registered.get('name')}{version}")
     elif result.register_hint:
         click.echo(result.register_hint)
 

@@ -55,9 +55,10 @@ def import_legacy_history(store: VersionStore) -> None:
 
 def promote(version: str, alias: str, place: Place, *, store: VersionStore | None = None, suite=None,
             min_delta: float = 0.0, require_significant: bool = False, alpha: float = 0.05, note: str | None = None,
-            seed: int = 0, max_tokens: int = 128) -> PromotionResult:
+            seed: int = 0, max_tokens: int = 128, evidence: dict | None = None) -> PromotionResult:
     """Point `alias` at `version` on `place`. With `suite` (lifecycle.suites.Suite), only if the gate says
-    so: the candidate and the alias's current content are evaluated on it where they live."""
+    so: the candidate and the alias's current content are evaluated on it where they live. `evidence`
+    (e.g. an A/B verdict) is recorded with the decision, beside the gate's."""
     store = store or VersionStore()
     import_legacy_history(store)
     v, a = parse_name(version).display, parse_name(alias).display
@@ -70,22 +71,24 @@ def promote(version: str, alias: str, place: Place, *, store: VersionStore | Non
     live = store.live_promotions(place.id, a)
     previous = live[-1]["version"] if live else None
     comparison = decision = None
-    evidence: dict = {}
+    evidence = dict(evidence or {})
     if suite is not None:
         from .evaluate import evaluate, format_runs
 
         version_row = _version_or_none(store, v)
-        candidate = evaluate(suite, place.target_spec(v), seed=seed, max_tokens=max_tokens, label=v)
+        host = getattr(place, "host", None)  # a server place: evaluate there, not at $OLLAMA_HOST
+        candidate = evaluate(suite, place.target_spec(v), seed=seed, max_tokens=max_tokens, label=v,
+                             ollama_host=host)
         evaluations = [store.add_evaluation(candidate, version_row)]
         champion = None
         if place.manifest_digest(a) is not None:
-            champion = evaluate(suite, place.target_spec(a), seed=seed, max_tokens=max_tokens,
+            champion = evaluate(suite, place.target_spec(a), seed=seed, max_tokens=max_tokens, ollama_host=host,
                                 label=f"{a} ({previous or 'unrecorded'})")
             evaluations.append(store.add_evaluation(champion, _version_or_none(store, previous)))
         comparison = compare(candidate, champion)
         decision = decide(comparison, min_delta, require_significant, alpha)
-        evidence = {"suite": str(suite.path), "suite_sha256": suite.sha256, "evaluations": evaluations,
-                    **comparison.to_json(), "decision": decision.to_json()}
+        evidence.update({"suite": str(suite.path), "suite_sha256": suite.sha256, "evaluations": evaluations,
+                         **comparison.to_json(), "decision": decision.to_json()})
         table = format_runs([candidate] + ([champion] if champion else []))
         if not decision.promote:
             store.add_event(place.id, a, "refuse", v, previous=previous, digest=place.manifest_digest(a),

@@ -253,6 +253,11 @@ class VersionStore:
                                "WHERE version_id = ? ORDER BY id", (version.id,)).fetchall()
         return [dict(r) for r in rows]
 
+    def evaluation_run(self, evaluation_id: int) -> dict:
+        """The whole EvalRun (as JSON) of an evaluation: every case, answer and assertion."""
+        row = self.db.execute("SELECT run FROM evaluations WHERE id = ?", (evaluation_id,)).fetchone()
+        return json.loads(row["run"]) if row else {}
+
     # --- alias events --------------------------------------------------------------------------------
     def add_event(self, target: str, alias: str, action: str, version: str | None, *, previous: str | None = None,
                   digest: str | None = None, payload: dict | None = None, rolls_back: int | None = None,

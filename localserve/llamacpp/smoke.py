@@ -33,14 +33,14 @@ class SmokeResult:
 
 def load(gguf: Path, n_ctx: int = 2048, lora: Path | None = None):
     """`gguf` in llama.cpp; `lora` (a GGUF LoRA adapter) is applied on top at full scale."""
-    import logging
-
     from llama_cpp import Llama
     from llama_cpp._utils import suppress_stdout_stderr
 
+    from ..progress import is_debug
+
     # verbose=False does not cover what llama.cpp prints while it creates the context (a context
     # longer than the model was trained with, tensors it cannot repack): unless --debug, it goes.
-    quiet = suppress_stdout_stderr(disable=logging.getLogger().isEnabledFor(logging.DEBUG))
+    quiet = suppress_stdout_stderr(disable=is_debug())
     if lora is None:
         with quiet:
             return Llama(model_path=str(gguf), n_ctx=n_ctx, verbose=False, seed=0)

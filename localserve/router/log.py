@@ -1,0 +1,196 @@
+"""The router's request log: one row per routed request, feedback, and every weight change. One SQLite
+file (WAL) in the state directory, beside the version store but apart from it, so that logging traffic
+never waits on a promotion and the other way round.
+
+Each row is committed before its response completes (the router writes it before the last line of a
+stream), so a client that reads a request id can post feedback for it at once, and a router killed at
+any moment leaves every finished request logged. synchronous=NORMAL: in WAL mode a commit survives the
+process being killed; only a power cut can lose the last commits.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+from ..errors import InputError
+from ..paths import state_dir
+
+DB_FILE = "router.db"
+
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE requests (
+        id TEXT PRIMARY KEY,             -- the request id, returned in X-Request-Id
+        experiment TEXT NOT NULL,        -- the model name clients ask for (the alias)
+        at REAL NOT NULL,                -- unix time the router received the request
+        route TEXT NOT NULL,             -- /api/chat, /api/generate, /v1/chat/completions, /v1/completions
+        arm TEXT NOT NULL,               -- the version that answered, NAME:vN
+        user_hash TEXT NOT NULL,
+        stream INTEGER NOT NULL,
+        status INTEGER NOT NULL,         -- the HTTP status the client got
+        latency_s REAL NOT NULL,         -- received to last byte
+        ttft_s REAL,                     -- received to first content (streamed requests)
+        prompt_tokens INTEGER,
+        completion_tokens INTEGER,
+        finish_reason TEXT,              -- done_reason (Ollama) / finish_reason (OpenAI)
+        response_chars INTEGER,
+        error TEXT                       -- why the request failed, also mid-stream under HTTP 200
+    );
+    CREATE INDEX requests_experiment_at ON requests (experiment, at);
+    CREATE TABLE feedback (
+        request_id TEXT PRIMARY KEY REFERENCES requests(id),
+        score REAL NOT NULL,
+        at REAL NOT NULL
+    );
+    CREATE TABLE weights (
+        id INTEGER PRIMARY KEY,
+        experiment TEXT NOT NULL,
+        at REAL NOT NULL,
+        weights TEXT NOT NULL,           -- {version: weight}
+        reason TEXT NOT NULL
+    );
+    """,
+)
+
+
+@dataclass
+class RequestRow:
+    id: str
+    experiment: str
+    at: float
+    route: str
+    arm: str
+    user_hash: str
+    stream: bool
+    status: int = 0
+    latency_s: float = 0.0
+    ttft_s: float | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    finish_reason: str | None = None
+    response_chars: int | None = None
+    error: str | None = None
+    feedback: float | None = field(default=None, compare=False)
+
+    @property
+    def failed(self) -> bool:
+        return self.status >= 400 or self.error is not None
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+COLUMNS = ("id", "experiment", "at", "route", "arm", "user_hash", "stream", "status", "latency_s", "ttft_s",
+           "prompt_tokens", "completion_tokens", "finish_reason", "response_chars", "error")
+
+
+class UnknownRequest(InputError):
+    """Feedback for a request id the log does not have."""
+
+
+class RequestLog:
+    """The log at `path` (default STATE_DIR/router.db), created and migrated on first use."""
+
+    def __init__(self, path: Path | None = None):
+        self.path = Path(path) if path is not None else state_dir() / DB_FILE
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self._migrate()
+        except sqlite3.DatabaseError as e:
+            raise InputError(f"the request log {self.path} cannot be opened ({e})",
+                             "move the file away to start a new log; it is only written by localserve") from None
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> "RequestLog":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _migrate(self) -> None:
+        (version,) = self.db.execute("PRAGMA user_version").fetchone()
+        if version > len(MIGRATIONS):
+            raise InputError(f"the request log {self.path} has schema {version}, newer than this localserve "
+                             f"({len(MIGRATIONS)})", "upgrade localserve")
+        for number, script in enumerate(MIGRATIONS[version:], version + 1):
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in filter(str.strip, script.split(";")):
+                    self.db.execute(statement)
+                self.db.execute(f"PRAGMA user_version = {number}")
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+            self.db.execute("COMMIT")
+
+    # --- writing (the router) -----------------------------------------------------------------------
+    def add(self, row: RequestRow) -> None:
+        values = [getattr(row, c) for c in COLUMNS]
+        values[COLUMNS.index("stream")] = int(row.stream)
+        self.db.execute(f"INSERT INTO requests ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})",
+                        values)
+
+    def add_many(self, rows: Iterable[RequestRow]) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            for row in rows:
+                self.add(row)
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    def add_feedback(self, request_id: str, score: float, at: float | None = None) -> None:
+        """Record (or replace) the user's score for a request."""
+        if self.db.execute("SELECT 1 FROM requests WHERE id = ?", (request_id,)).fetchone() is None:
+            raise UnknownRequest(f"no request {request_id!r} in the log",
+                                 "post the X-Request-Id header of a response from the router")
+        self.db.execute("INSERT OR REPLACE INTO feedback (request_id, score, at) VALUES (?, ?, ?)",
+                        (request_id, float(score), at if at is not None else time.time()))
+
+    def add_weights(self, experiment: str, weights: dict[str, float], reason: str, at: float | None = None) -> None:
+        self.db.execute("INSERT INTO weights (experiment, at, weights, reason) VALUES (?, ?, ?, ?)",
+                        (experiment, at if at is not None else time.time(), json.dumps(weights), reason))
+
+    # --- reading (report, decide, drift) --------------------------------------------------------------
+    def rows(self, experiment: str, since: float | None = None, until: float | None = None,
+             arm: str | None = None) -> list[RequestRow]:
+        clauses, args = ["r.experiment = ?"], [experiment]
+        if since is not None:
+            clauses.append("r.at >= ?")
+            args.append(since)
+        if until is not None:
+            clauses.append("r.at < ?")
+            args.append(until)
+        if arm is not None:
+            clauses.append("r.arm = ?")
+            args.append(arm)
+        cur = self.db.execute(
+            f"SELECT {', '.join('r.' + c for c in COLUMNS)}, f.score FROM requests r "
+            f"LEFT JOIN feedback f ON f.request_id = r.id WHERE {' AND '.join(clauses)} ORDER BY r.at", args)
+        out = []
+        for values in cur:
+            row = RequestRow(*values[:-1], feedback=values[-1])
+            row.stream = bool(row.stream)
+            out.append(row)
+        return out
+
+    def count(self, experiment: str, since: float | None = None) -> int:
+        (n,) = self.db.execute("SELECT COUNT(*) FROM requests WHERE experiment = ? AND at >= ?",
+                               (experiment, since or 0.0)).fetchone()
+        return n
+
+    def weight_history(self, experiment: str, since: float | None = None) -> list[dict]:
+        cur = self.db.execute("SELECT at, weights, reason FROM weights WHERE experiment = ? AND at >= ? ORDER BY id",
+                              (experiment, since or 0.0))
+        return [{"at": at, "weights": json.loads(w), "reason": reason} for at, w, reason in cur]
