@@ -170,3 +170,23 @@ def test_only_the_rows_since_the_experiment_started_count(tiny_arms):
     log_rows(rows(V2, 200, errors=100, seed=1, start=experiment.started_at - 7200))  # an earlier experiment
     log_rows(rows(V1, 100), rows(V2, 100, seed=2))
     assert decide(NAME, "error_rate <= control", min_requests=100, apply=False).action == "promote"
+
+
+def test_with_a_suite_the_gate_evaluates_both_versions_on_the_arms_server_and_decides_too(tiny_arms, tmp_path):
+    from localserve.lifecycle.suites import load_suite
+    from localserve.ollama.client import OllamaServer
+
+    OllamaServer(tiny_arms).copy(V1, f"{NAME}:latest")  # the control is live
+    suite = tmp_path / "suite.yaml"
+    suite.write_text("prompts: ['{{q}}']\ntests:\n  - vars: {q: 'the quick brown fox'}\n"
+                     "    assert: [{type: not-contains, value: zzzqqq}]\n")
+    save_experiment(tiny_arms)
+    log_rows(rows(V1, 30), rows(V2, 30, seed=1))
+    verdict = decide(NAME, "error_rate <= control", min_requests=30, suite=load_suite(suite))
+    assert verdict.action == "promote", verdict.reasons
+    with VersionStore() as store:
+        (event,) = [e for e in store.events(version=V2) if e["action"] == "promote"]
+        evaluated = store.db.execute("SELECT target, passed, total FROM evaluations ORDER BY id").fetchall()
+    assert [tuple(e) for e in evaluated] == [(V2, 1, 1), (f"{NAME}:latest (unrecorded)", 1, 1)]
+    assert event["payload"]["suite"] == str(suite) and event["payload"]["decision"]["promote"]
+    assert event["payload"]["ab"]["clauses"][0]["holds"] is True

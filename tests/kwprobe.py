@@ -1,3 +1,0 @@
-def pytest_runtest_logreport(report):
-    if report.when == "call" and "vllm" in report.keywords:
-        print("VLLM-TIER:", report.nodeid)

@@ -1,0 +1,46 @@
+"""The demo's console, as a new user sees it (`make demo`): our step lines and the result, nothing from
+the libraries underneath; with --quiet, the result alone. Golden files in tests/golden/console/ with
+paths and timings masked; regenerate after an intended change with LOCALSERVE_UPDATE_GOLDEN=1."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+GOLDEN = Path(__file__).parent / "golden" / "console"
+pytestmark = pytest.mark.slow
+
+
+def _masked(text: str, out: Path, adapter: Path) -> str:
+    text = text.replace(str(out), "<OUT>").replace(str(adapter), "<ADAPTER>")
+    text = re.sub(r"/\S*/models/SmolLM2-135M-Instruct", "<CACHE>/models/SmolLM2-135M-Instruct", text)
+    return re.sub(r"\d+(\.\d+)? tokens/s", "<N> tokens/s", text)
+
+
+def _run(demo_adapter: Path, out: Path, *flags: str) -> str:
+    # what `make demo` runs, in a process of its own (as a user's shell would), no Ollama answering
+    cmd = [sys.executable, "-m", "localserve", *flags, "export", str(demo_adapter), "--quant", "Q4_K_M", "--out",
+           str(out), "--name", "demo"]
+    env = {**os.environ, "OLLAMA_HOST": "http://127.0.0.1:9"}
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr
+    return _masked(done.stderr + done.stdout, out, demo_adapter)
+
+
+def _check(console: str, name: str) -> None:
+    golden = GOLDEN / name
+    if os.environ.get("LOCALSERVE_UPDATE_GOLDEN"):
+        golden.write_text(console, encoding="utf-8")
+    assert console == golden.read_text(encoding="utf-8")
+
+
+def test_the_demo_prints_our_lines_only_and_quiet_prints_the_result_alone(demo_adapter, embedded_base, tmp_path):
+    out = tmp_path / "demo"
+    _check(_run(demo_adapter, out), "demo-default.txt")
+    # the re-run skips every stage (cached), so it is quick; --quiet leaves the result only
+    _check(_run(demo_adapter, out, "--quiet"), "demo-quiet.txt")
