@@ -33,9 +33,15 @@ def ab_start(name: str, arms: tuple[str, ...], port: int | None, upstream: str |
     if foreground:
         from ..router.server import serve
 
+        from ..errors import Terminated
+
         started = ex.prepare(name, arms, port=port, upstream=upstream)
         click.echo(f"router of {started.name} on {started.url} (Ctrl-C stops it)")
-        serve(started.name)
+        try:
+            serve(started.name)  # uvicorn finishes the requests in flight on Ctrl-C or SIGTERM, then returns
+        except (KeyboardInterrupt, Terminated):
+            pass
+        click.echo(f"router of {started.name} stopped")
         return
     started = ex.start(name, arms, port=port, upstream=upstream)
     shares = ", ".join(f"{v}={s:.0%}" for v, s in started.public()["shares"].items())

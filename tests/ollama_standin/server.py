@@ -328,6 +328,17 @@ class Engine:
 ENGINE = Engine()
 
 
+class _QuietServer(ThreadingHTTPServer):
+    """A client that hangs up mid-answer (tests do, on purpose) is not an error worth a traceback."""
+
+    def handle_error(self, request, client_address) -> None:
+        import sys
+
+        if isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
+            return
+        super().handle_error(request, client_address)
+
+
 class Standin:
     def __init__(self, models_dir: Path, behaviour: Behaviour | None = None):
         self.store = Store(models_dir)
@@ -350,7 +361,7 @@ class Standin:
         class Handler(_Handler):
             owner = standin
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = _QuietServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self
