@@ -246,35 +246,47 @@ class StoreTarget(_Closing):
     def answer(self, messages: list[dict]) -> Answer:
         from ..chat.gotemplate import render
 
-        start = time.perf_counter()
         if self.recipe.system and not any(m.get("role") == "system" for m in messages):
             messages = [{"role": "system", "content": self.recipe.system}, *messages]
-        stop = self.recipe.parameters.get("stop") or []
-        first = None
-        pieces: list[str] = []
-        reason = None
-        tokens = _TokenCounter()
-        try:
-            prompt = render(self.recipe.template, messages)
-            for chunk in self._llm.create_completion(prompt, max_tokens=self.max_tokens, temperature=0.0,
-                                                     seed=self.seed, stop=list(stop), stream=True,
-                                                     logits_processor=[tokens]):
+        stop = list(self.recipe.parameters.get("stop") or [])
+
+        def pieces(tokens):
+            chunks = self._llm.create_completion(render(self.recipe.template, messages), max_tokens=self.max_tokens,
+                                                 temperature=0.0, seed=self.seed, stop=stop, stream=True,
+                                                 logits_processor=[tokens])
+            for chunk in chunks:
                 choice = chunk["choices"][0]
-                if choice.get("text"):
-                    first = first or time.perf_counter()
-                    pieces.append(choice["text"])
-                reason = choice.get("finish_reason") or reason
-        except Exception as e:  # any failure of the engine or the template on this case
-            return _failed(start, "llama.cpp", e)
-        end = time.perf_counter()
-        completion = tokens.sampled - (reason == "stop")
-        return Answer("".join(pieces), end - start, ttft_s=(first or end) - start, prompt_tokens=tokens.prompt,
-                      completion_tokens=max(completion, 0), finish_reason=reason)
+                yield choice.get("text"), choice.get("finish_reason")
+
+        return _llama_answer(pieces)
 
     def close(self) -> None:
         llm, self._llm = getattr(self, "_llm", None), None
         if llm is not None:
             llm.close()
+
+
+def _llama_answer(pieces) -> Answer:
+    """Time and count one llama.cpp answer: `pieces(counter)` yields (text, finish reason) as they come,
+    with `counter` among its logits processors."""
+    start = time.perf_counter()
+    first = None
+    texts: list[str] = []
+    reason = None
+    tokens = _TokenCounter()
+    try:
+        for text, finish in pieces(tokens):
+            if text:
+                first = first or time.perf_counter()
+                texts.append(text)
+            reason = finish or reason
+    except Exception as e:  # any failure of the engine on this case (context overflow, template error)
+        return _failed(start, "llama.cpp", e)
+    end = time.perf_counter()
+    # every sampled token went through the counter; the end-of-turn token that stopped it is not the answer's
+    completion = tokens.sampled - (reason == "stop")
+    return Answer("".join(texts), end - start, ttft_s=(first or end) - start, prompt_tokens=tokens.prompt,
+                  completion_tokens=max(completion, 0), finish_reason=reason)
 
 
 # --- llama.cpp in process -------------------------------------------------------------------------------
@@ -298,24 +310,8 @@ class GgufTarget(_Closing):
     def answer(self, messages: list[dict]) -> Answer:
         from ..llamacpp.smoke import chat
 
-        start = time.perf_counter()
-        first = None
-        pieces: list[str] = []
-        reason = None
-        tokens = _TokenCounter()
-        try:
-            for text, finish in chat(self._llm, messages, self.max_tokens, seed=self.seed, logits_processor=[tokens]):
-                if text:
-                    first = first or time.perf_counter()
-                    pieces.append(text)
-                reason = finish or reason
-        except Exception as e:  # any failure of the engine on this case (context overflow, template error)
-            return _failed(start, "llama.cpp", e)
-        end = time.perf_counter()
-        # every sampled token went through the counter; the end-of-turn token that stopped it is not the answer's
-        completion = tokens.sampled - (reason == "stop")
-        return Answer("".join(pieces), end - start, ttft_s=(first or end) - start, prompt_tokens=tokens.prompt,
-                      completion_tokens=max(completion, 0), finish_reason=reason)
+        return _llama_answer(lambda tokens: chat(self._llm, messages, self.max_tokens, seed=self.seed,
+                                                 logits_processor=[tokens]))
 
     def close(self) -> None:
         llm, self._llm = getattr(self, "_llm", None), None
