@@ -315,6 +315,31 @@ def test_bad_values_fail_at_load_time_with_one_line(tmp_path, text, expected):
     assert "s.yaml" in message and expected in message
 
 
+def test_a_response_format_asks_every_case_of_a_test_for_that_schema(tmp_path):
+    suite = load_suite(_write(tmp_path, "s.yaml", """\
+defaultTest:
+  options:
+    response_format: {type: json_schema, json_schema: {name: city, schema: {type: object, required: [city]}}}
+tests:
+  - vars: {question: [Capital of France?, Capital of Italy?]}
+    assert: [{type: is-json}]
+  - vars: {question: Free text}
+    options: {response_format: {type: text}}
+"""))
+    schemas = [c.json_schema for c in suite.cases]
+    assert schemas == [{"type": "object", "required": ["city"]}] * 2 + [None]
+
+
+@pytest.mark.parametrize("response_format, expected", [
+    ("{type: json_schema, json_schema: {schema: {type: 12}}}", "options.response_format holds an invalid JSON Schema"),
+    ("{type: json_schema}", "options.response_format must be {type: json_schema, json_schema: {schema: ...}}"),
+    ("json", "options.response_format must be"),
+])
+def test_a_bad_response_format_fails_at_load_time(tmp_path, response_format, expected):
+    message = _error(tmp_path, "s.yaml", f"tests: [{{vars: {{prompt: x}}, options: {{response_format: {response_format}}}}}]")
+    assert "s.yaml, test 1" in message and expected in message
+
+
 def test_a_file_that_is_no_suite_says_which_formats_are(tmp_path):
     assert "promptfoo" in _error(tmp_path, "s.csv", "a,b\n")
     with pytest.raises(InputError, match="does not exist"):

@@ -147,6 +147,33 @@ def test_a_server_failing_one_case_gives_that_case_an_error(standin, tiny_on_oll
         assert fine.error is None and fine.text, spec
 
 
+FLAG = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"], "additionalProperties": False}
+
+
+def test_a_json_schema_holds_the_answer_on_ollama_openai_and_llama_cpp_alike(standin, tiny_on_ollama, tiny_export):
+    from jsonschema import validate
+
+    specs = (f"ollama:{tiny_on_ollama}", f"openai:{standin.url}#{tiny_on_ollama}", str(tiny_export))
+    answers = []
+    for spec in specs:
+        with open_target(spec, max_tokens=48, ollama_host=standin.url) as target:
+            answers.append(target.answer(QUESTION, json_schema=FLAG))
+            free = target.answer(QUESTION)
+        assert free.error is None and free.text != answers[-1].text, spec
+    for spec, answer in zip(specs, answers):
+        assert answer.error is None and answer.finish_reason == "stop", (spec, answer)
+        validate(json.loads(answer.text), FLAG)
+    assert len({a.text for a in answers}) == 1  # one model, one grammar, greedy: one answer
+    sent = standin.requests[-2][2]  # the openai target's constrained request
+    assert sent["response_format"] == {"type": "json_schema", "json_schema": {"name": "answer", "schema": FLAG}}
+
+
+def test_transformers_cannot_constrain_and_says_so_in_the_answer(tiny_base):
+    with open_target(str(tiny_base), max_tokens=4) as target:
+        answer = target.answer(QUESTION, json_schema=FLAG)
+    assert answer.text == "" and "cannot constrain an answer to a JSON schema" in answer.error
+
+
 def test_an_unreachable_ollama_is_one_line_naming_the_address():
     with pytest.raises(TargetUnreachable) as e:
         open_target("ollama:demo:v1", ollama_host=CLOSED)

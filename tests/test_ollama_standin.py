@@ -50,6 +50,65 @@ def test_inference_errors(steer, model):
     assert r.status_code == 404 and r.json()["error"]["type"] == "not_found_error"
 
 
+CITY = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 24}}, "required": ["city"],
+        "additionalProperties": False}
+
+
+def test_format_holds_the_answer_to_a_json_schema_on_every_route(steer, model):
+    from jsonschema import validate
+
+    question = "What is the capital of France? Reply in JSON."
+    chat = HTTP.post(steer.url + "/api/chat", timeout=120, json={
+        "model": model, "stream": False, "format": CITY, "messages": [{"role": "user", "content": question}]}).json()
+    generate = HTTP.post(steer.url + "/api/generate", timeout=120, json={
+        "model": model, "stream": False, "format": CITY, "prompt": question}).json()
+    openai = HTTP.post(steer.url + "/v1/chat/completions", timeout=120, json={
+        "model": model, "messages": [{"role": "user", "content": question}],
+        "response_format": {"type": "json_schema", "json_schema": {"name": "city", "schema": CITY}}}).json()
+    texts = [chat["message"]["content"], generate["response"], openai["choices"][0]["message"]["content"]]
+    for text in texts:
+        validate(json.loads(text), CITY)
+    assert chat["done_reason"] == "stop" and texts[0] == texts[2]  # /v1 is /api/chat with the schema as format
+    free = HTTP.post(steer.url + "/api/chat", timeout=120, json={
+        "model": model, "stream": False, "messages": [{"role": "user", "content": question}]}).json()
+    assert free["message"]["content"] != texts[0]  # without format the model answers in prose
+
+
+def test_format_json_is_any_json_object(steer, model):
+    for body in ({"format": "json"}, {"response_format": {"type": "json_object"}}):
+        route = "/api/chat" if "format" in body else "/v1/chat/completions"
+        r = HTTP.post(steer.url + route, timeout=120, json={
+            "model": model, "stream": False, "messages": [{"role": "user", "content": "Name a colour in JSON."}],
+            **body})
+        answer = r.json()
+        text = answer["message"]["content"] if "format" in body else answer["choices"][0]["message"]["content"]
+        assert isinstance(json.loads(text), dict), text
+
+
+@pytest.mark.parametrize("fmt, message", [
+    ("X", 'invalid format: "\\"X\\""; expected "json" or a valid JSON Schema object'),
+    ([1], 'invalid format: "[1]"; expected "json" or a valid JSON Schema object'),
+    (7, 'invalid format: "7"; expected "json" or a valid JSON Schema object'),
+])
+def test_a_format_that_is_neither_json_nor_a_schema_fails_the_completion(steer, model, fmt, message):
+    for stream in (False, True):  # the error comes before the first piece: the status says it either way
+        r = HTTP.post(steer.url + "/api/chat", timeout=120, json={
+            "model": model, "stream": stream, "format": fmt, "messages": [{"role": "user", "content": "x"}]})
+        assert r.status_code == 500 and r.json() == {"error": message}, (stream, r.text)
+    for empty in (None, ""):  # set but empty: no constraint
+        r = HTTP.post(steer.url + "/api/generate", timeout=120, json={
+            "model": model, "stream": False, "format": empty, "prompt": "x", "options": {"num_predict": 2}})
+        assert r.status_code == 200, r.text
+
+
+def test_a_bad_schema_through_v1_is_an_openai_error(steer, model):
+    for stream in (False, True):
+        r = HTTP.post(steer.url + "/v1/chat/completions", timeout=120, json={
+            "model": model, "stream": stream, "messages": [{"role": "user", "content": "x"}],
+            "response_format": {"type": "json_schema", "json_schema": {"name": "n", "schema": "X"}}})
+        assert r.status_code == 500 and "invalid format" in r.json()["error"]["message"], (stream, r.text)
+
+
 def test_show_copy_delete(steer, model):
     shown = HTTP.post(steer.url + "/api/show", json={"model": model}).json()
     assert shown["details"]["family"] == "llama" and shown["details"]["quantization_level"] == "Q4_1"

@@ -53,6 +53,54 @@ def test_a_model_that_never_stops_fails_verification(steer, tmp_path, smollm_ggu
     assert not c.ok and "did not stop" in c.problem
 
 
+CITY = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 24}}, "required": ["city"],
+        "additionalProperties": False}
+
+
+def test_with_a_json_schema_every_client_gets_an_answer_that_validates(ollama_host, registered):
+    from jsonschema import validate
+
+    report = verify(registered, host=ollama_host, json_schema=CITY)
+    assert report.ok, [(c.client, c.problem) for c in report.clients]
+    for c in report.clients:
+        assert c.structured is not None and c.structured.finish_reason == "stop", c.client
+        validate(json.loads(c.structured.reply), CITY)
+
+
+def test_the_cli_shows_each_json_answer_and_its_verdict(ollama_host, registered, tmp_path):
+    schema = tmp_path / "city.json"
+    schema.write_text(json.dumps(CITY))
+    r = CliRunner().invoke(cli, ["-q", "verify", registered, "--host", ollama_host, "--client", "ollama",
+                                 "--json-schema", str(schema), "--json"])
+    assert r.exit_code == 0, r.output
+    (client,) = json.loads(r.stdout)["clients"]
+    assert client["ok"] and client["json_answer"]["problem"] is None and json.loads(client["json_answer"]["reply"])
+
+
+@pytest.mark.parametrize("text, message", [
+    ("{not json", "is not JSON"),
+    ("[1, 2]", "holds a JSON list, not a schema object"),
+    ('{"type": 12}', "is not a valid JSON Schema: 12 is not valid under any of the given schemas"),
+])
+def test_a_bad_schema_file_is_one_line_before_any_client_runs(ollama_host, registered, tmp_path, text, message):
+    from clihelpers import assert_one_line_error
+
+    schema = tmp_path / "schema.json"
+    schema.write_text(text)
+    r = CliRunner().invoke(cli, ["-q", "verify", registered, "--host", ollama_host, "--json-schema", str(schema)])
+    assert_one_line_error(r, message)
+
+
+def test_what_is_wrong_with_a_json_answer_is_one_line():
+    from localserve.ollama.verification import schema_problem
+
+    assert schema_problem('{"city": "Paris"}', "stop", CITY) is None
+    assert schema_problem('{"city": 3}', "stop", CITY) == "the schema rejects it at city: 3 is not of type 'string'"
+    assert schema_problem('{"town": "Paris"}', "stop", CITY).startswith("the schema rejects it at the top level")
+    assert schema_problem('{"city": "Par', "length", CITY) == "ended with 'length' before the JSON was complete"
+    assert schema_problem("Paris", "stop", CITY).startswith("not JSON (Expecting value at column 1)")
+
+
 def test_verify_of_a_missing_model_says_how_to_register(ollama_host):
     with pytest.raises(OllamaError, match="not on the Ollama server"):
         verify("never-registered:v1", host=ollama_host)

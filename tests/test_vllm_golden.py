@@ -1,6 +1,6 @@
-"""Golden vLLM serve files (tests/golden/vllm/), reviewed in diffs: one GPU merged, one GPU with
-LoRA tenants, and two nodes on Ray. Regenerate after an intended change with
-LOCALSERVE_UPDATE_GOLDEN=1 and review the diff."""
+"""Golden vLLM serve files (tests/golden/vllm/), reviewed in diffs: one GPU merged, the same with
+its serving features changed, one GPU with LoRA tenants, and two nodes on Ray. Regenerate after an
+intended change with LOCALSERVE_UPDATE_GOLDEN=1 and review the diff."""
 
 from __future__ import annotations
 
@@ -12,10 +12,13 @@ import pytest
 from localserve.vllm import ServeConfig, render
 
 GOLDEN = Path(__file__).parent / "golden" / "vllm"
+NGRAM = (("method", "ngram"), ("num_speculative_tokens", 5), ("prompt_lookup_min", 2), ("prompt_lookup_max", 4))
 LORA = dict(lora_modules=(("support", "./adapters/support"), ("legal", "./adapters/legal")), max_lora_rank=16,
             max_loras=2, max_cpu_loras=2)
 CONFIGS = {
     "merged": ServeConfig(name="demo"),
+    # the serving features away from their defaults: no prefix caching, ngram speculation, xgrammar
+    "features": ServeConfig(name="demo", prefix_caching=False, speculative=NGRAM, structured_output_backend="xgrammar"),
     "lora": ServeConfig(name="smol", max_model_len=8192, max_num_seqs=16, **LORA),
     "ray": ServeConfig(name="big", max_model_len=32768, max_num_seqs=64, tensor_parallel_size=8,
                        pipeline_parallel_size=2, nodes=2, gpus_per_node=8,

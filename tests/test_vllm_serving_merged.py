@@ -45,3 +45,16 @@ def test_a_server_without_runtime_updating_refuses_loads_in_one_line(server, dem
     with pytest.raises(RuntimeLoraDisabled, match="runtime LoRA updating is disabled") as refused:
         VllmClient(server.url).load("late", demo_adapter)
     assert "\n" not in str(refused.value) and "VLLM_ALLOW_RUNTIME_LORA_UPDATING=True" in str(refused.value)
+
+
+def test_the_golden_suite_runs_on_the_vllm_served_version_as_on_its_gguf(server, demo_adapter, exported_demo):
+    """`localserve eval` on the real vLLM (openai:URL#MODEL) and on the GGUF export: the same probe
+    passes on both stages of the fine-tune."""
+    from localserve.lifecycle.evaluate import evaluate
+    from localserve.lifecycle.suites import load_suite
+
+    suite = load_suite(demo_adapter / "probe.json")
+    served = evaluate(suite, f"openai:{server.url}#demo", max_tokens=48)
+    gguf = evaluate(suite, str(exported_demo / "demo-Q4_K_M.gguf"), max_tokens=48)
+    assert served.passed == gguf.passed == 1, (served.to_json(), gguf.to_json())
+    assert served.target_info["engine"] == "openai" and served.cases[0].answer.finish_reason == "stop"

@@ -19,6 +19,8 @@ def _click_option(opt: ExportOption) -> tuple[list[str], dict]:
              "choice": click.Choice(list(opt.choices))}
     if opt.value == "flag":
         return [opt.cli_flag, opt.name], {"is_flag": True, "default": False, "help": opt.help}
+    if opt.value == "switch":  # either spelling given is a choice; neither leaves the spec's default
+        return [opt.switch_flags, opt.name], {"default": None, "help": opt.help}
     return [opt.cli_flag, opt.name], {"type": kinds.get(opt.value), "default": None, "help": opt.help}
 
 
@@ -114,6 +116,8 @@ def _print_vllm(result) -> None:
     if result.lora is not None:
         for line in result.lora.lines():
             click.echo(line)
+    for line in result.features:
+        click.echo(f"  {line}")
     click.echo(f"config:  {result.config_file}")
     click.echo(f"serve:   {result.out_dir / 'launch.sh'}  (VLLM_PYTHON=/path/to/python ./launch.sh)")
     click.echo(f"lineage: {result.lineage_path}")

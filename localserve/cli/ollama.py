@@ -204,17 +204,23 @@ def install_command(bundle: Path, name: str | None, quant: str | None, host: str
 @click.argument("name")
 @_host
 @click.option("--client", "clients", multiple=True, help="Only these clients (langchain, ollama, openai).")
+@click.option("--json-schema", "json_schema", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="Also ask each client for one answer constrained to this JSON Schema (Ollama's format, "
+                   "/v1 response_format); it must parse and validate.")
 @_json
-def verify_command(name: str, host: str | None, clients: tuple[str, ...], as_json: bool) -> None:
+def verify_command(name: str, host: str | None, clients: tuple[str, ...], json_schema: Path | None,
+                   as_json: bool) -> None:
     """Chat with NAME through LangChain's ChatOllama, the ollama client and the openai client (/v1)."""
     from ..errors import OllamaError
-    from ..ollama.verification import verify
+    from ..ollama.verification import read_json_schema, verify
 
-    report = verify(name, host=host, clients=clients or None)
+    schema = read_json_schema(json_schema) if json_schema is not None else None
+    report = verify(name, host=host, clients=clients or None, json_schema=schema)
     if as_json:
         click.echo(json.dumps({"model": report.model, "host": report.host, "ok": report.ok, "clients": [
             {"client": c.client, "ok": c.ok, "problem": c.problem, "ttft_s": c.ttft_s, "tokens_per_s": c.tokens_per_s,
-             "turns": [t.__dict__ for t in c.turns]} for c in report.clients]}, indent=2))
+             "turns": [t.__dict__ for t in c.turns],
+             "json_answer": c.structured.__dict__ if c.structured else None} for c in report.clients]}, indent=2))
     else:
         for c in report.clients:
             mark = "ok  " if c.ok else "FAIL"
@@ -222,6 +228,9 @@ def verify_command(name: str, host: str | None, clients: tuple[str, ...], as_jso
                        + (f"  {c.problem}" if c.problem else ""))
             for t in c.turns:
                 click.echo(f"       > {t.prompt}\n       < {t.reply.strip()[:200]}  [{t.finish_reason}]")
+            if c.structured is not None:
+                verdict = "valid" if c.structured.ok else c.structured.problem
+                click.echo(f"       json< {c.structured.reply.strip()[:200]}  [{c.structured.finish_reason}] {verdict}")
     if not report.ok:
         bad = ", ".join(c.client for c in report.clients if not c.ok)
         raise OllamaError(f"verify {report.model} failed through {bad}",

@@ -39,7 +39,7 @@ class ExportOption:
     name: str
     help: str
     targets: frozenset[str]
-    value: str = "text"  # flag | text | int | float | size | path | file | choice
+    value: str = "text"  # flag | switch (--X/--no-X) | text | int | float | size | path | file | choice
     default: Any = None  # the spec's default; per export when it differs (see `default_for`)
     flag: str | None = None  # when it is not --name-with-dashes
     choices: tuple[str, ...] = ()
@@ -60,8 +60,13 @@ class ExportOption:
     def default_for(self, kind: str) -> Any:
         return self.default.get(kind) if isinstance(self.default, dict) else self.default
 
+    @property
+    def switch_flags(self) -> str:
+        """A switch's two spellings, as click declares them: --x/--no-x."""
+        return f"{self.cli_flag}/--no-{self.cli_flag[2:]}"
+
     def refuse_message(self, kind: str) -> tuple[str, str]:
-        flag = self.cli_flag
+        flag = self.switch_flags if self.value == "switch" else self.cli_flag
         message, hint = REFUSAL[kind]
         message = self.refusals.get(kind, message)
         return message.format(flag=flag), hint.format(flag=flag, hint=self.hints.get(kind, ""))
@@ -91,6 +96,19 @@ OPTIONS: dict[str, ExportOption] = _options(
                  default=64, minimum=1),
     ExportOption("calibration_seq_len", "vLLM --quant: tokens per sample (default 512).", frozenset({VLLM}), "int",
                  default=512, minimum=8),
+    # --- vLLM's serving features, written into every serve file ---
+    ExportOption("prefix_caching", "vLLM: reuse the KV cache of a prompt prefix already seen (a shared system prompt "
+                                   "is computed once). vLLM 0.32 turns it on by default; the export writes it out "
+                                   "either way. [default: on]", frozenset({VLLM}), "switch", default=True,
+                 hints={TENANTS: "it applies to --target vllm"}),
+    ExportOption("speculative", "vLLM speculative decoding: ngram[:N] proposes N tokens (default 5) by looking the "
+                                "last tokens up in the prompt, no draft model; draft:PATH runs a smaller model with "
+                                "the same tokenizer, copied into the export. [default: off]", frozenset({VLLM}),
+                 hints={TENANTS: "it applies to --target vllm"}),
+    ExportOption("structured_output_backend", "vLLM: the library that constrains answers to a JSON schema, regex or "
+                                              "grammar (response_format). [default: auto]", frozenset({VLLM}),
+                 "choice", default="auto", choices=("auto", "xgrammar", "guidance", "outlines"),
+                 hints={TENANTS: "it applies to --target vllm"}),
     ExportOption("merge_engine", "How an adapter is merged: stream (tensor by tensor inside llama.cpp's converter "
                                  "or the safetensors writer; memory follows the largest tensor) or peft "
                                  "(merge_and_unload on the whole model in fp32; the reference). [default: stream]",

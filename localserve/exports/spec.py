@@ -228,6 +228,9 @@ class VllmExportSpec:
     calibration_samples: int = option_field("calibration_samples", VLLM)
     calibration_seq_len: int = option_field("calibration_seq_len", VLLM)
     merge_engine: str = option_field("merge_engine", VLLM)
+    prefix_caching: bool = option_field("prefix_caching", VLLM)
+    speculative: str | None = option_field("speculative", VLLM)  # ngram[:N] | draft:PATH; see `speculation`
+    structured_output_backend: str = option_field("structured_output_backend", VLLM)
     measure_quality: bool = True  # KL / top-1 against the unquantized merged model
     quality_tokens: int = QUALITY_GATE_TOKENS
 
@@ -260,6 +263,13 @@ class VllmExportSpec:
             raise InputError("max_loras/max_cpu_loras apply to --lora only")
         _check_merge_engine(self)
         self._check_quant()
+        from ..vllm.serve import STRUCTURED_OUTPUT_BACKENDS
+
+        if self.structured_output_backend not in STRUCTURED_OUTPUT_BACKENDS:
+            raise InputError(f"--structured-output-backend must be one of {', '.join(STRUCTURED_OUTPUT_BACKENDS)}, "
+                             f"not {self.structured_output_backend!r}")
+        if self.speculative is not None:
+            speculation(self.speculative)  # refused here, in one line, before anything is resolved
         # Under --lora the adapters keep their folder names; the base's name is known once it is resolved.
         name = self.name or (None if self.lora else name_from_path(self.adapters[0]))
         if name is not None:
@@ -306,6 +316,40 @@ class VllmExportSpec:
 
 AnyExportSpec = ExportSpec | TenantExportSpec | VllmExportSpec
 
+# Tokens a proposer guesses ahead per step when --speculative names no N: vLLM's documented examples use 5.
+DEFAULT_SPECULATIVE_TOKENS = 5
+SPECULATIVE_FORMS = "ngram, ngram:N (N tokens proposed per step, 1-16) or draft:PATH (a model folder)"
+
+
+@dataclass(frozen=True)
+class Speculation:
+    """What `--speculative` asks for: vLLM's speculative_config without the draft's place in the export."""
+
+    method: str  # "ngram" | "draft"
+    tokens: int  # num_speculative_tokens
+    draft: Path | None = None
+
+
+def speculation(value: str) -> Speculation:
+    """`--speculative` parsed: ngram | ngram:N | draft:PATH; InputError in one line otherwise."""
+    method, sep, rest = value.strip().partition(":")
+    if method == "ngram":
+        if not sep:
+            return Speculation("ngram", DEFAULT_SPECULATIVE_TOKENS)
+        if not rest.isdigit() or not 1 <= int(rest) <= 16:
+            raise InputError(f"--speculative {value}: N must be a whole number from 1 to 16, not {rest!r}",
+                             "e.g. --speculative ngram:4")
+        return Speculation("ngram", int(rest))
+    if method == "draft":
+        if not rest:
+            raise InputError(f"--speculative {value} names no draft model", "e.g. --speculative draft:models/small")
+        draft = Path(rest).expanduser()
+        if not (draft / "config.json").is_file():
+            raise InputError(f"--speculative {value}: {draft} is not a model folder (no config.json)",
+                             "name a Hugging Face folder of a smaller model with the same tokenizer")
+        return Speculation("draft", DEFAULT_SPECULATIVE_TOKENS, draft)
+    raise InputError(f"--speculative {value!r} is not a speculation vLLM runs here", f"pass {SPECULATIVE_FORMS}")
+
 
 def export_spec(adapters: tuple[str | Path, ...] = (), target: str = "ollama", lora: bool = False,
                 **options: Any) -> AnyExportSpec:
@@ -324,4 +368,5 @@ def export_spec(adapters: tuple[str | Path, ...] = (), target: str = "ollama", l
     return ExportSpec(adapter=adapters[0] if adapters else None, **kwargs)
 
 
-__all__ = ["AnyExportSpec", "ExportSpec", "TenantExportSpec", "VllmExportSpec", "export_spec"]
+__all__ = ["AnyExportSpec", "ExportSpec", "Speculation", "TenantExportSpec", "VllmExportSpec", "export_spec",
+           "speculation"]

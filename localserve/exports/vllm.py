@@ -35,9 +35,13 @@ from ..spec import name_from_path
 from ..vllm import serve
 from ..vllm.lora import LoraPlan, plan_lora
 from .checks import check_out
-from .spec import VLLM_DTYPE_BYTES, VllmExportSpec
+from .spec import VLLM_DTYPE_BYTES, Speculation, VllmExportSpec, speculation
 
 ADAPTERS_DIR = "adapters"
+DRAFT_DIR = "draft"  # the --speculative draft model, copied into the export so the serve files stay relative
+# The n-grams the ngram proposer looks up in the prompt: two tokens already find the repeats of
+# templated or quoted text, four bound the search.
+NGRAM_LOOKUP = (2, 4)
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 
@@ -56,6 +60,7 @@ class VllmExportResult:
     model_bytes: int
     quantization: QuantResult | None = None
     record: ExportRecord | None = None
+    features: tuple[str, ...] = ()  # prefix caching, speculative decoding, structured outputs: one line each
 
     def to_json(self) -> dict:
         return {"out_dir": str(self.out_dir), "name": self.name, "model_dir": str(self.model_dir),
@@ -66,7 +71,8 @@ class VllmExportResult:
                 "pipeline_parallel_size": self.layout.pipeline_parallel_size if self.layout else 1,
                 "arithmetic": list(self.layout.lines) if self.layout else [],
                 "lora": self.lora.lines() if self.lora else None,
-                "quantization": self.quantization.to_json() if self.quantization else None}
+                "quantization": self.quantization.to_json() if self.quantization else None,
+                "features": list(self.features)}
 
 
 def chat_files(adapter: Adapter | None, base: BaseModel) -> tuple[dict[str, Path], Path]:
@@ -206,6 +212,9 @@ def _export_vllm(spec: VllmExportSpec, held: contextlib.ExitStack) -> VllmExport
     from ..chat.hf import load_hf_chat
 
     load_hf_chat(chat[1])  # no template to serve: refused here, before anything is written
+    speculate = speculation(spec.speculative) if spec.speculative else None
+    if speculate is not None and speculate.method == "draft":
+        check_draft_vocabulary(speculate.draft, chat[0], config, name)
     layout = _layout(spec, config, base.path)
     if layout is not None:
         step("layout:\n  " + "\n  ".join(layout.lines))
@@ -224,16 +233,20 @@ def _export_vllm(spec: VllmExportSpec, held: contextlib.ExitStack) -> VllmExport
         max_lora_rank=lora_plan.max_lora_rank if lora_plan else None,
         max_loras=lora_plan.max_loras if lora_plan else None,
         max_cpu_loras=lora_plan.max_cpu_loras if lora_plan else None,
+        prefix_caching=spec.prefix_caching, speculative=speculative_config(speculate),
+        structured_output_backend=spec.structured_output_backend,
         arithmetic=layout.lines if layout else ())
     out = spec.out_dir(name)
-    check_out(out, [*(a.path for a in loaded), base.path])
+    draft = [speculate.draft] if speculate is not None and speculate.draft is not None else []
+    check_out(out, [*(a.path for a in loaded), base.path, *draft])
     held.enter_context(folder_lock(out, "localserve export"))
     _check_out(out)
     weights = sum(p.stat().st_size for p in base.path.glob("*.safetensors"))
     # the stream writes the merged shards once; peft's merge keeps a merged copy beside them first
     merge_plan = plan_merge(loaded, base) if not spec.lora and spec.merge_engine == "stream" else None
     copies = 3 if not spec.lora and spec.merge_engine == "peft" else 1
-    require_free_space(out.parent, weights * copies + (1 << 26), "the vLLM export")
+    draft_bytes = sum(p.stat().st_size for d in draft for p in _draft_files(d))
+    require_free_space(out.parent, weights * copies + draft_bytes + (1 << 26), "the vLLM export")
 
     # --- write: the whole folder is built beside `out` and renamed into place --------------
     inputs = {"base": sha256_tree(base.path), **{f"adapter:{a.path.name}": sha256_tree(a.path) for a in loaded}}
@@ -268,6 +281,11 @@ def _export_vllm(spec: VllmExportSpec, held: contextlib.ExitStack) -> VllmExport
                 for file in ADAPTER_FILES + ("probe.json", "README.md"):
                     if (a.adapter.path / file).is_file():
                         shutil.copyfile(a.adapter.path / file, dest / file)
+        if speculate is not None and speculate.draft is not None:
+            step(f"copying the draft model {speculate.draft} to {DRAFT_DIR}/")
+            (tmp / DRAFT_DIR).mkdir()
+            for source in _draft_files(speculate.draft):
+                shutil.copyfile(source, tmp / DRAFT_DIR / source.name)
         files = serve.write(serve_config, tmp)
         model_bytes = sum(p.stat().st_size for p in model.glob("*.safetensors"))
         versions = tool_versions(("localserve", "torch", "transformers", "peft", "safetensors"))
@@ -294,7 +312,8 @@ def _export_vllm(spec: VllmExportSpec, held: contextlib.ExitStack) -> VllmExport
                           "ranks": {a.name: a.rank for a in lora_plan.adapters},
                           "modules": {a.name: list(a.modules) for a in lora_plan.adapters}} if lora_plan else None),
                 "serve": {"options": serve_config.options(), "environment": serve_config.environment,
-                          "files": [p.relative_to(tmp).as_posix() for p in files]}})
+                          "files": [p.relative_to(tmp).as_posix() for p in files]},
+                "features": serving_features(spec, speculate, serve_config)})
         write_record(tmp, record)
     step(f"wrote {MODEL_DIR}/ ({human_bytes(model_bytes)}), {serve.CONFIG_FILE} and serve files to {out}")
     return VllmExportResult(
@@ -302,7 +321,7 @@ def _export_vllm(spec: VllmExportSpec, held: contextlib.ExitStack) -> VllmExport
         adapters=tuple((a.name, out / ADAPTERS_DIR / a.name) for a in lora_plan.adapters) if lora_plan else (),
         serve_files=tuple(out / p.relative_to(tmp) for p in files), config_file=out / serve.CONFIG_FILE,
         lineage_path=out / RECORD_FILE, end_of_turn_ids=eot_ids, layout=layout, lora=lora_plan,
-        model_bytes=model_bytes, quantization=quantization, record=record)
+        model_bytes=model_bytes, quantization=quantization, record=record, features=serve_config.features)
 
 
 def _quality_of(format_name: str, tokens: int, work: Path):
@@ -333,3 +352,93 @@ def _check_shared_chat(adapters: list[Adapter], base: BaseModel) -> None:
         if differing:
             raise AdapterError(f"{a.path} brings its own {', '.join(differing)}, but adapters served with --lora share "
                                "the base's tokenizer and chat template", "export this adapter merged (drop --lora)")
+
+
+# --- serving features: prefix caching, speculative decoding, structured outputs -----------------------
+
+def speculative_config(speculate: Speculation | None) -> tuple[tuple[str, object], ...] | None:
+    """vLLM's speculative_config for `speculate`, with a draft model at its place in the export."""
+    if speculate is None:
+        return None
+    if speculate.method == "ngram":
+        return (("method", "ngram"), ("num_speculative_tokens", speculate.tokens),
+                ("prompt_lookup_min", NGRAM_LOOKUP[0]), ("prompt_lookup_max", NGRAM_LOOKUP[1]))
+    return (("method", "draft_model"), ("model", f"./{DRAFT_DIR}"), ("num_speculative_tokens", speculate.tokens))
+
+
+def serving_features(spec: VllmExportSpec, speculate: Speculation | None, config: serve.ServeConfig) -> dict:
+    """The record's account of the serving features: what was asked, what vLLM would do unasked, what is written."""
+    return {
+        "prefix_caching": {"enabled": spec.prefix_caching, "vllm_default": serve.VLLM_PREFIX_CACHING_DEFAULT},
+        "speculative": None if speculate is None else {
+            "method": speculate.method, "num_speculative_tokens": speculate.tokens,
+            "draft": None if speculate.draft is None else {"from": str(speculate.draft.resolve()),
+                                                           "sha256": sha256_tree(speculate.draft),
+                                                           "path": f"./{DRAFT_DIR}"},
+            "speculative_config": dict(config.speculative or ())},
+        "structured_output_backend": spec.structured_output_backend,
+        "lines": list(config.features)}
+
+
+# What a draft folder contributes to the export: weights as safetensors, config, tokenizer.
+_DRAFT_NAMES = ("config.json", "generation_config.json", "model.safetensors.index.json")
+
+
+def _draft_files(draft: Path) -> list[Path]:
+    from ..models.lora import TOKENIZER_FILES
+
+    files = sorted(p for p in draft.iterdir() if p.is_file() and (
+        p.suffix == ".safetensors" or p.name in _DRAFT_NAMES or p.name in TOKENIZER_FILES))
+    if not any(p.suffix == ".safetensors" for p in files):
+        raise InputError(f"the draft model {draft} has no *.safetensors weights",
+                         "save it with safe_serialization=True (pickle weights are not copied into an export)")
+    return files
+
+
+def check_draft_vocabulary(draft: Path, served_tokenizer: dict[str, Path], served_config: dict, name: str) -> None:
+    """Refuse, in one line, a draft model whose tokens are not the served model's.
+
+    vLLM verifies the draft's proposals token id by token id, so the two must agree on every id:
+    the config's vocab_size (vLLM's own check, at start-up), the tokenizer's vocabulary and its
+    special tokens (which vLLM does not check: a mismatch there serves wrong text, not an error).
+    """
+    import tempfile
+
+    from transformers import AutoTokenizer
+
+    draft_config = read_json(draft / "config.json")
+    hint = "a draft model must share the served model's tokenizer: a smaller model of the same family"
+    ours, theirs = served_config.get("vocab_size"), draft_config.get("vocab_size")
+    if ours != theirs:
+        raise InputError(f"--speculative draft:{draft}: its vocab_size is {theirs}, {name}'s is {ours}", hint)
+    with tempfile.TemporaryDirectory(prefix="localserve-tokenizer-") as scratch:
+        for file, source in served_tokenizer.items():
+            (Path(scratch) / file).symlink_to(source.resolve())
+        (Path(scratch) / "config.json").write_text(json.dumps(served_config), encoding="utf-8")  # the model type
+        try:
+            served = AutoTokenizer.from_pretrained(scratch, trust_remote_code=False)
+            drafted = AutoTokenizer.from_pretrained(str(draft), trust_remote_code=False)
+        except (OSError, ValueError) as e:
+            why = " ".join(str(e).split())[:200]
+            raise InputError(f"--speculative draft:{draft}: its tokenizer does not load ({why})", hint) from None
+    difference = vocabulary_difference(served, drafted)
+    if difference:
+        raise InputError(f"--speculative draft:{draft}: its tokenizer differs from {name}'s: {difference}", hint)
+
+
+def vocabulary_difference(served, drafted) -> str | None:
+    """The first way two tokenizers disagree on token ids, in words; None when they agree."""
+    a, b = served.get_vocab(), drafted.get_vocab()
+    if len(a) != len(b):
+        return f"{len(b)} tokens, not {len(a)}"
+    for token, token_id in sorted(a.items(), key=lambda item: item[1]):
+        if b.get(token) != token_id:
+            found = "missing" if token not in b else f"id {b[token]}"
+            return f"token {token!r} is id {token_id} in the served model, {found} in the draft"
+    for role in ("bos_token", "eos_token", "pad_token", "unk_token"):
+        if getattr(served, role) != getattr(drafted, role):
+            return f"{role} is {getattr(drafted, role)!r}, not {getattr(served, role)!r}"
+    if set(served.all_special_tokens) != set(drafted.all_special_tokens):
+        extra = sorted(set(served.all_special_tokens) ^ set(drafted.all_special_tokens))
+        return f"special tokens differ: {', '.join(map(repr, extra[:3]))}"
+    return None

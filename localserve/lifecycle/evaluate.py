@@ -20,7 +20,7 @@ def evaluate(suite, target_spec: str, *, seed: int = 0, max_tokens: int = 128, o
     with open_target(target_spec, seed=seed, max_tokens=max_tokens, ollama_host=ollama_host) as target:
         with bar(len(suite.cases), f"eval {label or target_spec}", unit="case") as progress:
             for case in suite.cases:
-                results.append(grade(case, target.answer(list(case.messages))))
+                results.append(grade(case, target.answer(list(case.messages), json_schema=case.json_schema)))
                 progress.update(1)
         info = dict(target.info)
     return EvalRun(str(Path(suite.path)), suite.sha256, label or target_spec, info, tuple(results), started,

@@ -2,6 +2,8 @@
 
 - promptfoo test files (YAML or JSON): `tests:` with `vars`, `assert`, `description`, `metadata`;
   optional `prompts` and `defaultTest`, merged as promptfoo merges them (see `_merge_default`).
+  `options.response_format` in OpenAI's shape (`{type: json_schema, json_schema: {schema: ...}}`)
+  asks the target for an answer constrained to that schema (see lifecycle.targets).
 - OpenAI-evals samples (JSONL): one `{"input", "ideal"}` per line.
 - our own `probe.json` (`{"question", "expected"}`), or an adapter folder that holds one.
 
@@ -41,6 +43,7 @@ class Case:
     critical: bool = False  # the gate refuses a candidate on which this case regresses
     description: str | None = None
     vars: dict = field(default_factory=dict)
+    json_schema: dict | None = None  # the answer is constrained to this JSON Schema (options.response_format)
 
 
 @dataclass(frozen=True)
@@ -319,6 +322,7 @@ class _PromptfooFile:
         critical = bool((metadata.get("critical") if isinstance(metadata, dict) else False) or test.get("critical"))
         description = test.get("description") if isinstance(test.get("description"), str) else None
 
+        json_schema = _response_schema(options.get("response_format"), where)
         combinations = [variables] if options.get("disableVarExpansion") else _var_combinations(variables)
         cases = []
         for k, combo in enumerate(combinations, 1):
@@ -329,7 +333,7 @@ class _PromptfooFile:
                     (f"/p{j}" if len(prompts) > 1 else "")
                 prompt_where = f"{where}, prompt {j}" if prompts else where
                 messages = _messages(template, combo, options, prompt_where)
-                cases.append(Case(case_id, messages, assertions, critical, description, dict(combo)))
+                cases.append(Case(case_id, messages, assertions, critical, description, dict(combo), json_schema))
         return cases
 
     def _assertion(self, raw: Any, variables: dict, where: str) -> Assertion:
@@ -350,6 +354,32 @@ class _PromptfooFile:
             return make_assertion(raw)
         except LocalserveError as e:
             raise _at(where, e) from None
+
+
+RESPONSE_FORMAT_EXAMPLE = "e.g. options: {response_format: {type: json_schema, json_schema: {schema: {type: object}}}}"
+
+
+def _response_schema(response_format: Any, where: str) -> dict | None:
+    """The JSON Schema of an OpenAI-shaped `response_format`, checked against its metaschema now."""
+    from jsonschema import validators
+    from jsonschema.exceptions import SchemaError
+
+    if response_format is None:
+        return None
+    kind = response_format.get("type") if isinstance(response_format, dict) else None
+    if kind == "text":
+        return None
+    inner = response_format.get("json_schema") if kind == "json_schema" else None
+    schema = inner.get("schema") if isinstance(inner, dict) else None
+    if not isinstance(schema, dict):
+        raise InputError(f"{where}: options.response_format must be {{type: json_schema, json_schema: {{schema: "
+                         f"...}}}} with the schema as an object", RESPONSE_FORMAT_EXAMPLE)
+    try:
+        validators.validator_for(schema).check_schema(schema)
+    except SchemaError as e:
+        raise InputError(f"{where}: options.response_format holds an invalid JSON Schema: {e.message}",
+                         RESPONSE_FORMAT_EXAMPLE) from None
+    return schema
 
 
 def _merge_default(default: dict, test: dict, where: str) -> dict:

@@ -17,6 +17,9 @@ A spec is resolved in this order:
     a model folder          (config.json) a merged or any Hugging Face model: transformers
 
 Every engine decodes greedily (temperature 0) with a fixed seed, so two runs give the same answers.
+`answer(messages, json_schema=SCHEMA)` asks for an answer constrained to a JSON Schema, through each
+engine's own mechanism: vLLM's (OpenAI) `response_format` json_schema, Ollama's `format`, a llama.cpp
+grammar made from the schema; transformers has none, and says so in the answer's error.
 An engine failing on one case gives an `Answer` with its `error`; a target that cannot be opened at
 all raises a LocalserveError (an InputError naming what is wrong when the spec is).
 """
@@ -53,7 +56,7 @@ class Target(Protocol):
     label: str  # the spec as the user typed it
     info: dict[str, Any]  # what it resolved to: engine, file or model, sha256 or digest where known
 
-    def answer(self, messages: list[dict]) -> Answer: ...
+    def answer(self, messages: list[dict], json_schema: dict | None = None) -> Answer: ...
 
     def close(self) -> None: ...
 
@@ -243,7 +246,7 @@ class StoreTarget(_Closing):
                      "manifest_digest": store.manifest_digest(name), "gguf": str(gguf), "quant": config.get("file_type")}
         self._llm = load(gguf)
 
-    def answer(self, messages: list[dict]) -> Answer:
+    def answer(self, messages: list[dict], json_schema: dict | None = None) -> Answer:
         from ..chat.gotemplate import render
 
         if self.recipe.system and not any(m.get("role") == "system" for m in messages):
@@ -253,7 +256,7 @@ class StoreTarget(_Closing):
         def pieces(tokens):
             chunks = self._llm.create_completion(render(self.recipe.template, messages), max_tokens=self.max_tokens,
                                                  temperature=0.0, seed=self.seed, stop=stop, stream=True,
-                                                 logits_processor=[tokens])
+                                                 logits_processor=[tokens], grammar=_schema_grammar(json_schema))
             for chunk in chunks:
                 choice = chunk["choices"][0]
                 yield choice.get("text"), choice.get("finish_reason")
@@ -264,6 +267,15 @@ class StoreTarget(_Closing):
         llm, self._llm = getattr(self, "_llm", None), None
         if llm is not None:
             llm.close()
+
+
+def _schema_grammar(json_schema: dict | None):
+    """The llama.cpp grammar that holds sampling to `json_schema` (as Ollama's runner builds one), or None."""
+    if json_schema is None:
+        return None
+    from llama_cpp.llama_grammar import LlamaGrammar
+
+    return LlamaGrammar.from_json_schema(json.dumps(json_schema), verbose=False)
 
 
 def _llama_answer(pieces) -> Answer:
@@ -307,11 +319,11 @@ class GgufTarget(_Closing):
             raise InputError(f"target {label!r}: llama.cpp cannot load {path} ({e})",
                              "re-run the export, or update llama-cpp-python for a newer architecture") from None
 
-    def answer(self, messages: list[dict]) -> Answer:
+    def answer(self, messages: list[dict], json_schema: dict | None = None) -> Answer:
         from ..llamacpp.smoke import chat
 
         return _llama_answer(lambda tokens: chat(self._llm, messages, self.max_tokens, seed=self.seed,
-                                                 logits_processor=[tokens]))
+                                                 logits_processor=[tokens], grammar=_schema_grammar(json_schema)))
 
     def close(self) -> None:
         llm, self._llm = getattr(self, "_llm", None), None
@@ -378,14 +390,16 @@ class OllamaTarget(_Closing):
                      "digest": digest, "details": details}
         self._client = self._server.client
 
-    def answer(self, messages: list[dict]) -> Answer:
+    def answer(self, messages: list[dict], json_schema: dict | None = None) -> Answer:
         start = time.perf_counter()
         first = None
         pieces: list[str] = []
         final = None
         try:
-            for part in self._client.chat(model=self.name, messages=messages, stream=True, options={
-                    "temperature": 0, "seed": self.seed, "num_predict": self.max_tokens}):
+            # format: the schema object itself (docs/ollama.md#structured-outputs)
+            for part in self._client.chat(model=self.name, messages=messages, stream=True, format=json_schema,
+                                          options={"temperature": 0, "seed": self.seed,
+                                                   "num_predict": self.max_tokens}):
                 if part.message.content:
                     first = first or time.perf_counter()
                     pieces.append(part.message.content)
@@ -445,9 +459,11 @@ class OpenAITarget(_Closing):
                              f"{', '.join(served) or '(nothing)'}")
         self.info = {"engine": "openai", "url": base, "model": model}
 
-    def answer(self, messages: list[dict]) -> Answer:
+    def answer(self, messages: list[dict], json_schema: dict | None = None) -> Answer:
         body = {"model": self.model, "messages": messages, "temperature": 0, "seed": self.seed,
                 "max_tokens": self.max_tokens, "stream": True, "stream_options": {"include_usage": True}}
+        if json_schema is not None:
+            body["response_format"] = {"type": "json_schema", "json_schema": {"name": "answer", "schema": json_schema}}
         start = time.perf_counter()
         first = None
         pieces: list[str] = []
@@ -579,10 +595,13 @@ class TransformersTarget(_Closing):
                      "model": str(Path(model_dir).resolve()), **(info or {}), "device": self._device,
                      "dtype": str(next(model.parameters()).dtype).removeprefix("torch.")}
 
-    def answer(self, messages: list[dict]) -> Answer:
+    def answer(self, messages: list[dict], json_schema: dict | None = None) -> Answer:
         import torch
 
         start = time.perf_counter()
+        if json_schema is not None:
+            return _failed(start, "transformers", "cannot constrain an answer to a JSON schema; evaluate the "
+                                                  "served model (openai:URL#MODEL, ollama:NAME) or its GGUF")
         clock = _FirstTokenClock()
         try:
             prompt = self._tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)

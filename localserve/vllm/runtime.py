@@ -36,7 +36,8 @@ from vllm.entrypoints.launchers.cli_args import make_arg_parser, validate_parsed
 from vllm.engine.arg_utils import AsyncEngineArgs
 keys = ("model", "served_model_name", "dtype", "tensor_parallel_size", "pipeline_parallel_size",
         "distributed_executor_backend", "enable_lora", "max_lora_rank", "max_loras", "max_cpu_loras",
-        "max_model_len", "max_num_seqs", "gpu_memory_utilization", "generation_config")
+        "max_model_len", "max_num_seqs", "gpu_memory_utilization", "generation_config", "enable_prefix_caching",
+        "speculative_config")
 for cwd, argv in json.loads(sys.argv[1]):
     os.chdir(cwd)
     err = io.StringIO()
@@ -51,6 +52,7 @@ for cwd, argv in json.loads(sys.argv[1]):
                 LoRAConfig(max_lora_rank=engine.max_lora_rank, max_loras=engine.max_loras,
                            max_cpu_loras=engine.max_cpu_loras)
         out = {k: getattr(engine, k, None) for k in keys}
+        out["structured_outputs_backend"] = getattr(engine.structured_outputs_config, "backend", None)
         out["lora_modules"] = {m.name: m.path for m in (args.lora_modules or [])}
         out["port"] = args.port
         out["host"] = args.host
@@ -179,6 +181,27 @@ def serve_export(export_dir: Path, extra_args: list[str] = (), timeout: float = 
     finally:
         _stop(process)
     log.unlink(missing_ok=True)  # kept only when something failed: its tail is in the error
+
+
+def server_metrics(url: str) -> dict[str, float]:
+    """A vLLM server's /metrics (Prometheus text), each sample summed over its labels: name -> value.
+
+    Counters carry Prometheus' `_total` suffix: prefix-cache hits are `vllm:prefix_cache_hits_total`
+    (tokens whose KV came from the cache), out of `vllm:prefix_cache_queries_total`.
+    """
+    with urllib.request.urlopen(f"{url}/metrics", timeout=30) as response:
+        text = response.read().decode("utf-8", errors="replace")
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        sample, _, value = line.rpartition(" ")
+        name = sample.split("{", 1)[0].strip()
+        try:
+            values[name] = values.get(name, 0.0) + float(value)
+        except ValueError:
+            continue
+    return values
 
 
 def _wait_healthy(server: RunningServer, timeout: float) -> None:

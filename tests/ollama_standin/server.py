@@ -22,6 +22,12 @@ comes from the file's `general.type` (a GGUF without `adapter` there becomes a s
 adapters are stored as uploaded, never rewritten; chat runs the model with its adapter applied
 (llama.cpp's lora_path, as llama-server's --lora).
 
+Structured outputs (docs/ollama.md#structured-outputs): `format` on /api/chat and /api/generate is
+absent/null/"" (free text), "json" (llama.cpp's JSON grammar) or a JSON Schema object, turned into a
+llama.cpp grammar as Ollama's runner does (llama-cpp-python's converter standing in for
+llama.SchemaToGrammar); anything else fails the completion with Ollama's 500 and its message. /v1's
+`response_format` maps json_object to "json" and json_schema to its `json_schema.schema`.
+
 Deliberate deviation: decoding is always greedy (deterministic tests); the options Ollama would
 apply (including the OpenAI temperature/top_p override) are computed and recorded in
 `Standin.last_options`, and type-checked exactly as Ollama does.
@@ -34,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -469,6 +476,28 @@ class Standin:
                             "family": cfg.get("model_family", ""), "families": cfg.get("model_families"),
                             "parameter_size": cfg.get("model_type", ""),
                             "quantization_level": cfg.get("file_type", "")}}
+
+
+_ABSENT = object()
+
+
+def completion_grammar(fmt: Any = _ABSENT):
+    """llm.Completion's reading of `format`: None (no constraint) or a llama.cpp grammar; ApiError(500)
+    with Ollama's words for a format that is neither "json" nor a schema object."""
+    from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
+
+    if fmt is _ABSENT or fmt is None or fmt == "":
+        return None
+    if fmt == "json":
+        return LlamaGrammar.from_string(JSON_GBNF, verbose=False)
+    raw = json.dumps(fmt, separators=(",", ":"))
+    if not isinstance(fmt, dict):
+        # Go's %q of the raw JSON the request carried
+        raise ApiError(500, f'invalid format: {json.dumps(raw)}; expected "json" or a valid JSON Schema object')
+    try:
+        return LlamaGrammar.from_json_schema(raw, verbose=False)
+    except Exception:  # the converter's KeyError/ValueError/RecursionError on a schema it cannot turn into GBNF
+        raise ApiError(500, "invalid JSON schema in format") from None
 
 
 def check_options(opts: dict[str, Any]) -> dict[str, Any]:
@@ -989,10 +1018,11 @@ class _Handler(BaseHTTPRequestHandler):
             return render_jinja(gguf_facts(m["model"])["chat_template"], msgs, tools, gguf_facts(m["model"]))
         return render(m["template"] or "{{ .Prompt }}", msgs, tools=tools or None)
 
-    def _generate(self, m: dict, prompt: str, opts: dict) -> Iterator[tuple[str, dict | None]]:
+    def _generate(self, m: dict, prompt: str, opts: dict, fmt: Any = _ABSENT) -> Iterator[tuple[str, dict | None]]:
         """(text piece, final-metrics-or-None) for each token; the last item carries done_reason."""
         if m["model"] is None or not m["model"].exists():
             raise ApiError(404, f'model "{m["name"].short()}" not found, try pulling it first')
+        grammar = completion_grammar(fmt)
         self.owner.last_options = opts
         llm, lock = ENGINE.get(m["model"], max(512, min(int(opts["num_ctx"]), 4096)), tuple(m["adapters"]))
         t0 = time.perf_counter_ns()
@@ -1003,7 +1033,7 @@ class _Handler(BaseHTTPRequestHandler):
                 raise ApiError(400, "the prompt is longer than the context window")
             max_tokens = room if opts["num_predict"] < 0 else min(opts["num_predict"], room)
             stream = llm.create_completion(prompt, max_tokens=max_tokens, temperature=0.0, top_k=1,
-                                           stop=opts["stop"] or None, stream=True)
+                                           stop=opts["stop"] or None, stream=True, grammar=grammar)
             t_first = None
             n = 0
             reason = None
@@ -1037,7 +1067,7 @@ class _Handler(BaseHTTPRequestHandler):
                        "done_reason": "load", "done": True}
                 return
             prompt = self._prompt_for_chat(m, messages, body.get("tools"))
-            for text, final in self._generate(m, prompt, opts):
+            for text, final in self._generate(m, prompt, opts, body.get("format", _ABSENT)):
                 if final is None:
                     yield {"model": model_name, "created_at": now_rfc3339(),
                            "message": {"role": "assistant", "content": text}, "done": False}
@@ -1079,7 +1109,7 @@ class _Handler(BaseHTTPRequestHandler):
                     msgs.append({"role": "system", "content": system})
                 msgs.append({"role": "user", "content": prompt_in})
                 prompt = render(body.get("template") or m["template"] or "{{ .Prompt }}", msgs)
-            for text, final in self._generate(m, prompt, opts):
+            for text, final in self._generate(m, prompt, opts, body.get("format", _ABSENT)):
                 if final is None:
                     yield {"model": model_name, "created_at": now_rfc3339(), "response": text, "done": False}
                 else:
@@ -1121,12 +1151,19 @@ class _Handler(BaseHTTPRequestHandler):
         opts_in["temperature"] = body["temperature"] if body.get("temperature") is not None else 1.0
         opts_in["top_p"] = body["top_p"] if body.get("top_p") is not None else 1.0
         opts = check_options({**m["params"], **opts_in})
+        fmt: Any = _ABSENT
+        response_format = body.get("response_format") or {}
+        kind = str(response_format.get("type") or "").strip().lower() if isinstance(response_format, dict) else ""
+        if kind == "json_object":
+            fmt = "json"
+        elif kind == "json_schema" and isinstance(response_format.get("json_schema"), dict):
+            fmt = response_format["json_schema"].get("schema", _ABSENT)
         prompt = self._prompt_for_chat(m, messages, body.get("tools"))
         cid = f"chatcmpl-{int(time.time() * 1000) % 1000}"
         created = int(time.time())
         if not body.get("stream"):
             text, final = "", None
-            for piece, fin in self._generate(m, prompt, opts):
+            for piece, fin in self._generate(m, prompt, opts, fmt):
                 text += piece
                 final = fin or final
             return self._json(200, {
@@ -1136,7 +1173,9 @@ class _Handler(BaseHTTPRequestHandler):
                              "finish_reason": final["done_reason"]}],
                 "usage": {"prompt_tokens": final["prompt_eval_count"], "completion_tokens": final["eval_count"],
                           "total_tokens": final["prompt_eval_count"] + final["eval_count"]}})
-        gen = self._generate(m, prompt, opts)
+        gen = self._generate(m, prompt, opts, fmt)
+        # like /api/chat's streamResponse, an error before the first piece is the response's status
+        gen = itertools.chain([next(gen)], gen)
         self._start_stream("text/event-stream")
 
         def sse(obj):
