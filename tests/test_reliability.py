@@ -102,3 +102,13 @@ def test_term_and_ctrl_c_end_with_one_line_and_nothing_half_written(tiny_adapter
     again = invoke("--quiet", "export", tiny_adapter, "--out", out, "--quant", "Q4_K_M,Q8_0", "--no-register",
                    "--no-smoke")
     assert again.exit_code == 0 and (out / "localserve.json").is_file(), again.output
+
+
+def test_a_context_above_what_the_model_was_trained_for_is_refused(tiny_export, tiny_adapter, tmp_path):
+    # the tiny model is trained for 512 tokens of context
+    assert_one_line_error(invoke("plan", tiny_export, "--ctx", "100000000000"), "above the 512 tokens", "--ctx 512")
+    planned = invoke("--quiet", "plan", tiny_export, "--json")
+    assert planned.exit_code == 0 and json.loads(planned.output)["ctx"] == 512  # the default follows the model
+    assert_one_line_error(invoke("export", tiny_adapter, "--target", "vllm", "--out", tmp_path / "v", "--gpu-memory",
+                                 "24GB", "--ctx", "4096"), "above the 512 tokens")
+    assert not (tmp_path / "v").exists()

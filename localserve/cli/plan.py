@@ -23,7 +23,8 @@ def _echo_json(data) -> None:
 @click.command("plan")
 @click.argument("model", type=click.Path(exists=True, path_type=Path))
 @click.option("--quant", "quants", help="Quants to plan, comma-separated (e.g. Q4_K_M,Q8_0). A GGUF's own quant is always exact.")
-@click.option("--ctx", type=int, default=8192, show_default=True, help="Context length per sequence, in tokens.")
+@click.option("--ctx", type=int, help="Context length per sequence, in tokens (default: the model's trained context, "
+                                    "at most 8192; above it is refused).")
 @click.option("--concurrency", type=int, default=1, show_default=True, help="Sequences served at once (each with its own KV cache).")
 @click.option("--kv-cache-type", default="f16", show_default=True, help="KV cache element type: f16, q8_0, q4_0, ...")
 @click.option("--device", "devices", help="Devices to check, comma-separated (default: the whole table and this machine).")
@@ -48,7 +49,8 @@ def plan_cmd(model, quants, ctx, concurrency, kv_cache_type, devices, devices_fi
         return
     s = result.model.shape
     click.echo(f"{s.name}: {s.architecture}, {s.n_layers} layers, {s.n_heads} attention heads / {s.n_kv_heads} KV heads, "
-               f"head dim {s.key_length}; planned for {ctx} ctx x {concurrency} sequence(s), KV cache {kv_cache_type}")
+               f"head dim {s.key_length}; planned for {result.spec.ctx} ctx x {concurrency} sequence(s), "
+               f"KV cache {kv_cache_type}")
     for q in result.quants:
         e = q.estimate
         click.echo(f"\n{e.quant} ({'exact' if e.weights.exact else 'estimated'}): {gib(e.total_bytes)}")

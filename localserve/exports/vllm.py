@@ -150,6 +150,13 @@ def _read(path: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
+def _check_ctx(spec: VllmExportSpec, config: dict) -> None:
+    trained = config.get("max_position_embeddings")
+    if spec.ctx and isinstance(trained, int) and spec.ctx > trained:  # vLLM itself refuses it at start
+        raise InputError(f"--ctx {spec.ctx} is above the {trained} tokens of context the model was trained for "
+                         "(max_position_embeddings)", f"pass --ctx {trained} or less")
+
+
 def _layout(spec: VllmExportSpec, config: dict, base_dir: Path) -> Layout | None:
     if spec.gpu_memory is None:
         return None
@@ -192,6 +199,7 @@ def _export_vllm(spec: VllmExportSpec, held: contextlib.ExitStack) -> VllmExport
     # The shipped folder holds safetensors only; unmerged, the base's own weights are what vLLM loads.
     check_base_weights(base, allow_pickle=spec.allow_pickle and not spec.lora)
     config = read_json(base.path / "config.json")
+    _check_ctx(spec, config)
     architecture = (config.get("architectures") or ["?"])[0]
     name = spec.name or name_from_path(base.path)
     lora_plan: LoraPlan | None = None

@@ -16,13 +16,25 @@ from .model import PlannedModel, load_model
 from .tables import Device, device, load_devices, this_machine
 
 DEFAULT_VLLM_GPUS = ("L4", "A100-80GB", "H100-80GB")
+DEFAULT_CTX = 8192
+
+
+def planned_ctx(asked: int | None, trained: int | None) -> int:
+    """The context to plan for: what was asked, refused above what the model was trained for (engines
+    let it run, and it answers badly past that), or by default the model's own, at most DEFAULT_CTX."""
+    if asked is None:
+        return min(DEFAULT_CTX, trained or DEFAULT_CTX)
+    if trained and asked > trained:
+        raise InputError(f"--ctx {asked} is above the {trained} tokens of context the model was trained for",
+                         f"pass --ctx {trained} or less")
+    return asked
 
 
 @dataclass(frozen=True)
 class PlanSpec:
     model: Path
     quants: tuple[str, ...] = ()
-    ctx: int = 8192
+    ctx: int | None = None  # default: the model's trained context, at most DEFAULT_CTX
     concurrency: int = 1
     cache_type: str = "f16"
     devices: tuple[str, ...] = ()  # empty: the whole table plus this machine
@@ -34,7 +46,7 @@ class PlanSpec:
 
     def __post_init__(self):
         object.__setattr__(self, "model", Path(self.model))
-        if self.ctx <= 0:
+        if self.ctx is not None and self.ctx <= 0:
             raise InputError(f"--ctx must be positive, not {self.ctx}")
         if self.concurrency <= 0:
             raise InputError(f"--concurrency must be positive, not {self.concurrency}")
@@ -107,6 +119,7 @@ class Plan:
 
 def plan(spec: PlanSpec) -> Plan:
     model = load_model(spec.model, spec.quants)
+    spec = dataclasses.replace(spec, ctx=planned_ctx(spec.ctx, model.shape.context_length))
     if spec.devices:
         devices: list[Device] = [this_machine() if n == "this-machine" else device(n, spec.devices_file)
                                  for n in spec.devices]
