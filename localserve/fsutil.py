@@ -9,7 +9,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from .errors import DiskSpaceError
 
@@ -125,27 +125,44 @@ def human_bytes(n: float) -> str:
     raise AssertionError("unreachable")
 
 
+def remove_partials(folder: str | os.PathLike) -> list[Path]:
+    """Remove what `atomic_path` and `atomic_dir` were writing under `folder` when their process was
+    killed (`.NAME.XXXX.partial`); the paths removed. Only for a folder whose lock is held."""
+    removed = []
+    folder = Path(folder)
+    if not folder.is_dir():
+        return removed
+    for path in sorted(folder.rglob(".*.partial"), key=lambda p: len(p.parts)):
+        if not path.exists() and not path.is_symlink():  # inside a partial folder removed above
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
 @contextlib.contextmanager
-def folder_lock(folder: str | os.PathLike, what: str = "localserve run") -> Iterator[None]:
-    """Hold the lock of `folder` (a file beside it, `.NAME.lock`) for one run, or refuse at once,
-    naming the process that holds it. The kernel drops the lock of a killed process, so a lock left
-    by a crash is simply taken over; the file is removed on release."""
+def lock_file(path: str | os.PathLike, on_busy: Callable[[str], None]) -> Iterator[None]:
+    """Hold the exclusive lock of the file `path` (created holding our pid, removed on release). When
+    another process holds it, `on_busy(its pid)` runs first: it raises to refuse, or returns to wait.
+    The kernel drops the lock of a killed process, so a lock file left by a crash is simply taken over."""
     import fcntl
 
-    from .errors import InputError
-
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    path = folder.parent / f".{folder.name}.lock"
+    path = Path(path)
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
-            os.close(fd)
-            raise InputError(f"another {what} (pid {holder}) is writing {folder}",
-                             "wait for it to finish, or write somewhere else with --out") from None
+            try:
+                on_busy(holder)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except BaseException:
+                os.close(fd)
+                raise
         # the file may have been released and removed between our open and our lock: then lock anew
         try:
             same = os.fstat(fd).st_ino == os.stat(path).st_ino
@@ -162,3 +179,23 @@ def folder_lock(folder: str | os.PathLike, what: str = "localserve run") -> Iter
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
         os.close(fd)
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike, what: str = "localserve run") -> Iterator[None]:
+    """Hold the lock of `folder` (a file beside it, `.NAME.lock`) for one run, or refuse at once,
+    naming the process that holds it. A lock left by a killed run is taken over (see `lock_file`), and
+    the half-written files that run left in `folder` are removed: nothing else writes there while the
+    lock is held."""
+    from .errors import InputError
+
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+
+    def refuse(holder: str) -> None:
+        raise InputError(f"another {what} (pid {holder}) is writing {folder}",
+                         "wait for it to finish, or write somewhere else with --out")
+
+    with lock_file(folder.parent / f".{folder.name}.lock", refuse):
+        remove_partials(folder)
+        yield

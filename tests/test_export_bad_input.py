@@ -171,3 +171,60 @@ def test_an_unforeseen_failure_is_still_one_line_and_debug_shows_the_traceback(m
     assert "--debug" in result.output and "Traceback" not in result.output
     debug = invoke("export", tiny_adapter, "--out", tmp_path / "o", "--debug")
     assert isinstance(debug.exception, RuntimeError)
+
+
+# --- duplicate and conflicting options: each pair refused in one line naming both, before any work -----
+
+def test_the_same_quant_twice_in_any_case_is_exported_once_and_said(tiny_adapter, capsys):
+    from localserve.exports import export_spec
+    from localserve.progress import set_quiet
+
+    set_quiet(False)
+    spec = export_spec((tiny_adapter,), quant="Q4_K_M,q4_k_m,Q8_0")
+    assert spec.quants == ("Q4_K_M", "Q8_0")
+    assert "--quant names Q4_K_M 2 times (Q4_K_M, q4_k_m): it is exported once" in capsys.readouterr().err
+    tenants = export_spec((tiny_adapter,), lora=True, quant="q8_0,Q8_0")  # one type for the shared base
+    assert tenants.quant == "Q8_0"
+
+
+CONFLICTS = [
+    # (arguments after ADAPTER, what the one line must name)
+    (("--merge", "recipe.yaml"), ("ADAPTER (", "--merge (", "two different exports")),
+    (("--no-register", "--host", "http://127.0.0.1:11434"), ("--host http://127.0.0.1:11434", "--no-register")),
+    (("--lora", "--no-register", "--host", "http://127.0.0.1:11434"), ("--host", "--no-register")),
+    (("--ollama-template", "native", "--template-file", "TEMPLATE"), ("--template-file", "--ollama-template native")),
+    (("--target", "vllm", "--lora", "--merge-engine", "peft"), ("--merge-engine peft", "--lora")),
+    (("--target", "vllm", "--calibration-samples", "32"), ("--calibration-samples", "--quant")),
+]
+
+
+@pytest.mark.parametrize("args, names", CONFLICTS, ids=[" ".join(a) for a, _ in CONFLICTS])
+def test_conflicting_export_options_are_one_line_naming_both(tiny_adapter, tmp_path, args, names):
+    (tmp_path / "recipe.yaml").write_text("merge_method: linear\nmodels: []\n")
+    (tmp_path / "TEMPLATE").write_text("{{ .Prompt }}")
+    args = [str(tmp_path / a) if a in ("recipe.yaml", "TEMPLATE") else a for a in args]
+    assert_one_line_error(invoke("export", tiny_adapter, *args, "--out", tmp_path / "o"), *names)
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_merge_recipe_refuses_the_options_of_an_adapter_export(tmp_path):
+    (tmp_path / "recipe.yaml").write_text("merge_method: linear\nmodels: []\n")
+    for flag, says in ((("--allow-stacked",), "--allow-stacked does not apply to --merge"),
+                       (("--merge-engine", "peft"), "--merge-engine peft does not apply to --merge")):
+        result = invoke("export", "--merge", tmp_path / "recipe.yaml", *flag, "--out", tmp_path / "o")
+        assert_one_line_error(result, says)
+    assert not (tmp_path / "o").exists()
+
+
+def test_conflicting_options_of_other_commands_are_one_line_naming_both(tiny_export, tmp_path):
+    assert_one_line_error(invoke("bundle", tiny_export, "-o", tmp_path / "b.tar", "--store", tmp_path),
+                          "--store", "--from-store", "OUTPUT_DIR")
+    assert_one_line_error(invoke("promote", "tiny:v2", "--as", "tiny:latest", "--alpha", "0.01"),
+                          "--alpha applies to a gated promotion", "--suite")
+    suite = tmp_path / "suite.jsonl"
+    suite.write_text('{"input": "hi", "ideal": "hello"}\n')
+    assert_one_line_error(invoke("promote", "tiny:v2", "--as", "tiny:latest", "--suite", suite, "--alpha", "0.01"),
+                          "--alpha", "--require-significant")
+    assert_one_line_error(invoke("quality", tiny_export / "tiny-Q8_0.gguf", "--reference", tiny_export,
+                                 "--chart", tmp_path / "c.png", "--no-chart"), "--chart", "--no-chart")
+    assert not (tmp_path / "b.tar").exists() and not (tmp_path / "c.png").exists()

@@ -321,7 +321,7 @@ defaultTest:
   options:
     response_format: {type: json_schema, json_schema: {name: city, schema: {type: object, required: [city]}}}
 tests:
-  - vars: {question: [Capital of France?, Capital of Italy?]}
+  - vars: {question: ["Capital of France?", "Capital of Italy?"]}
     assert: [{type: is-json}]
   - vars: {question: Free text}
     options: {response_format: {type: text}}
@@ -336,7 +336,8 @@ tests:
     ("json", "options.response_format must be"),
 ])
 def test_a_bad_response_format_fails_at_load_time(tmp_path, response_format, expected):
-    message = _error(tmp_path, "s.yaml", f"tests: [{{vars: {{prompt: x}}, options: {{response_format: {response_format}}}}}]")
+    text = f"tests: [{{vars: {{prompt: x}}, options: {{response_format: {response_format}}}}}]"
+    message = _error(tmp_path, "s.yaml", text)
     assert "s.yaml, test 1" in message and expected in message
 
 

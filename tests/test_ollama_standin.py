@@ -75,14 +75,16 @@ def test_format_holds_the_answer_to_a_json_schema_on_every_route(steer, model):
 
 
 def test_format_json_is_any_json_object(steer, model):
-    for body in ({"format": "json"}, {"response_format": {"type": "json_object"}}):
+    question = 'Reply with {"colour": ...} for the colour of the sky.'
+    texts = []
+    for body in ({"format": "json", "options": {"num_predict": 64}},
+                 {"response_format": {"type": "json_object"}, "max_tokens": 64}):
         route = "/api/chat" if "format" in body else "/v1/chat/completions"
-        r = HTTP.post(steer.url + route, timeout=120, json={
-            "model": model, "stream": False, "messages": [{"role": "user", "content": "Name a colour in JSON."}],
-            **body})
-        answer = r.json()
-        text = answer["message"]["content"] if "format" in body else answer["choices"][0]["message"]["content"]
-        assert isinstance(json.loads(text), dict), text
+        answer = HTTP.post(steer.url + route, timeout=120, json={
+            "model": model, "stream": False, "messages": [{"role": "user", "content": question}], **body}).json()
+        texts.append(answer["message"]["content"] if "format" in body else answer["choices"][0]["message"]["content"])
+        assert isinstance(json.loads(texts[-1]), dict), texts[-1]
+    assert texts[0] == texts[1]  # json_object is format "json"
 
 
 @pytest.mark.parametrize("fmt, message", [

@@ -17,7 +17,7 @@ from jsonschema import validate
 
 from localserve.exports import VllmExportSpec, export_vllm
 from localserve.lifecycle.targets import open_target
-from localserve.vllm.runtime import CPU_ARGS, parse_with_vllm, serve_export, server_metrics
+from localserve.vllm.runtime import CPU_ARGS, parse_many_with_vllm, serve_export, server_metrics
 from vllmtier import chat, pytestmark  # noqa: F401  (the tier's marks and skip)
 
 ANSWER_SCHEMA = {"type": "object", "properties": {"codename": {"type": "string", "maxLength": 40}},
@@ -83,12 +83,18 @@ def server(featured, plain):  # `plain` first: one vLLM server at a time
         yield running
 
 
-def test_vllms_parser_reads_the_features_as_exported(featured):
-    parsed = parse_with_vllm(featured.config_file)
+def test_vllms_parser_reads_the_features_as_exported(featured, tiny_adapter, tiny_base, tmp_path):
+    # a draft model is not run here (no smaller model shares SmolLM2's tokenizer); its config is parsed
+    drafted = export_vllm(VllmExportSpec(adapters=(tiny_adapter,), name="tiny", out=tmp_path / "drafted",
+                                         speculative=f"draft:{tiny_base}", prefix_caching=False,
+                                         structured_output_backend="guidance"))
+    parsed, draft = parse_many_with_vllm([(featured.config_file, []), (drafted.config_file, [])])
     assert parsed["enable_prefix_caching"] is True
     assert parsed["speculative_config"] == {"method": "ngram", "num_speculative_tokens": 5, "prompt_lookup_min": 2,
                                             "prompt_lookup_max": 4}
     assert parsed["structured_outputs_backend"] == "xgrammar"
+    assert draft["enable_prefix_caching"] is False and draft["structured_outputs_backend"] == "guidance"
+    assert draft["speculative_config"] == {"method": "draft_model", "model": "./draft", "num_speculative_tokens": 5}
 
 
 def test_the_schema_constrained_answer_of_the_demo_adapter_validates(server, probe):

@@ -122,9 +122,10 @@ def _as_version(store, spec: str):
 @_host
 @_store
 @_json
-def promote_command(version: str, alias: str, suite: Path | None, min_delta: float, require_significant: bool,
-                    alpha: float, note: str | None, seed: int, max_tokens: int, host: str | None, store: str | None,
-                    as_json: bool) -> None:
+@click.pass_context
+def promote_command(ctx: click.Context, version: str, alias: str, suite: Path | None, min_delta: float,
+                    require_significant: bool, alpha: float, note: str | None, seed: int, max_tokens: int,
+                    host: str | None, store: str | None, as_json: bool) -> None:
     """Point an alias (e.g. demo:latest) at VERSION (e.g. demo:v3), remembering the previous one.
 
     With --suite the gate decides, evaluating both where they live; a refusal exits 1 with the comparison.
@@ -134,8 +135,15 @@ def promote_command(version: str, alias: str, suite: Path | None, min_delta: flo
     from ..lifecycle.promotion import promote
     from ..lifecycle.suites import load_suite
 
-    if suite is None and (require_significant or min_delta):
-        raise InputError("--min-delta and --require-significant apply to a gated promotion", "add --suite SUITE")
+    typed = [f"--{name.replace('_', '-')}" for name in ("min_delta", "require_significant", "alpha", "seed",
+                                                        "max_tokens")
+             if ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE]
+    if suite is None and typed:
+        raise InputError(f"{typed[0]} applies to a gated promotion, and no --suite was given",
+                         f"add --suite SUITE, or drop {typed[0]}")
+    if "--alpha" in typed and not require_significant:
+        raise InputError("--alpha is the significance level of --require-significant, which was not given",
+                         "add --require-significant, or drop --alpha")
     r = promote(version, alias, open_place(host, store), suite=load_suite(suite) if suite else None,
                 min_delta=min_delta, require_significant=require_significant, alpha=alpha, note=note, seed=seed,
                 max_tokens=max_tokens)

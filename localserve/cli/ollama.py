@@ -176,6 +176,9 @@ def bundle_command(output_dir: Path | None, out: Path, from_store: str | None, s
 
     if (output_dir is None) == (from_store is None):
         raise InputError("give either OUTPUT_DIR or --from-store NAME:TAG", "e.g. `localserve bundle exports/demo -o demo.tar`")
+    if output_dir is not None and store is not None:
+        raise InputError(f"--store {store} names where --from-store finds a model, and OUTPUT_DIR {output_dir} is an "
+                         "export folder", "drop --store, or bundle a stored model with --from-store NAME:TAG --store DIR")
     r = bundle_from_store(from_store, out, store) if from_store else make_bundle(output_dir, out)
     click.echo(f"wrote {r.path} ({_size(r.size)}): {', '.join(r.files)}")
     click.echo(f"install offline: localserve install {r.path.name} [--store DIR]")

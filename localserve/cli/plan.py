@@ -162,6 +162,8 @@ def cost_cmd(tokens_per_day, gpu, price, gpus, ctx, concurrency, api, api_input_
     """API vs vLLM vs Ollama: cost per 1M tokens, per month, the crossover and a decision."""
     if gpu and price is None:
         raise InputError(f"no hourly price for {gpu}", "pass --price, e.g. --price 1.10/h (rental prices are not guessed)")
+    if chart is not None and no_chart:
+        raise InputError(f"--chart {chart} asks for the chart, and --no-chart for none", "drop one of them")
     if gpus is None:
         gpus = _layout_gpus(model, gpu, devices_file, ctx, concurrency) if model and gpu else 1
     if chart is None and not no_chart:

@@ -35,6 +35,8 @@ def quality_command(models: tuple[Path, ...], reference: Path, text: Path | None
     from ..quality import measure
     from ..quality.variants import with_imatrix
 
+    if chart is not None and no_chart:
+        raise InputError(f"--chart {chart} asks for the chart, and --no-chart for none", "drop one of them")
     files = list(models)
     ggufs = [f for f in files if f.is_file()]
     if imatrix_data is not None:

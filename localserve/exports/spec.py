@@ -15,7 +15,7 @@ from ..errors import InputError
 from ..llamacpp.quant_types import DEFAULT_QUANT, canonical_quants, is_quant_type
 from ..spec import MODEL_NAME_RE, check_model_name, name_from_path, spec_to_json
 from ..models.tensors import DEFAULT_SHARD_BYTES
-from .options import GGUF, TENANTS, VLLM, export_kind, given_options, option_field
+from .options import GGUF, OPTIONS, TENANTS, VLLM, export_kind, given_options, option_field
 
 _set = object.__setattr__  # validation normalises fields of the frozen dataclasses below
 
@@ -37,6 +37,17 @@ def _check_merge_engine(spec: Any) -> None:
 def _check_ollama_template(spec: Any) -> None:
     if spec.ollama_template not in ("go", "native"):
         raise InputError(f"--ollama-template must be 'go' or 'native', not {spec.ollama_template!r}")
+
+
+def _check_ollama_options(spec: Any) -> None:
+    """Options of the Ollama exports that contradict each other: each pair refused in one line."""
+    if not spec.register and spec.ollama_host is not None:
+        raise InputError(f"--host {spec.ollama_host} names the Ollama to register with, and --no-register skips the "
+                         "registration", "drop one of them (register later with `localserve register DIR --host URL`)")
+    if spec.ollama_template == "native" and spec.template_file is not None:
+        raise InputError(f"--template-file {spec.template_file} is a Go TEMPLATE for the Modelfile, and "
+                         "--ollama-template native writes none (Ollama applies the GGUF's own chat template)",
+                         "drop one of them")
 
 
 @dataclass(frozen=True)
@@ -75,11 +86,22 @@ class ExportSpec:
     allow_stacked: bool = option_field("allow_stacked", GGUF)
 
     def __post_init__(self) -> None:
-        if (self.adapter is None) == (self.merge is None):
-            raise InputError("export needs either an ADAPTER folder or --merge RECIPE.yaml, not both or neither",
+        if self.adapter is not None and self.merge is not None:
+            raise InputError(f"export takes either an ADAPTER folder or --merge RECIPE.yaml, not both: ADAPTER "
+                             f"({self.adapter}) and --merge ({self.merge}) are two different exports",
+                             "pass one of them: localserve export ADAPTER ...  |  localserve export --merge RECIPE.yaml")
+        if self.adapter is None and self.merge is None:
+            raise InputError("export needs either an ADAPTER folder or --merge RECIPE.yaml",
                              "localserve export ADAPTER ...  |  localserve export --merge RECIPE.yaml ...")
         if self.merge is not None and self.base is not None:
             raise InputError("--base does not apply to --merge", "name the base as base_model in the merge recipe")
+        if self.merge is not None and self.allow_stacked:
+            raise InputError("--allow-stacked does not apply to --merge: it lets an ADAPTER's base be a fine-tune, "
+                             "and a merge recipe names its models itself", "drop --allow-stacked")
+        if self.merge is not None and self.merge_engine != OPTIONS["merge_engine"].default:
+            raise InputError(f"--merge-engine {self.merge_engine} does not apply to --merge: it chooses how an ADAPTER "
+                             "is merged, and a recipe is merged by its own method", "drop --merge-engine")
+        _check_ollama_options(self)
         _paths(self, "adapter", "base", "out", "template_file", "modelfile", "imatrix_data", "quality_data", "bundle",
                "merge", "data")
         if isinstance(self.quants, str):
@@ -148,13 +170,14 @@ class TenantExportSpec:
         _set(self, "adapters", tuple(Path(a) for a in self.adapters))
         _paths(self, "base", "out", "template_file")
         listed = [q for q in str(self.quant).split(",") if q.strip()]
-        if len(listed) > 1:
-            raise InputError(f"--lora quantizes the shared base to one type, not {len(listed)} ({self.quant})",
+        quants = canonical_quants(listed or [DEFAULT_QUANT])  # Q4_K_M,q4_k_m is one type
+        if len(quants) > 1:
+            raise InputError(f"--lora quantizes the shared base to one type, not {len(quants)} ({self.quant})",
                              "pass one, e.g. --quant Q4_K_M")
-        quants = canonical_quants(listed or [DEFAULT_QUANT])
         if quants == ("auto",):
             raise InputError("--quant auto does not apply to --lora", "pass one type, e.g. --quant Q4_K_M")
         _set(self, "quant", quants[0])
+        _check_ollama_options(self)
         if self.name is not None:
             check_model_name(self.name)
         _check_ollama_template(self)
@@ -262,6 +285,9 @@ class VllmExportSpec:
         if not self.lora and (self.max_loras or self.max_cpu_loras):
             raise InputError("max_loras/max_cpu_loras apply to --lora only")
         _check_merge_engine(self)
+        if self.lora and self.merge_engine != OPTIONS["merge_engine"].default:
+            raise InputError(f"--merge-engine {self.merge_engine} chooses how an adapter is merged, and --lora keeps "
+                             "the adapters unmerged", "drop one of them")
         self._check_quant()
         from ..vllm.serve import STRUCTURED_OUTPUT_BACKENDS
 
@@ -281,6 +307,8 @@ class VllmExportSpec:
 
         if self.quant is None:
             given = [k for k in ("group_size", "calibration") if getattr(self, k) is not None]
+            given += [k for k in ("calibration_samples", "calibration_seq_len")
+                      if getattr(self, k) != OPTIONS[k].default]
             if given:
                 raise InputError(f"--{given[0].replace('_', '-')} applies to a quantized export",
                                  "add --quant gptq-w4a16 (or fp8-dynamic, w8a8)")
@@ -365,7 +393,22 @@ def export_spec(adapters: tuple[str | Path, ...] = (), target: str = "ollama", l
     if len(adapters) > 1:
         raise InputError(f"{len(adapters)} adapters given: export merges one adapter into its base",
                          "pass one ADAPTER, add --lora to serve several on one base, or merge them with --merge")
-    return ExportSpec(adapter=adapters[0] if adapters else None, **kwargs)
+    spec = ExportSpec(adapter=adapters[0] if adapters else None, **kwargs)
+    _say_duplicates(options.get("quant"))
+    return spec
+
+
+def _say_duplicates(quant: str | None) -> None:
+    """--quant Q4_K_M,q4_k_m is one type, exported once: said, not refused."""
+    from ..progress import step
+
+    spellings: dict[str, list[str]] = {}
+    for raw in (quant or "").split(","):
+        if raw.strip():
+            spellings.setdefault(canonical_quants([raw], have_imatrix=True)[0], []).append(raw.strip())
+    for canon, given in spellings.items():
+        if len(given) > 1:
+            step(f"--quant names {canon} {len(given)} times ({', '.join(given)}): it is exported once")
 
 
 __all__ = ["AnyExportSpec", "ExportSpec", "Speculation", "TenantExportSpec", "VllmExportSpec", "export_spec",

@@ -42,6 +42,8 @@ class Place(Protocol):
 
     def copy(self, source: str, destination: str) -> None: ...
 
+    def remove(self, name: str) -> None: ...
+
     def restore(self, name: str, digest: str, recipe: dict, manifest: bytes | None) -> None: ...
 
     def target_spec(self, name: str) -> str:
@@ -73,6 +75,9 @@ class ServerPlace:
 
     def copy(self, source: str, destination: str) -> None:
         self.server.copy(source, destination)
+
+    def remove(self, name: str) -> None:
+        self.server.delete(name)
 
     def restore(self, name: str, digest: str, recipe: dict, manifest: bytes | None) -> None:
         blob = recipe.get("blob")
@@ -118,6 +123,9 @@ class StorePlace:
 
     def copy(self, source: str, destination: str) -> None:
         self.store.copy(source, destination)
+
+    def remove(self, name: str) -> None:
+        self.store.delete(name)
 
     def restore(self, name: str, digest: str, recipe: dict, manifest: bytes | None) -> None:
         if manifest is None or hashlib.sha256(manifest).hexdigest() != digest:

@@ -78,6 +78,17 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX events_alias ON events (target, alias);
     CREATE TABLE imported (source TEXT PRIMARY KEY, at TEXT NOT NULL);
     """,
+    # 2: registrations begun and not finished: a run killed between creating NAME:vN at a place and
+    # recording it leaves this row, so that the next run may replace that NAME:vN instead of refusing it
+    """
+    CREATE TABLE pending_registrations (
+        version_id INTEGER NOT NULL REFERENCES versions(id),
+        target TEXT NOT NULL,
+        model TEXT NOT NULL,
+        at TEXT NOT NULL,
+        PRIMARY KEY (version_id, target, model)
+    );
+    """,
 )
 
 
@@ -213,7 +224,38 @@ class VersionStore:
                        ExportRecord.from_json(json.loads(row["record"]), f"{self.path} (version {row['name']}:v{row['number']})"),
                        parent, row["data_file"], row["data_sha256"], json.loads(row["training"]))
 
+    def discard_version(self, version: Version) -> bool:
+        """Remove `version` if nothing refers to it (no registration, begun or done, no evaluation, event or
+        child version): the version of a registration that failed. True if it was removed."""
+        with self.transaction():
+            for sql, args in (("SELECT 1 FROM registrations WHERE version_id = ?", (version.id,)),
+                              ("SELECT 1 FROM pending_registrations WHERE version_id = ?", (version.id,)),
+                              ("SELECT 1 FROM evaluations WHERE version_id = ?", (version.id,)),
+                              ("SELECT 1 FROM versions WHERE parent_id = ?", (version.id,)),
+                              ("SELECT 1 FROM events WHERE version = ?", (version.ref,))):
+                if self.db.execute(sql, args).fetchone():
+                    return False
+            self.db.execute("DELETE FROM versions WHERE id = ?", (version.id,))
+            return True
+
     # --- registrations ------------------------------------------------------------------------------
+    def begin_registration(self, version: Version, target: str, model: str) -> None:
+        """Note that `model` is being created at `target` for `version` (see `pending_registration`)."""
+        with self.transaction():
+            self.db.execute("INSERT OR REPLACE INTO pending_registrations (version_id, target, model, at) "
+                            "VALUES (?, ?, ?, ?)", (version.id, target, model, now()))
+
+    def pending_registration(self, version: Version, target: str, model: str) -> bool:
+        """Whether a registration of `model` at `target` for `version` was begun and never finished or undone."""
+        return self.db.execute("SELECT 1 FROM pending_registrations WHERE version_id = ? AND target = ? AND model = ?",
+                               (version.id, target, model)).fetchone() is not None
+
+    def end_registration(self, version: Version, target: str, model: str) -> None:
+        """The begun registration left nothing at `target`: forget it."""
+        with self.transaction():
+            self.db.execute("DELETE FROM pending_registrations WHERE version_id = ? AND target = ? AND model = ?",
+                            (version.id, target, model))
+
     def add_registration(self, version: Version, target: str, model: str, manifest_digest: str, recipe: dict,
                          manifest: bytes | None = None) -> None:
         with self.transaction():
@@ -221,6 +263,8 @@ class VersionStore:
                             "at) VALUES (?, ?, ?, ?, ?, ?, ?)",
                             (version.id, target, model, manifest_digest, manifest.decode() if manifest else None,
                              json.dumps(recipe), now()))
+            self.db.execute("DELETE FROM pending_registrations WHERE version_id = ? AND target = ? AND model = ?",
+                            (version.id, target, model))
 
     def registrations(self, version: Version, target: str | None = None) -> list[Registration]:
         sql = "SELECT * FROM registrations WHERE version_id = ?" + (" AND target = ?" if target else "") + " ORDER BY id"

@@ -353,6 +353,7 @@ class OllamaTarget(_Closing):
     """A model on a running Ollama, through /api/chat: its Modelfile's template, system and parameters."""
 
     def __init__(self, label: str, name: str, seed: int, max_tokens: int, host: str | None):
+        import httpx
         import ollama
 
         from ..ollama.client import OllamaServer
@@ -385,6 +386,12 @@ class OllamaTarget(_Closing):
         except OllamaError:
             self.close()
             raise
+        except (httpx.HTTPError, ValueError) as e:  # timed out, closed mid-answer, not Ollama's JSON
+            self.close()
+            failed = self._server.failure(f"the questions about {name}", e)
+            if failed is None:
+                raise
+            raise TargetUnreachable(f"unreachable target {label!r}: {failed.message}", failed.hint) from None
         details = shown.details.model_dump(mode="json", exclude_none=True) if shown.details else {}
         self.info = {"engine": "ollama", "host": self._server.host, "server_version": version, "model": name,
                      "digest": digest, "details": details}
@@ -406,6 +413,9 @@ class OllamaTarget(_Closing):
                 if part.done:
                     final = part
         except Exception as e:  # the ollama client's ResponseError, ConnectionError and httpx errors alike
+            failed = self._server.failure(f"the chat with {self.name}", e)
+            if failed is not None:
+                return _failed(start, "ollama", str(failed))
             return _failed(start, "ollama", getattr(e, "error", None) or e)
         end = time.perf_counter()
         if final is None:

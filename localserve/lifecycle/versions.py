@@ -15,7 +15,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import AdapterError, InputError, OllamaError
+from ..errors import AdapterError, InputError, LocalserveError, OllamaError
+from ..faults import REGISTRATION_RECORD, kill_point
 from ..fsutil import sha256_file
 from ..lineage import ExportRecord, read_record
 from ..progress import step
@@ -60,18 +61,23 @@ def register_version(export_dir: Path, place: Place, *, store: VersionStore | No
     version_tag = f"{name}:v{version.number}"
     existing = place.manifest_digest(version_tag)
     known = {r.manifest_digest for r in store.registrations(version, place.id)}
-    if existing is not None and existing not in known:
+    # a run stopped between creating NAME:vN and recording it left that NAME:vN: this run replaces it
+    interrupted = store.pending_registration(version, place.id, version_tag)
+    if existing is not None and existing not in known and not interrupted:
         raise OllamaError(f"{version_tag} already exists on {place.id} with other content ({existing[:19]}); versions "
                           "are immutable", "remove it there, or use another export name")
     artifact = record.artifact(quant)
     models = [version_tag, tag if tag and ":" in tag else f"{name}:{(tag or artifact.quant).lower()}"]
     digest = existing
-    if existing is None:
-        done = place.register(export_dir, record, version_tag, artifact.quant)
-        store.add_registration(version, place.id, done.model, done.manifest_digest, done.recipe, done.manifest)
-        digest = done.manifest_digest
+    if existing is None or existing not in known:
+        digest = _register_at(place, store, version, new, export_dir, record, version_tag, artifact.quant)
     for model in models[1:]:
-        place.copy(version_tag, model)
+        try:
+            place.copy(version_tag, model)
+        except LocalserveError as e:
+            _reword(e, f"{version_tag} is registered on {place.id}, but {model} could not be pointed at it: "
+                       f"{e.message}", f"{e.hint + '; ' if e.hint else ''}run the same command again to finish")
+            raise
     models = [parse_name(m).display for m in models]
     step(f"{export_dir} is {version.ref}" + ("" if new else " (already registered as such)") +
          f": {', '.join(models)} on {place.id}")
@@ -79,6 +85,50 @@ def register_version(export_dir: Path, place: Place, *, store: VersionStore | No
                   "place": place.id}
     write_record(export_dir, record.replace(registered={**(record.registered or {}), **registered}))
     return VersionRegistration(version, new, tuple(models), digest, place.id)
+
+
+def _register_at(place: Place, store: VersionStore, version: Version, new: bool, export_dir: Path,
+                 record: ExportRecord, version_tag: str, quant: str) -> str:
+    """Create `version_tag` at `place` and record it; its manifest digest. A failure leaves neither a
+    registration row nor a `version_tag` that looks complete (nor the version, if this call made it);
+    when what is left at the place cannot be checked, the begun registration stays noted, so that the
+    next run replaces that `version_tag` instead of refusing it as someone else's."""
+    store.begin_registration(version, place.id, version_tag)
+    try:
+        done = place.register(export_dir, record, version_tag, quant)
+    except LocalserveError as e:
+        left = _undo(place, version_tag)
+        if left is None:
+            store.end_registration(version, place.id, version_tag)
+            if new:
+                store.discard_version(version)
+            _reword(e, f"{e.message}; {version_tag} was not registered, and nothing of it is left on {place.id}",
+                    e.hint or f"fix the cause, then run `localserve register {export_dir}`")
+        else:
+            _reword(e, f"{e.message}; {version_tag} may be left half-made on {place.id} ({left})",
+                    f"{e.hint + '; ' if e.hint else ''}`localserve register {export_dir}` replaces it once the "
+                    "server answers")
+        raise
+    kill_point(REGISTRATION_RECORD)
+    store.add_registration(version, place.id, done.model, done.manifest_digest, done.recipe, done.manifest)
+    return done.manifest_digest
+
+
+def _undo(place: Place, model: str) -> str | None:
+    """Remove what a failed registration may have left of `model` at `place`: None once nothing is
+    left, else why that cannot be told."""
+    try:
+        if place.manifest_digest(model) is not None:
+            place.remove(model)
+    except LocalserveError as e:
+        return f"it could not be checked: {e.message}"
+    return None
+
+
+def _reword(e: LocalserveError, message: str, hint: str | None) -> None:
+    """Give `e` the message and next step of the operation it failed, keeping its type and exit code."""
+    e.message, e.hint = message, hint
+    e.args = (message,)
 
 
 def _champion(store: VersionStore, place: Place, name: str) -> str | None:

@@ -12,7 +12,7 @@ from pathlib import Path
 from ..errors import ToolError, UnsupportedArchitecture
 from ..fsutil import atomic_path
 from .merged_convert import ERROR_EXIT, ERROR_PREFIX
-from .process import run_with_progress
+from .process import killed, run_with_progress
 from .vendor import LlamaCpp, locate
 
 
@@ -64,6 +64,8 @@ def convert_hf_to_gguf(model_dir: Path, out_path: Path, outtype: str = "f16",
                                  scale=_num)
         if done.returncode == ERROR_EXIT:
             _raise_our_error(done.tail)
+        if (failed := killed("convert_hf_to_gguf.py", f"the conversion of {model_dir}", done.returncode)) is not None:
+            raise failed
         if done.returncode != 0:
             text = done.tail
             if "is not supported" in text or "NotImplementedError" in text and "architecture" in text:

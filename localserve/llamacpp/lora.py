@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..errors import ToolError
 from ..fsutil import atomic_path
-from .process import run_with_progress
+from .process import killed, run_with_progress
 from .smoke import chat, check_lora_fits, load
 from .vendor import LlamaCpp, locate
 
@@ -38,6 +38,8 @@ def convert_lora_to_gguf(adapter_dir: Path, base_dir: Path, out_path: Path, outt
                "--outfile", str(tmp), "--outtype", outtype]
         done = run_with_progress(cmd, f"convert LoRA {Path(adapter_dir).name}", _WRITE_LINE, "B",
                                  env=tree.python_env(), scale=_num)
+        if (failed := killed("convert_lora_to_gguf.py", f"the conversion of {adapter_dir}", done.returncode)):
+            raise failed
         if done.returncode != 0:
             raise ToolError("convert_lora_to_gguf.py",
                             f"conversion of {adapter_dir} failed (exit {done.returncode}): {_last_error(done.tail)}",

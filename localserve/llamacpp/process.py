@@ -2,11 +2,49 @@
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import subprocess
+import sys
 from dataclasses import dataclass
+from typing import Callable
 
+from ..errors import ToolError
 from ..progress import bar
+
+
+def dies_with_us() -> Callable[[], None] | None:
+    """A `preexec_fn` that has the kernel SIGKILL the child when this process dies (Linux's
+    PR_SET_PDEATHSIG), so that after a `kill -9` of localserve no converter or quantizer keeps writing
+    into the output folder the next run takes over. None where there is no such thing."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here: the child only calls it
+    parent = os.getpid()
+    pr_set_pdeathsig = 1
+
+    def arm() -> None:
+        prctl(pr_set_pdeathsig, signal.SIGKILL)
+        if os.getppid() != parent:  # we died between the fork and the line above
+            os._exit(1)
+
+    return arm
+
+
+def killed(tool: str, what: str, returncode: int) -> ToolError | None:
+    """The one-line ToolError for a child that a signal ended (returncode -N), or None if none did."""
+    if returncode >= 0:
+        return None
+    try:
+        name = signal.Signals(-returncode).name
+    except ValueError:
+        name = f"signal {-returncode}"
+    why = " (often the kernel's out-of-memory killer, or `kill -9`)" if -returncode == signal.SIGKILL else ""
+    return ToolError(tool, f"{what} was killed by {name}{why}; nothing it wrote was kept",
+                     hint="run the same command again: the stages that finished are kept")
 
 
 @dataclass(frozen=True)
@@ -24,7 +62,7 @@ def run_with_progress(cmd: list[str], desc: str, progress: re.Pattern, unit: str
     """
     lines: list[str] = []
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
-                            env=env)
+                            env=env, preexec_fn=dies_with_us())
     assert proc.stdout is not None
     try:
         with bar(None, desc, unit=unit) as b:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..errors import ToolError, UnknownName
 from ..fsutil import atomic_path
-from .process import run_with_progress
+from .process import killed, run_with_progress
 from .quant_types import canonical_quants, needs_imatrix, quant_types, registry
 
 # The registry's names stay importable from here, where the tests and the export commands read them.
@@ -56,6 +56,8 @@ _TENSOR_LINE = re.compile(r"\[\s*(\d+)/\s*(\d+)\]")
 def _run_with_progress(cmd: list[str], desc: str) -> None:
     """Run llama.cpp's quantizer, turning its '[ i/ n] tensor' lines into a progress bar."""
     done = run_with_progress(cmd, desc, _TENSOR_LINE, "tensor", keep=40)
+    if (failed := killed("llama.cpp quantize", desc, done.returncode)) is not None:
+        raise failed
     if done.returncode != 0:
         raise ToolError("llama.cpp quantize", f"`{' '.join(cmd[:1] + cmd[-3:])}` failed (exit {done.returncode})",
                         "\n".join(done.tail.splitlines()[-15:]))

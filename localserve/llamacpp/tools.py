@@ -84,12 +84,17 @@ def ensure_tools() -> Path:
 def run_tool(name: str, args: Sequence[str | os.PathLike], *, timeout: float | None = None,
              hint: str | None = None) -> subprocess.CompletedProcess:
     """Run a tool; a non-zero exit raises ToolError naming the tool, the command and stderr's tail."""
+    from .process import dies_with_us, killed
+
     cmd = [str(tool_path(name)), *map(str, args)]
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, errors="replace", timeout=timeout)
+        proc = subprocess.run(cmd, capture_output=True, text=True, errors="replace", timeout=timeout,
+                              preexec_fn=dies_with_us())
     except subprocess.TimeoutExpired as e:
         raise ToolError(name, f"`{_shell(cmd)}` did not finish within {timeout:.0f} s",
                         _tail(e.stderr or ""), hint) from None
+    if (failed := killed(name, f"`{_shell(cmd)}`", proc.returncode)) is not None:
+        raise failed
     if proc.returncode != 0:
         raise ToolError(name, f"`{_shell(cmd)}` exited with code {proc.returncode}",
                         _tail(proc.stderr or proc.stdout), hint)

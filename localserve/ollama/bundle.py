@@ -25,6 +25,7 @@ from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
 from ..errors import ChecksumMismatch, InputError, UnsafeArchive
+from ..faults import BUNDLE, kill_point
 from ..fsutil import atomic_path
 from ..lineage import Artifact, ExportRecord
 from ..progress import bar, step
@@ -119,6 +120,7 @@ def _write_bundle(out: Path, name: str, files: list[tuple[str, Path, str | None]
         with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
             for arc, src, expect in files:
                 _add_file(tar, f"{name}/{arc}", src, sums, expect)
+                kill_point(BUNDLE)
             _add_bytes(tar, f"{name}/localserve.json",
                        (json.dumps(meta, indent=2, ensure_ascii=False) + "\n").encode(), sums)
             if modelfile:
@@ -276,19 +278,20 @@ def install_bundle(bundle: Path, name: str | None = None, host: str | None = Non
     _require_bundle(Path(bundle))  # before anything is created, in the store or elsewhere
     if use_store or store_root:
         store = ModelStore(store_root)
-        store._check_writable()
-        # unpack beside the store so the GGUF is renamed into blobs/, never copied twice
-        work = Path(tempfile.mkdtemp(prefix=".localserve-install-", dir=store.root))
-        try:
-            folder = extract_verified(Path(bundle), work)
-            info = read_export(folder)
-            artifact: Artifact = info.artifact(quant)
-            model_name = parse_name(name or default_name(info.name, artifact.quant)).display
-            stored = store.install(info.gguf_path(artifact), model_name, info.recipe, move=True)
-        except OSError as e:
-            raise _store_error(store.root, e) from None
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
+        # unpack beside the store so the GGUF is renamed into blobs/, never copied twice; under the store's
+        # write lock, whose next holder removes what a killed install left there
+        with store.writing():
+            work = Path(tempfile.mkdtemp(prefix=".localserve-install-", dir=store.root))
+            try:
+                folder = extract_verified(Path(bundle), work)
+                info = read_export(folder)
+                artifact: Artifact = info.artifact(quant)
+                model_name = parse_name(name or default_name(info.name, artifact.quant)).display
+                stored = store.install(info.gguf_path(artifact), model_name, info.recipe, move=True)
+            except OSError as e:
+                raise _store_error(store.root, e) from None
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
         return InstallResult(stored.name, "store", str(store.root), stored.digest)
     if not server_available(host):
         with OllamaServer(host) as server:

@@ -25,6 +25,10 @@ from .names import parse_name
 
 DEFAULT_HOST = "http://127.0.0.1:11434"
 STRUCTURED_CREATE = (0, 5, 5)  # /api/create takes JSON files/template/... from this version on
+# Seconds to wait for Ollama's next byte (a create of a large model rewrites gigabytes between two
+# status lines); $LOCALSERVE_OLLAMA_TIMEOUT changes it.
+DEFAULT_TIMEOUT = 600.0
+TIMEOUT_ENV = "LOCALSERVE_OLLAMA_TIMEOUT"
 
 
 class ServerTooOld(OllamaError):
@@ -69,6 +73,46 @@ def _unreachable(host: str, why: str, source: str = "") -> OllamaUnreachable:
     )
 
 
+def default_timeout() -> float:
+    raw = os.environ.get(TIMEOUT_ENV, "").strip()
+    if not raw:
+        return DEFAULT_TIMEOUT
+    try:
+        value = float(raw)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise InputError(f"${TIMEOUT_ENV} must be a number of seconds above 0, not {raw!r}",
+                         f"e.g. {TIMEOUT_ENV}=1200, or unset it for {DEFAULT_TIMEOUT:g}")
+    return value
+
+
+def transport_failure(host: str, what: str, e: BaseException, timeout: float | None = None,
+                      source: str = "") -> OllamaError | None:
+    """The one-line error for a connection to Ollama at `host` failing during `what` — refused, timed
+    out, closed mid-answer, or answered with something that is not Ollama's JSON — or None when `e`
+    is none of these. Covers what httpx, the official client (ConnectionError) and pydantic raise."""
+    import pydantic
+
+    if isinstance(e, (ConnectionError, httpx.ConnectError, httpx.ConnectTimeout)) and \
+            not isinstance(e, (ConnectionResetError, BrokenPipeError)):
+        return _unreachable(host, str(e) or type(e).__name__, source)
+    if isinstance(e, httpx.TimeoutException):
+        within = f" within {timeout:g} s" if timeout else " in time"
+        return OllamaError(f"Ollama at {host} did not answer {what}{within}",
+                           f"it may be busy or stuck: check its log (and `ollama ps`), then run the command again; "
+                           f"{TIMEOUT_ENV}=SECONDS waits longer")
+    if isinstance(e, (httpx.RemoteProtocolError, httpx.NetworkError, ConnectionResetError, BrokenPipeError)):
+        return OllamaError(f"Ollama at {host} closed the connection during {what} ({e or type(e).__name__})",
+                           "it may have crashed or restarted: check its log, then run the command again")
+    if isinstance(e, (json.JSONDecodeError, pydantic.ValidationError, UnicodeDecodeError)):
+        detail = " ".join(str(e).split())[:120]
+        return OllamaError(f"Ollama at {host} answered {what} with something that is not Ollama's JSON ({detail})",
+                           "check that --host / $OLLAMA_HOST points at an Ollama server, not a proxy or another "
+                           "service, and that it is healthy")
+    return None
+
+
 @dataclass(frozen=True)
 class Blob:
     digest: str
@@ -79,10 +123,11 @@ class Blob:
 class OllamaServer:
     """One Ollama server. Errors come out as OllamaError subclasses naming the host."""
 
-    def __init__(self, host: str | None = None, timeout: float = 600.0):
+    def __init__(self, host: str | None = None, timeout: float | None = None):
         self.host = resolve_host(host)
         self.source = host_source(host)
-        self._http = httpx.Client(base_url=self.host, timeout=httpx.Timeout(timeout, connect=5.0))
+        self.timeout = timeout if timeout is not None else default_timeout()
+        self._http = httpx.Client(base_url=self.host, timeout=httpx.Timeout(self.timeout, connect=5.0))
         self._version: str | None = None
 
     def close(self) -> None:
@@ -101,14 +146,19 @@ class OllamaServer:
         return ollama.Client(host=self.host, timeout=self._http.timeout)
 
     # --- plain HTTP ---------------------------------------------------------------------------
+    def failure(self, what: str, e: BaseException) -> OllamaError | None:
+        """`transport_failure` for this server."""
+        return transport_failure(self.host, what, e, self.timeout, self.source)
+
     def _request(self, method: str, path: str, **kw) -> httpx.Response:
         try:
             return self._http.request(method, path, **kw)
-        except (httpx.ConnectError, httpx.ConnectTimeout) as e:
-            raise _unreachable(self.host, str(e) or type(e).__name__, self.source) from None
         except httpx.HTTPError as e:
-            raise OllamaError(f"{method} {self.host}{path} failed: {e}",
-                              "check that the server at that address is Ollama and is healthy") from None
+            failed = self.failure(f"{method} {path}", e)
+            if failed is None:
+                failed = OllamaError(f"{method} {self.host}{path} failed: {e}",
+                                     "check that the server at that address is Ollama and is healthy")
+            raise failed from None
 
     def _raise_for(self, r: httpx.Response, what: str) -> None:
         if r.status_code < 400:
@@ -198,10 +248,11 @@ class OllamaServer:
             self._follow(name, (p.model_dump(exclude_none=True) for p in stream), on_status)
         except ollama.ResponseError as e:
             raise self._create_failed(name, e.error) from None
-        except ConnectionError:
-            raise _unreachable(self.host, "connection refused", self.source) from None
-        except httpx.ConnectError as e:
-            raise _unreachable(self.host, str(e), self.source) from None
+        except (ConnectionError, httpx.HTTPError, ValueError) as e:
+            failed = self.failure(f"the create of {name}", e)
+            if failed is None:
+                raise
+            raise failed from None
 
     def _create_legacy(self, name, digest, recipe: ModelRecipe, version, on_status, adapter=None) -> None:
         try:
@@ -218,11 +269,14 @@ class OllamaServer:
                     r.read()
                     raise self._create_failed(name, _error_text(r) or f"HTTP {r.status_code}")
                 self._follow(name, (json.loads(line) for line in r.iter_lines() if line.strip()), on_status)
-        except (httpx.ConnectError, httpx.ConnectTimeout) as e:
-            raise _unreachable(self.host, str(e), self.source) from None
+        except (httpx.HTTPError, ValueError) as e:
+            failed = self.failure(f"the create of {name}", e)
+            if failed is None:
+                raise
+            raise failed from None
 
     def _follow(self, name: str, parts: Iterator[dict], on_status) -> None:
-        """Read every streamed line; an `error` line fails the create even under HTTP 200."""
+        """Read the streamed lines up to `success`; an `error` line fails the create even under HTTP 200."""
         last = None
         with contextlib.ExitStack() as bars:
             shown = None  # (status, bar) of the step that reports total/completed
@@ -239,6 +293,8 @@ class OllamaServer:
                     shown[1].refresh()
                 elif last:
                     step(f"ollama: {last}")
+                if last == "success":  # Ollama's last line: the manifest is written, whatever follows
+                    break
         if last != "success":
             raise self._create_failed(name, f"the stream ended after {last!r} without 'success'")
 
@@ -260,8 +316,11 @@ class OllamaServer:
                 raise OllamaError(f"{what}: {e.error} (on {self.host})",
                                   "list the models with `localserve ls`") from None
             raise OllamaError(f"{what}: Ollama at {self.host} answered {e.status_code}: {e.error}") from None
-        except (ConnectionError, httpx.ConnectError):
-            raise _unreachable(self.host, "connection refused", self.source) from None
+        except (ConnectionError, httpx.HTTPError, ValueError) as e:
+            failed = self.failure(what, e)
+            if failed is None:
+                raise
+            raise failed from None
 
     def list(self) -> list[dict[str, Any]]:
         resp = self._call("listing models", self.client.list)

@@ -14,6 +14,7 @@ import errno
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..errors import DiskSpaceError, InputError, LocalserveError, OllamaError
+from ..faults import STORE_INSTALL, kill_point
 from ..fsutil import CHUNK
 from ..progress import bar, step
 from .layers import (MEDIA_CONFIG, MEDIA_LICENSE, MEDIA_MANIFEST, MEDIA_MESSAGES, MEDIA_MODEL, MEDIA_PARAMS,
@@ -189,6 +191,36 @@ class ModelStore:
             raise _store_error(self.root, e) from None
 
     @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        """Hold the store's write lock (`.localserve.lock` in it) while writing: another localserve run
+        writing the same store is waited for. Whoever takes the lock removes what a killed writer left —
+        temporary blobs (`.localserve-tmp/`) and unpacked bundles (`.localserve-install-*`) — since no
+        other writer can be using them then. A running Ollama never looks at either."""
+        from ..fsutil import lock_file
+
+        key = str(self.root.resolve())
+        if _HELD.get(key):  # this process holds it already (an install writes its manifest)
+            _HELD[key] += 1
+            try:
+                yield
+            finally:
+                _HELD[key] -= 1
+            return
+
+        def wait(holder: str) -> None:
+            step(f"waiting for another localserve run (pid {holder}) writing the Ollama store {self.root}")
+
+        self._check_writable()
+        with lock_file(self.root / ".localserve.lock", wait):
+            for stale in [self.root / ".localserve-tmp", *self.root.glob(".localserve-install-*")]:
+                shutil.rmtree(stale, ignore_errors=True)
+            _HELD[key] = 1
+            try:
+                yield
+            finally:
+                _HELD.pop(key, None)
+
+    @contextlib.contextmanager
     def _tmp(self) -> Iterator[Path]:
         # temp files live beside blobs/, not in it: Ollama's startup prune deletes stray files there
         d = self.root / ".localserve-tmp"
@@ -259,14 +291,15 @@ class ModelStore:
     def write_manifest_bytes(self, name: str, data: bytes) -> Path:
         """Write `name`'s manifest as exactly these bytes (its digest is their sha256), atomically."""
         n = parse_name(name)
-        existing = self.find(name)  # names match case-insensitively; keep the stored spelling
-        dest = existing or self.root / n.manifest_relpath
-        self._mkdirs(dest.parent)
-        with self._tmp() as tmp:
-            tmp.write_bytes(data)
-            os.chmod(tmp, 0o644)
-            self._adopt(tmp)
-            os.replace(tmp, dest)
+        with self.writing():
+            existing = self.find(name)  # names match case-insensitively; keep the stored spelling
+            dest = existing or self.root / n.manifest_relpath
+            self._mkdirs(dest.parent)
+            with self._tmp() as tmp:
+                tmp.write_bytes(data)
+                os.chmod(tmp, 0o644)
+                self._adopt(tmp)
+                os.replace(tmp, dest)
         return dest
 
     def install(self, gguf: Path, name: str, recipe: ModelRecipe, move: bool = False) -> StoredModel:
@@ -276,13 +309,17 @@ class ModelStore:
         """
         n = parse_name(name)
         gguf = Path(gguf)
-        self._check_writable()
+        with self.writing():
+            return self._install(gguf, n, recipe, move)
+
+    def _install(self, gguf: Path, n: ModelName, recipe: ModelRecipe, move: bool) -> StoredModel:
         created: list[Path] = []
         try:
             layers = [self._blob_from_file(gguf, MEDIA_MODEL, created, move=move)]
             info = _gguf_info(self.blob_path(layers[0].digest), layers[0].digest)
             layers += [self._blob_from_bytes(data, mt, created) for mt, data in recipe.blobs()]
             config = self._blob_from_bytes(config_blob(info), MEDIA_CONFIG, created)
+            kill_point(STORE_INSTALL)
             path = self.write_manifest(n.display, config, layers)
         except BaseException as e:
             for p in created:
@@ -303,41 +340,47 @@ class ModelStore:
         if src is None:
             raise OllamaError(f"model {source!r} is not in the store {self.root}",
                               "list the models with `localserve ls --store DIR`")
-        self._check_writable()
-        dest = self.find(destination) or self.root / parse_name(destination).manifest_relpath
         try:
-            self._mkdirs(dest.parent)
-            with self._tmp() as tmp:
-                tmp.write_bytes(src.read_bytes())
-                os.chmod(tmp, 0o644)
-                self._adopt(tmp)
-                os.replace(tmp, dest)
+            with self.writing():
+                dest = self.find(destination) or self.root / parse_name(destination).manifest_relpath
+                self._mkdirs(dest.parent)
+                with self._tmp() as tmp:
+                    tmp.write_bytes(src.read_bytes())
+                    os.chmod(tmp, 0o644)
+                    self._adopt(tmp)
+                    os.replace(tmp, dest)
         except OSError as e:
             raise _store_error(self.root, e) from None
 
     def delete(self, name: str) -> None:
-        """Remove the manifest, then only the blobs no other manifest references (docs/ollama.md#store-writes)."""
-        path = self.find(name)
-        if path is None:
-            raise OllamaError(f"model {name!r} is not in the store {self.root}",
+        """Remove the manifest, then only the blobs no other manifest references (docs/ollama.md#store-writes);
+        under the write lock, so that no install adopts a blob this is removing."""
+        missing = OllamaError(f"model {name!r} is not in the store {self.root}",
                               "list the models with `localserve ls --store DIR`")
-        m = json.loads(path.read_bytes())
-        mine = {m["config"]["digest"], *(layer["digest"] for layer in m["layers"])}
-        path.unlink()
-        for parent in (path.parent, path.parent.parent, path.parent.parent.parent):
-            with contextlib.suppress(OSError):
-                parent.rmdir()
-        still = set()
-        for _, p in self._manifest_files():
-            with contextlib.suppress(ValueError, KeyError, TypeError):
-                other = json.loads(p.read_bytes())
-                still |= {other["config"]["digest"], *(layer["digest"] for layer in other["layers"])}
-        for digest in mine - still:
-            with contextlib.suppress(FileNotFoundError):
-                self.blob_path(digest).unlink()
+        if self.find(name) is None:
+            raise missing
+        with self.writing():
+            path = self.find(name)
+            if path is None:
+                raise missing
+            m = json.loads(path.read_bytes())
+            mine = {m["config"]["digest"], *(layer["digest"] for layer in m["layers"])}
+            path.unlink()
+            for parent in (path.parent, path.parent.parent, path.parent.parent.parent):
+                with contextlib.suppress(OSError):
+                    parent.rmdir()
+            still = set()
+            for _, p in self._manifest_files():
+                with contextlib.suppress(ValueError, KeyError, TypeError):
+                    other = json.loads(p.read_bytes())
+                    still |= {other["config"]["digest"], *(layer["digest"] for layer in other["layers"])}
+            for digest in mine - still:
+                with contextlib.suppress(FileNotFoundError):
+                    self.blob_path(digest).unlink()
 
 
 _INFO: dict[str, object] = {}
+_HELD: dict[str, int] = {}  # store root -> how deep this process holds its write lock
 
 
 def _gguf_info(path: Path, digest: str):

@@ -7,6 +7,7 @@ The load/unload routes exist only when the server runs with VLLM_ALLOW_RUNTIME_L
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import urllib.error
@@ -41,7 +42,8 @@ class VllmClient:
         self.host = resolve_host(host)
         self.timeout = timeout
 
-    def _request(self, method: str, path: str, body: dict | None = None) -> tuple[int, str]:
+    def _request(self, method: str, path: str, body: dict | None = None, what: str = "") -> tuple[int, str]:
+        what = what or f"{method} {path}"
         data = json.dumps(body).encode() if body is not None else None
         request = urllib.request.Request(f"{self.host}{path}", data=data, method=method,
                                          headers={"Content-Type": "application/json"} if data else {})
@@ -50,25 +52,43 @@ class VllmClient:
                 return response.status, response.read().decode("utf-8", "replace")
         except urllib.error.HTTPError as e:
             return e.code, e.read().decode("utf-8", "replace")
-        except (urllib.error.URLError, OSError) as e:
-            reason = getattr(e, "reason", e)
-            raise VllmUnreachable(f"vLLM is not reachable at {self.host} ({reason})",
+        except urllib.error.URLError as e:  # no connection at all: refused, no route, unknown name
+            raise VllmUnreachable(f"vLLM is not reachable at {self.host} ({e.reason})",
+                                  "start it with the export's ./launch.sh, or pass --host URL") from None
+        except TimeoutError:
+            raise VllmError(f"vLLM at {self.host} did not answer {what} within {self.timeout:g} s",
+                            "it may be busy or stuck: check its log, then run the command again") from None
+        # connected, then the answer broke off: RemoteDisconnected, IncompleteRead, a reset
+        except (http.client.HTTPException, ConnectionError) as e:
+            raise VllmError(f"vLLM at {self.host} closed the connection during {what} ({e or type(e).__name__})",
+                            "it may have crashed (out of memory?): check its log, restart it with ./launch.sh, "
+                            f"then run the command again (`localserve vllm ls --host {self.host}` shows what is "
+                            "loaded)") from None
+        except OSError as e:
+            raise VllmUnreachable(f"vLLM is not reachable at {self.host} ({e})",
                                   "start it with the export's ./launch.sh, or pass --host URL") from None
 
     def models(self) -> list[ServedModel]:
-        status, text = self._request("GET", "/v1/models")
+        status, text = self._request("GET", "/v1/models", what="the list of models")
         if status != 200:
             raise VllmError(f"GET {self.host}/v1/models answered {status}: {_message(text)}")
-        return [ServedModel(m["id"], m.get("parent"), m.get("root")) for m in json.loads(text).get("data", [])]
+        try:
+            return [ServedModel(m["id"], m.get("parent"), m.get("root")) for m in json.loads(text).get("data", [])]
+        except (ValueError, AttributeError, KeyError, TypeError):
+            raise VllmError(f"{self.host}/v1/models did not answer like vLLM: {text[:120]!r}",
+                            "check that --host points at a vLLM server and that it is healthy") from None
 
     def load(self, name: str, path: str | Path) -> None:
         """Load the adapter folder `path` (as the server sees it) under `name`."""
-        status, text = self._request("POST", "/v1/load_lora_adapter", {"lora_name": name, "lora_path": str(path)})
-        self._check(status, text, f"loading adapter {name!r} from {path}")
+        what = f"loading adapter {name!r} from {path}"
+        status, text = self._request("POST", "/v1/load_lora_adapter", {"lora_name": name, "lora_path": str(path)},
+                                     what)
+        self._check(status, text, what)
 
     def unload(self, name: str) -> None:
-        status, text = self._request("POST", "/v1/unload_lora_adapter", {"lora_name": name})
-        self._check(status, text, f"unloading adapter {name!r}")
+        what = f"unloading adapter {name!r}"
+        status, text = self._request("POST", "/v1/unload_lora_adapter", {"lora_name": name}, what)
+        self._check(status, text, what)
 
     def _check(self, status: int, text: str, what: str) -> None:
         if status == 200:

@@ -32,6 +32,11 @@ Deliberate deviation: decoding is always greedy (deterministic tests); the optio
 apply (including the OpenAI temperature/top_p override) are computed and recorded in
 `Standin.last_options`, and type-checked exactly as Ollama does.
 
+Faults, for the tests of what a client does when a server misbehaves (`Behaviour`, set per test with
+`Standin.behaving`): a create that fails mid-stream under HTTP 200, a connection that closes mid-create
+or mid-chat-stream, a route that answers slower than the client waits, JSON cut off mid-object.
+Unset (the default), the stand-in behaves as above.
+
 Nothing here is lenient where Ollama is strict: digest spelling, 200 vs 201, the Host header,
 file keys, parameter types at inference, config-less manifests vanishing from /api/tags.
 """
@@ -102,11 +107,24 @@ class ApiError(Exception):
         self.status, self.message = status, message
 
 
+class _Dropped(Exception):
+    """The server "dies" mid-answer: the handler closes the connection without finishing."""
+
+
 @dataclass
 class Behaviour:
     version: str = "0.33.0-rc2"
     # (status line after which the create stream fails, error text): a mid-stream failure under 200
     create_fault: tuple[str, str] | None = None
+    # The server dies mid-answer: the connection closes after the create status line with this text, or
+    # after this many streamed /api/chat lines, and nothing after that point happens (no manifest).
+    create_drop: str | None = None
+    chat_drop: int | None = None
+    # (route, seconds): that route starts answering only after this long, e.g. ("/api/chat", 3.0). As
+    # in Ollama, a client that gave up stops the work at the next line the server fails to send.
+    slow: tuple[str, float] | None = None
+    # A route answered with HTTP 200 and JSON cut off mid-object (a crashed writer, a proxy's page).
+    malformed: str | None = None
 
 
 @dataclass
@@ -650,6 +668,14 @@ class _Handler(BaseHTTPRequestHandler):
             ("POST", "/api/chat"): self.chat, ("POST", "/api/generate"): self.generate,
             ("POST", "/v1/chat/completions"): self.openai_chat, ("GET", "/v1/models"): self.openai_models,
         }
+        behaviour = self.owner.behaviour
+        if behaviour.slow and path == behaviour.slow[0]:
+            time.sleep(behaviour.slow[1])
+        if behaviour.malformed and path == behaviour.malformed:
+            self.owner.requests.append((self.command, path, None))
+            self._body_bytes()
+            self.close_connection = True
+            return self._send(200, b'{"status":"parsing GGUF","digest":', "application/json; charset=utf-8")
         try:
             if path.startswith("/api/blobs/"):
                 if self.command not in ("HEAD", "POST"):
@@ -662,6 +688,10 @@ class _Handler(BaseHTTPRequestHandler):
             handler()
         except ApiError as e:
             self._error(e.status, e.message)
+        except _Dropped:
+            self.close_connection = True
+            with contextlib.suppress(OSError):
+                self.connection.shutdown(socket.SHUT_RDWR)
 
     do_GET = do_HEAD = do_POST = do_DELETE = _dispatch
 
@@ -795,11 +825,24 @@ class _Handler(BaseHTTPRequestHandler):
         self._stream(self._faulted(items), stream=stream)
 
     def _faulted(self, items: Iterator[dict]) -> Iterator[dict]:
-        fault = self.owner.behaviour.create_fault
+        fault, drop = self.owner.behaviour.create_fault, self.owner.behaviour.create_drop
         for item in items:
             yield item
             if fault and item.get("status") == fault[0]:
                 raise ApiError(500, fault[1])
+            if drop and item.get("status") == drop:
+                raise _Dropped()
+
+    @staticmethod
+    def _dropping(items: Iterator[dict], after: int | None) -> Iterator[dict]:
+        """`items`, with the connection closing after the first `after` of them (None: all of them)."""
+        try:
+            for i, item in enumerate(items):
+                if after is not None and i == after:
+                    raise _Dropped()
+                yield item
+        finally:
+            items.close()  # the engine's lock is released now, not when the generator is collected
 
     def _create_json(self, body: dict) -> Iterator[dict]:
         model = body.get("model") or body.get("name") or ""
@@ -1075,10 +1118,11 @@ class _Handler(BaseHTTPRequestHandler):
                     yield {"model": model_name, "created_at": now_rfc3339(),
                            "message": {"role": "assistant", "content": ""}, "done": True, **final}
 
+        drop = self.owner.behaviour.chat_drop
         if body.get("stream", True):
-            return self._stream(items())
+            return self._stream(self._dropping(items(), drop))
         content, last = "", None
-        for item in items():
+        for item in self._dropping(items(), drop):
             content += item["message"]["content"]
             last = item
         last["message"]["content"] = content

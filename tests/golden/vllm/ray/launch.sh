@@ -2,6 +2,7 @@
 # Start vLLM for big from vllm-config.yaml (written by localserve). Extra arguments are
 # passed to vLLM and override the config file, e.g.:  ./launch.sh --host 0.0.0.0 --port 8080
 # VLLM_PYTHON selects the Python that has vLLM installed (default: python3).
+# Serving features (vllm-config.yaml): prefix caching: on; speculative decoding: off; structured outputs (response_format json_schema): auto backend.
 #
 # Multi-node (2 nodes, Ray): on the head node run  ./launch.sh head
 # and on each of the other 1 node(s)          ./launch.sh worker HEAD_ADDRESS
