@@ -16,6 +16,7 @@ The caches stay shared: they are pinned below, before any test changes HOME.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -65,14 +66,43 @@ def tiny_adapter(tiny_base, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_export(tiny_adapter, tmp_path_factory) -> Path:
-    """One export of the tiny adapter (Q4_K_M, Q8_0; no smoke, no registration), shared read-only."""
+def tiny_export_once(tiny_adapter, tmp_path_factory) -> Path:
+    """One export of the tiny adapter (Q4_K_M, Q8_0; no smoke, no registration), built once per session.
+    Never handed out as is: registering writes into an export's localserve.json, so every user gets
+    its own copy (`copy_export`)."""
     from localserve import ExportSpec, export
 
     out = tmp_path_factory.mktemp("tiny-export") / "tiny"
     export(ExportSpec(adapter=tiny_adapter, quants=("q4_k_m", "Q8_0"), name="tiny", out=out, smoke=False,
                       register=False))
     return out
+
+
+def copy_export(export: Path, tmp_path_factory) -> Path:
+    """A private copy of an export folder. The GGUFs are hard links (nothing rewrites one in place);
+    the rest is copied, so a registration recorded in the copy stays out of the original."""
+    out = tmp_path_factory.mktemp("export-copy") / export.name
+
+    def link_or_copy(src: str, dst: str) -> None:
+        if src.endswith(".gguf"):
+            os.link(src, dst)
+        else:
+            shutil.copy2(src, dst)
+
+    shutil.copytree(export, out, copy_function=link_or_copy)
+    return out
+
+
+@pytest.fixture(scope="session")
+def fresh_tiny_export(tiny_export_once, tmp_path_factory):
+    """Makes a new private copy of the tiny export (for module- and session-wide fixtures)."""
+    return lambda: copy_export(tiny_export_once, tmp_path_factory)
+
+
+@pytest.fixture
+def tiny_export(fresh_tiny_export) -> Path:
+    """This test's own copy of the tiny export."""
+    return fresh_tiny_export()
 
 
 @pytest.fixture(scope="session")

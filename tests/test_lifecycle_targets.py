@@ -29,8 +29,10 @@ def probe() -> dict:
 
 
 @pytest.fixture(scope="module")
-def tiny_on_ollama(standin, tiny_export) -> str:
+def tiny_on_ollama(standin, fresh_tiny_export) -> str:
     from localserve.ollama import register
+
+    tiny_export = fresh_tiny_export()
 
     return register(tiny_export, name="tiny-eval:v1", host=standin.url).name
 

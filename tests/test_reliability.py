@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -104,6 +105,32 @@ def test_term_and_ctrl_c_end_with_one_line_and_nothing_half_written(tiny_adapter
     assert again.exit_code == 0 and (out / "localserve.json").is_file(), again.output
 
 
+@pytest.mark.parametrize("stop, code", [("KeyboardInterrupt", 130), ("Terminated", 143)])
+def test_a_stop_that_lands_inside_a_finalizer_still_stops_the_run(stop, code):
+    # Python prints and drops an exception raised in a finalizer; the command line sends the signal again
+    script = f"""
+import sys, time
+from localserve.cli import cli, _redeliver_stops
+from localserve.errors import Terminated
+sys.unraisablehook = _redeliver_stops
+class Finalised:
+    def __del__(self):
+        raise {stop}()
+@cli.command("finalise")
+def finalise():
+    Finalised()
+    time.sleep(30)
+    print("ran to the end")
+cli(["finalise"], prog_name="localserve")
+"""
+    if stop == "Terminated":
+        script = script.replace("import sys, time", "import signal, sys, time\nfrom localserve.cli import _terminate\n"
+                                "signal.signal(signal.SIGTERM, _terminate)")
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=20)
+    assert run.returncode == code and "ran to the end" not in run.stdout, run.stderr
+    assert run.stderr.strip().splitlines()[-1].startswith(("interrupted", "terminated")), run.stderr
+
+
 def test_a_context_above_what_the_model_was_trained_for_is_refused(tiny_export, tiny_adapter, tmp_path):
     # the tiny model is trained for 512 tokens of context
     assert_one_line_error(invoke("plan", tiny_export, "--ctx", "100000000000"), "above the 512 tokens", "--ctx 512")
@@ -119,10 +146,8 @@ def test_a_context_above_what_the_model_was_trained_for_is_refused(tiny_export, 
 # whole, no manifest whose blobs are missing. The run after it takes the folder over, removes what was
 # half-written, and redoes only the stages that had not finished (localserve.json's `stages`).
 
-def _child(run: subprocess.Popen, needle: str) -> "psutil.Process":
+def _child(run: subprocess.Popen, needle: str) -> psutil.Process:
     """The child process of `run` whose command line holds `needle`, once it runs."""
-    import psutil
-
     found = []
 
     def running() -> bool:
@@ -141,15 +166,21 @@ def _child(run: subprocess.Popen, needle: str) -> "psutil.Process":
     return found[0]
 
 
-def _kill_9(run: subprocess.Popen, child: "psutil.Process") -> None:
+def _kill_9(run: subprocess.Popen, child: psutil.Process) -> None:
     """kill -9 the run; the child it was waiting for dies with it instead of writing on."""
-    import psutil
-
     run.send_signal(signal.SIGKILL)
     run.communicate(timeout=60)
     assert run.returncode == -signal.SIGKILL
     _, alive = psutil.wait_procs([child], timeout=5)
-    assert not alive, f"{child.cmdline()} outlived its parent"
+    assert all(_zombie(p) for p in alive), f"{child.cmdline()} outlived its parent"
+
+
+def _zombie(process: psutil.Process) -> bool:
+    """Dead, and not yet reaped (by whatever adopted it)."""
+    try:
+        return process.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
 
 
 def _nothing_looks_complete(out: Path) -> None:

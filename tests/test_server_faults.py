@@ -110,8 +110,10 @@ def test_a_timeout_that_is_not_a_number_is_one_line(monkeypatch, tiny_export):
 # --- evaluation targets -------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def on_standin(standin, tiny_export) -> str:
+def on_standin(standin, fresh_tiny_export) -> str:
     from localserve.ollama import register
+
+    tiny_export = fresh_tiny_export()
 
     name = register(tiny_export, name="fault-chat:v1", host=standin.url).name
     with open_target(f"ollama:{name}", max_tokens=8, ollama_host=standin.url) as target:
@@ -123,7 +125,7 @@ def on_standin(standin, tiny_export) -> str:
     ({"chat_drop": 2}, "closed the connection during the chat with fault-chat:v1"),
     ({"slow": ("/api/chat", 4.0)}, "did not answer the chat with fault-chat:v1 within 2 s"),
     ({"malformed": "/api/chat"}, "answered the chat with fault-chat:v1 with something that is not Ollama's JSON"),
-], ids=["closed mid-stream", "slow", "broken json"])
+], ids=["closed mid-stream", "late", "broken json"])
 def test_an_ollama_failing_one_answer_gives_that_case_a_one_line_error(steer, on_standin, monkeypatch, fault, says):
     monkeypatch.setenv("LOCALSERVE_OLLAMA_TIMEOUT", "2")
     start = time.monotonic()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import pkgutil
 import sys
 
@@ -105,10 +106,26 @@ def _terminate(signum, frame) -> None:
     raise Terminated()
 
 
+def _redeliver_stops(unraisable) -> None:
+    """A Ctrl-C or SIGTERM that lands inside a finalizer or callback is printed and dropped by Python,
+    and the run would go on to the end as if never stopped: send the signal again, to the main flow."""
+    import signal
+    import threading
+
+    if isinstance(unraisable.exc_value, (KeyboardInterrupt, Terminated)):
+        signum = signal.SIGINT if isinstance(unraisable.exc_value, KeyboardInterrupt) else signal.SIGTERM
+        # From another thread, a moment later: signal.raise_signal (or _thread.interrupt_main) would run the
+        # handler at once, inside this hook, where its exception is dropped again.
+        threading.Timer(0.05, os.kill, (os.getpid(), signum)).start()
+        return
+    sys.__unraisablehook__(unraisable)
+
+
 def main() -> None:
     import signal
 
     signal.signal(signal.SIGTERM, _terminate)
+    sys.unraisablehook = _redeliver_stops
     cli(prog_name="localserve")
 
 

@@ -8,30 +8,29 @@ import signal
 import subprocess
 import sys
 from dataclasses import dataclass
-from typing import Callable
 
 from ..errors import ToolError
 from ..progress import bar
 
 
-def dies_with_us() -> Callable[[], None] | None:
-    """A `preexec_fn` that has the kernel SIGKILL the child when this process dies (Linux's
-    PR_SET_PDEATHSIG), so that after a `kill -9` of localserve no converter or quantizer keeps writing
-    into the output folder the next run takes over. None where there is no such thing."""
+# Run in front of a child: has the kernel SIGKILL it when its parent dies (PR_SET_PDEATHSIG, kept across
+# exec), then becomes the child. Not a preexec_fn: that makes subprocess run the at-fork handlers, and
+# a Ctrl-C arriving inside one of those is lost.
+_GUARD = """import ctypes, os, signal, sys
+ctypes.CDLL(None).prctl(1, signal.SIGKILL)
+if os.getppid() != int(sys.argv[1]):
+    os._exit(1)
+os.execvp(sys.argv[2], sys.argv[2:])
+"""
+
+
+def dies_with_us(cmd: list[str]) -> list[str]:
+    """`cmd`, run so that the kernel kills it when this process dies: after a `kill -9` of localserve no
+    converter or quantizer keeps writing into the output folder the next run takes over. As is where
+    Linux's PR_SET_PDEATHSIG does not exist."""
     if not sys.platform.startswith("linux"):
-        return None
-    import ctypes
-
-    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here: the child only calls it
-    parent = os.getpid()
-    pr_set_pdeathsig = 1
-
-    def arm() -> None:
-        prctl(pr_set_pdeathsig, signal.SIGKILL)
-        if os.getppid() != parent:  # we died between the fork and the line above
-            os._exit(1)
-
-    return arm
+        return list(cmd)
+    return [sys.executable, "-S", "-c", _GUARD, str(os.getpid()), *map(str, cmd)]
 
 
 def killed(tool: str, what: str, returncode: int) -> ToolError | None:
@@ -61,8 +60,8 @@ def run_with_progress(cmd: list[str], desc: str, progress: re.Pattern, unit: str
     are interrupted, so no tool keeps writing after we have given up on its output.
     """
     lines: list[str] = []
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
-                            env=env, preexec_fn=dies_with_us())
+    proc = subprocess.Popen(dies_with_us(cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            errors="replace", env=env)
     assert proc.stdout is not None
     try:
         with bar(None, desc, unit=unit) as b:

@@ -88,8 +88,7 @@ def run_tool(name: str, args: Sequence[str | os.PathLike], *, timeout: float | N
 
     cmd = [str(tool_path(name)), *map(str, args)]
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, errors="replace", timeout=timeout,
-                              preexec_fn=dies_with_us())
+        proc = subprocess.run(dies_with_us(cmd), capture_output=True, text=True, errors="replace", timeout=timeout)
     except subprocess.TimeoutExpired as e:
         raise ToolError(name, f"`{_shell(cmd)}` did not finish within {timeout:.0f} s",
                         _tail(e.stderr or ""), hint) from None

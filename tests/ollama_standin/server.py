@@ -575,6 +575,8 @@ class _Handler(BaseHTTPRequestHandler):
         if body or status != 200 or ctype:
             self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
+        if self.close_connection:  # as Go's server says when it will not read on: no client reuses the socket
+            self.send_header("Connection", "close")
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
