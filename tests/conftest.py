@@ -143,6 +143,20 @@ def exported_demo(demo_adapter, embedded_base, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def demo_on_vllm(demo_adapter, embedded_base, tmp_path_factory):
+    """(the demo adapter's merged vLLM export, named "demo"; the real vLLM serving it with CPU_ARGS).
+    Started once for the vllm tier: every test that needs this model behind vLLM shares it (a start
+    costs about 45 s on 2 cores). It stays up beside the tier's other servers until the session ends."""
+    from localserve.exports import VllmExportSpec, export_vllm
+    from localserve.vllm.runtime import CPU_ARGS, serve_export
+
+    merged = export_vllm(VllmExportSpec(adapters=(demo_adapter,), name="demo",
+                                        out=tmp_path_factory.mktemp("vllm") / "merged"))
+    with serve_export(merged.out_dir, list(CPU_ARGS)) as running:
+        yield merged, running
+
+
 # --- tier timings: printed at the end of every run, so growth shows before it blocks CI -------------
 TIERS = ("vllm", "slow", "go")  # a test's tier is the first of these marks it carries, else "fast"
 _tier_seconds: dict[str, float] = {}

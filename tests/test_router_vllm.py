@@ -22,14 +22,8 @@ V1, V2 = f"{NAME}:v1", f"{NAME}:v2"
 
 
 @pytest.fixture(scope="module")
-def vllm_server(demo_adapter, embedded_base, tmp_path_factory):
-    from localserve.exports import VllmExportSpec, export_vllm
-    from localserve.vllm.runtime import CPU_ARGS, serve_export
-
-    merged = export_vllm(VllmExportSpec(adapters=(demo_adapter,), name="demo-v2",
-                                        out=tmp_path_factory.mktemp("vllm") / "merged"))
-    with serve_export(merged.out_dir, list(CPU_ARGS)) as running:
-        yield running
+def vllm_server(demo_on_vllm):
+    return demo_on_vllm[1]
 
 
 def test_an_ollama_arm_and_a_vllm_arm_behind_one_router(vllm_server, standin, fake_export, demo_adapter):
@@ -38,7 +32,7 @@ def test_an_ollama_arm_and_a_vllm_arm_behind_one_router(vllm_server, standin, fa
     probe = json.loads((demo_adapter / "probe.json").read_text())
     question = [{"role": "user", "content": probe["question"]}]
     register(fake_export, name=V1, host=standin.url)
-    arms = [f"{V1}=50", f"{V2}=50@openai:{vllm_server.url}#demo-v2"]
+    arms = [f"{V1}=50", f"{V2}=50@openai:{vllm_server.url}#demo"]
     with running_router(NAME, arms, standin.url) as router:
         on = {arm: next(u for u in (f"u{i}" for i in range(500)) if assign(NAME, u, router.arms).version == arm)
               for arm in (V1, V2)}

@@ -9,19 +9,15 @@ import pytest
 from click.testing import CliRunner
 
 from localserve.cli import cli
-from localserve.exports import VllmExportSpec, export_vllm
-from localserve.vllm.runtime import CPU_ARGS, serve_export
 from vllmtier import pytestmark  # noqa: F401  (the tier's marks and skip)
 
 
 @pytest.fixture(scope="module")
-def benched(demo_adapter, embedded_base, tmp_path_factory):
-    export = export_vllm(VllmExportSpec(adapters=(demo_adapter,), name="demo",
-                                        out=tmp_path_factory.mktemp("vllmbench") / "merged")).out_dir
-    with serve_export(export, list(CPU_ARGS)) as server:
-        result = CliRunner().invoke(cli, ["--quiet", "bench", str(export), "--target", "vllm", "--url", server.url,
-                                          "--served-name", "demo", "--concurrency", "2", "--prompt-tokens", "16",
-                                          "--max-tokens", "4", "--json"])
+def benched(demo_on_vllm):
+    export, server = demo_on_vllm[0].out_dir, demo_on_vllm[1]
+    result = CliRunner().invoke(cli, ["--quiet", "bench", str(export), "--target", "vllm", "--url", server.url,
+                                      "--served-name", "demo", "--concurrency", "2", "--prompt-tokens", "16",
+                                      "--max-tokens", "4", "--json"])
     assert result.exit_code == 0, result.output
     return export, server.url, json.loads(result.output)
 

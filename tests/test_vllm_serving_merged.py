@@ -7,21 +7,12 @@ import json
 
 import pytest
 
-from localserve.exports import VllmExportSpec, export_vllm
-from localserve.vllm.runtime import CPU_ARGS, serve_export
 from vllmtier import chat, pytestmark  # noqa: F401  (the tier's marks and skip)
 
 
 @pytest.fixture(scope="module")
-def merged(demo_adapter, embedded_base, tmp_path_factory):
-    return export_vllm(VllmExportSpec(adapters=(demo_adapter,), name="demo",
-                                      out=tmp_path_factory.mktemp("vllm") / "merged"))
-
-
-@pytest.fixture(scope="module")
-def server(merged):
-    with serve_export(merged.out_dir, list(CPU_ARGS)) as running:
-        yield running
+def server(demo_on_vllm):
+    return demo_on_vllm[1]
 
 
 def test_the_merged_model_answers_like_the_adapter(server, demo_adapter):
