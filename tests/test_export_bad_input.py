@@ -207,6 +207,17 @@ def test_conflicting_export_options_are_one_line_naming_both(tiny_adapter, tmp_p
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize("args, names", [
+    (("--quant", "Q4_K_M", "--quant=Q8_0"), ("--quant Q4_K_M and --quant Q8_0", "--quant Q4_K_M,Q8_0")),
+    (("--name", "a", "--name", "b"), ("--name a and --name b", "give it once")),
+    (("--target", "vllm", "--prefix-caching", "--no-prefix-caching"), ("--prefix-caching and --no-prefix-caching",)),
+], ids=["quant", "name", "switch"])
+def test_an_option_given_twice_is_one_line_naming_both_values(tiny_adapter, tmp_path, args, names):
+    # click would keep the last value silently: `--quant Q4_K_M --quant Q8_0` would export Q8_0 alone
+    assert_one_line_error(invoke("export", tiny_adapter, *args, "--out", tmp_path / "o"), *names)
+    assert not (tmp_path / "o").exists()
+
+
 def test_a_merge_recipe_refuses_the_options_of_an_adapter_export(tmp_path):
     (tmp_path / "recipe.yaml").write_text("merge_method: linear\nmodels: []\n")
     for flag, says in ((("--allow-stacked",), "--allow-stacked does not apply to --merge"),

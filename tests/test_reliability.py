@@ -15,7 +15,6 @@ from pathlib import Path
 
 import psutil
 import pytest
-import torch
 from safetensors.torch import load_file, save_file
 
 from clihelpers import assert_one_line_error, invoke

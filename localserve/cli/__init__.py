@@ -15,7 +15,7 @@ import sys
 
 import click
 
-from ..errors import LocalserveError, Terminated
+from ..errors import InputError, LocalserveError, Terminated
 from ..progress import set_debug, set_quiet
 
 
@@ -71,8 +71,37 @@ def _with_global_options(command: click.Command) -> None:
         click.Option(["--debug"], is_flag=True, expose_value=False, callback=_set_debug,
                      help="Show tracebacks instead of one-line errors."),
     ]
+    _refuse_repeated_options(command)
     for sub in getattr(command, "commands", {}).values():
         _with_global_options(sub)
+
+
+def _refuse_repeated_options(command: click.Command) -> None:
+    """An option given twice is refused, naming both values: click would keep the last one silently
+    (`--quant Q4_K_M --quant Q8_0` exporting Q8_0 alone), and `--smoke --no-smoke` contradicts itself."""
+    parse = command.parse_args
+
+    def parse_args(ctx: click.Context, args: list[str]) -> list[str]:
+        given: dict[str, list[str]] = {}
+        spellings = {name: param for param in command.params if isinstance(param, click.Option)
+                     and not param.multiple and not param.count and (not param.is_flag or param.secondary_opts)
+                     for name in (*param.opts, *param.secondary_opts)}
+        for i, arg in enumerate(args):
+            if arg == "--":
+                break
+            name, eq, value = arg.partition("=")
+            param = spellings.get(name)
+            if param is not None:
+                shown = name if param.is_flag else f"{name} {value if eq else (args[i + 1] if i + 1 < len(args) else '')}"
+                given.setdefault(param.name, []).append(shown.strip())
+        for uses in given.values():
+            if len(uses) > 1:
+                raise InputError(f"{' and '.join(uses)}: the option is given {len(uses)} times",
+                                 "give it once (several quants are one list: --quant Q4_K_M,Q8_0)"
+                                 if uses[0].startswith("--quant ") else "give it once")
+        return parse(ctx, args)
+
+    command.parse_args = parse_args
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
