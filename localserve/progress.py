@@ -63,6 +63,26 @@ def silence_libraries() -> None:
 
 
 @contextlib.contextmanager
+def library_bars_off(module_name: str) -> Iterator[None]:
+    """Within the block, `module_name`'s own tqdm bars are off unless --debug. For libraries that
+    import tqdm directly rather than through a switch silence_libraries can reach (transformers'
+    GGUF loader draws "Converting and de-quantizing GGUF tensors" that way)."""
+    import functools
+    import importlib
+
+    module = importlib.import_module(module_name)
+    drawn = getattr(module, "tqdm", None)
+    if _debug or drawn is None:
+        yield
+        return
+    module.tqdm = functools.partial(drawn, disable=True)
+    try:
+        yield
+    finally:
+        module.tqdm = drawn
+
+
+@contextlib.contextmanager
 def bar(total: int | None, desc: str, unit: str = "B") -> Iterator[tqdm]:
     """A progress bar on stderr; bytes are shown with SI prefixes."""
     scale = unit == "B"

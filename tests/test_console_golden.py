@@ -44,3 +44,16 @@ def test_the_demo_prints_our_lines_only_and_quiet_prints_the_result_alone(demo_a
     _check(_run(demo_adapter, out), "demo-default.txt")
     # the re-run skips every stage (cached), so it is quick; --quiet leaves the result only
     _check(_run(demo_adapter, out, "--quiet"), "demo-quiet.txt")
+
+
+def test_the_first_materialisation_of_the_embedded_model_prints_our_line_only(tmp_path):
+    # on a fresh machine the demo first turns the packaged GGUF into a Hugging Face folder; transformers'
+    # loader draws its own bar for that unless told not to
+    code = ("from localserve.progress import set_debug; set_debug(False)\n"
+            "from localserve.models.embedded import embedded_base; print(embedded_base())")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "LOCALSERVE_HOME": str(tmp_path)})
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines() == [line for line in done.stderr.splitlines()
+                                        if line.startswith("localserve: materialising ")] != [], done.stderr
+    assert done.stdout.strip() == str(tmp_path / "models" / "SmolLM2-135M-Instruct")

@@ -16,7 +16,7 @@ from pathlib import Path
 from ..errors import SetupError
 from ..fsutil import atomic_dir
 from ..paths import home
-from ..progress import step
+from ..progress import library_bars_off, step
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,8 @@ def embedded_base(hub_id: str = DEFAULT_ID) -> Path:
 
     with atomic_dir(dest) as tmp:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        hf = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        with library_bars_off("transformers.modeling_gguf_pytorch_utils"):
+            hf = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
         # transformers 5 marks GGUF-loaded models as quantized and refuses to save them until the
         # (already dequantized) quantization config is dropped.
         quantizer = getattr(hf, "hf_quantizer", None)
