@@ -80,7 +80,9 @@ def sdist_path(version: str | None = None) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     step(f"downloading the llama-cpp-python {version} sdist (llama.cpp's converter lives in it)")
     with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+        # --no-binary for this package only: ":all:" would reach the build backend pip installs to read
+        # the sdist's metadata, and compile cmake and ninja from source on a machine without a cache.
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", "llama-cpp-python",
                "--disable-pip-version-check", "-q", "-d", tmp, f"llama-cpp-python=={version}"]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         got = list(Path(tmp).glob("llama_cpp_python-*.tar.gz"))
