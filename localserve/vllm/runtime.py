@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -144,6 +145,7 @@ class RunningServer:
     url: str
     process: subprocess.Popen
     log: Path
+    tmp: Path  # the server's TMPDIR: its IPC sockets and scratch files, removed when it stops
 
     def rss_bytes(self) -> int:
         """Resident memory of the server and its children (vLLM runs its engine in a child)."""
@@ -169,17 +171,21 @@ def serve_export(export_dir: Path, extra_args: list[str] = (), timeout: float = 
     python = vllm_python()
     port = free_port()
     log = Path(tempfile.mkstemp(prefix="vllm-", suffix=".log")[1])
-    environment = {**os.environ, **CPU_ENV, "VLLM_PYTHON": str(python), **(env or {})}
+    # vLLM leaves its ZMQ sockets and vllm_dist_* files in the temporary folder after it stops: a folder
+    # of the server's own, removed with it, keeps /tmp clean
+    tmp = Path(tempfile.mkdtemp(prefix="localserve-vllm-"))
+    environment = {**os.environ, **CPU_ENV, "VLLM_PYTHON": str(python), "TMPDIR": str(tmp), **(env or {})}
     command = ["bash", str(export_dir / "launch.sh"), "--host", "127.0.0.1", "--port", str(port), *extra_args]
     with open(log, "w") as log_file:
         process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=environment,
                                    start_new_session=True)
-    server = RunningServer(f"http://127.0.0.1:{port}", process, log)
+    server = RunningServer(f"http://127.0.0.1:{port}", process, log, tmp)
     try:
         _wait_healthy(server, timeout)
         yield server
     finally:
         _stop(process)
+        shutil.rmtree(tmp, ignore_errors=True)
     log.unlink(missing_ok=True)  # kept only when something failed: its tail is in the error
 
 
