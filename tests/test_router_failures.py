@@ -143,3 +143,23 @@ def test_a_client_that_goes_away_mid_stream_still_leaves_its_row(standin, fake_e
     (row,) = rows
     assert row.error == "the client closed the connection before the end" and row.status == 200
     assert row.response_chars > 0 and row.completion_tokens is None
+
+
+def test_a_damaged_or_newer_request_log_is_one_line(tmp_path):
+    from clihelpers import assert_one_line_error, invoke
+    from localserve.errors import InputError
+    from localserve.paths import state_dir
+    from localserve.router.log import DB_FILE, MIGRATIONS
+
+    log = state_dir() / DB_FILE
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text("not sqlite")
+    assert_one_line_error(invoke("ab", "report", NAME), f"the request log {log} cannot be opened",
+                          "move the file away")
+    log.unlink()
+    RequestLog().close()
+    with contextlib.closing(sqlite3.connect(log)) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        db.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
+    with pytest.raises(InputError, match="newer than this localserve"):
+        RequestLog()

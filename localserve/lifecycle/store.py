@@ -21,6 +21,7 @@ from typing import Any, Iterator
 from ..errors import InputError, UnknownName
 from ..lineage import ExportRecord, now
 from ..paths import state_dir
+from ..statedb import open_state_db, transaction
 
 DB_FILE = "localserve.db"
 
@@ -139,15 +140,7 @@ class VersionStore:
 
     def __init__(self, path: Path | None = None):
         self.path = Path(path) if path is not None else state_dir() / DB_FILE
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA foreign_keys=ON")
-            self._migrate()
-        except sqlite3.DatabaseError as e:
-            raise InputError(f"the version store {self.path} cannot be opened ({e})",
-                             "move the file away to start a new store; it is only written by localserve") from None
+        self.db = open_state_db(self.path, "the version store", MIGRATIONS, pragmas=("foreign_keys=ON",))
         self.db.row_factory = sqlite3.Row
 
     def close(self) -> None:
@@ -159,19 +152,8 @@ class VersionStore:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def transaction(self):
-        return _Transaction(self.db)
-
-    def _migrate(self) -> None:
-        (version,) = self.db.execute("PRAGMA user_version").fetchone()
-        if version > len(MIGRATIONS):
-            raise InputError(f"the version store {self.path} has schema {version}, newer than this localserve "
-                             f"({len(MIGRATIONS)})", "upgrade localserve")
-        for number, script in enumerate(MIGRATIONS[version:], version + 1):
-            with self.transaction():
-                for statement in filter(str.strip, script.split(";")):
-                    self.db.execute(statement)
-                self.db.execute(f"PRAGMA user_version = {number}")
+    def transaction(self) -> transaction:
+        return transaction(self.db)
 
     # --- versions ---------------------------------------------------------------------------------
     def add_version(self, name: str, record: ExportRecord, export_dir: Path, *, parent: str | None = None,
@@ -357,24 +339,6 @@ class VersionStore:
                     n += 1
             self.db.execute("INSERT INTO imported (source, at) VALUES (?, ?)", (str(path.resolve()), now()))
             return n
-
-
-class _Transaction:
-    """BEGIN IMMEDIATE … COMMIT, or ROLLBACK on any exception (the connection is in autocommit mode)."""
-
-    def __init__(self, db: sqlite3.Connection):
-        self.db = db
-        self.depth = 0
-
-    def __enter__(self):
-        if not self.db.in_transaction:
-            self.db.execute("BEGIN IMMEDIATE")
-            self.depth = 1
-        return self.db
-
-    def __exit__(self, exc_type, *_):
-        if self.depth:
-            self.db.execute("ROLLBACK" if exc_type else "COMMIT")
 
 
 def _fingerprint(record: ExportRecord) -> str:

@@ -11,7 +11,6 @@ process being killed; only a power cut can lose the last commits.
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Iterable
 
 from ..errors import InputError
 from ..paths import state_dir
+from ..statedb import open_state_db, transaction
 
 DB_FILE = "router.db"
 
@@ -98,15 +98,9 @@ class RequestLog:
 
     def __init__(self, path: Path | None = None):
         self.path = Path(path) if path is not None else state_dir() / DB_FILE
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=NORMAL")
-            self._migrate()
-        except sqlite3.DatabaseError as e:
-            raise InputError(f"the request log {self.path} cannot be opened ({e})",
-                             "move the file away to start a new log; it is only written by localserve") from None
+        # shared by the router's worker threads; every write is one statement or one transaction
+        self.db = open_state_db(self.path, "the request log", MIGRATIONS, pragmas=("synchronous=NORMAL",),
+                                check_same_thread=False)
 
     def close(self) -> None:
         self.db.close()
@@ -117,22 +111,6 @@ class RequestLog:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _migrate(self) -> None:
-        (version,) = self.db.execute("PRAGMA user_version").fetchone()
-        if version > len(MIGRATIONS):
-            raise InputError(f"the request log {self.path} has schema {version}, newer than this localserve "
-                             f"({len(MIGRATIONS)})", "upgrade localserve")
-        for number, script in enumerate(MIGRATIONS[version:], version + 1):
-            self.db.execute("BEGIN IMMEDIATE")
-            try:
-                for statement in filter(str.strip, script.split(";")):
-                    self.db.execute(statement)
-                self.db.execute(f"PRAGMA user_version = {number}")
-            except BaseException:
-                self.db.execute("ROLLBACK")
-                raise
-            self.db.execute("COMMIT")
-
     # --- writing (the router) -----------------------------------------------------------------------
     def add(self, row: RequestRow) -> None:
         values = [getattr(row, c) for c in COLUMNS]
@@ -141,14 +119,9 @@ class RequestLog:
                         values)
 
     def add_many(self, rows: Iterable[RequestRow]) -> None:
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(self.db):
             for row in rows:
                 self.add(row)
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        self.db.execute("COMMIT")
 
     def add_feedback(self, request_id: str, score: float, at: float | None = None) -> None:
         """Record (or replace) the user's score for a request."""
