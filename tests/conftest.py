@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -157,24 +158,91 @@ def demo_on_vllm(demo_adapter, embedded_base, tmp_path_factory):
         yield merged, running
 
 
-# --- tier timings: printed at the end of every run, so growth shows before it blocks CI -------------
+# --- parallel runs: `make test` runs pytest -n 2 (pytest-xdist) ------------------------------------
+# A test file is one unit of work, so its module fixtures are built once; the files sharing a server
+# started once per session (SHARED_UNITS) are one unit, so that server starts once. Units are handed
+# out heaviest tier first: a long vLLM file never starts while the other worker has nothing left, and
+# the many short fast-tier files even out the end. (xdist's own --dist loadgroup would say this with
+# marks, but it renames test ids in a way pytest 9 no longer sees, so the units are ours.)
+SHARED_UNITS = {"demo_on_vllm": ("test_router_vllm.py", "test_vllm_bench.py", "test_vllm_serving_merged.py")}
 TIERS = ("vllm", "slow", "go")  # a test's tier is the first of these marks it carries, else "fast"
+_UNIT_OF_FILE = {name: unit for unit, names in SHARED_UNITS.items() for name in names}
+
+
+def _tier(keywords) -> str:
+    return next((t for t in TIERS if t in keywords), "fast")
+
+
+def _unit(nodeid: str) -> str:
+    path = nodeid.split("::", 1)[0]
+    return _UNIT_OF_FILE.get(Path(path).name, path)
+
+
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class Units(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _unit(nodeid)
+
+    config.option.loadscopereorder = False  # keep the order the workers collected (below)
+    return Units(config, log)
+
+
+def pytest_configure(config):
+    """Each worker gets a core of its own, and so does every process it starts (affinity is inherited):
+    torch, llama.cpp and vLLM size their thread pools to it. Unpinned, two workers' numeric threads
+    fight over both cores, and vLLM's OpenMP threads, bound to a core that the other worker also
+    uses, spin: measured, the vllm tier took 35 min of worker time instead of 11.5."""
+    worker = getattr(config, "workerinput", None)
+    if worker is None or not hasattr(os, "sched_setaffinity"):
+        return
+    cores = sorted(os.sched_getaffinity(0))
+    if int(worker["workercount"]) > len(cores):
+        return
+    core = cores[int(worker["workerid"].removeprefix("gw")) % len(cores)]
+    os.sched_setaffinity(0, {core})
+    os.environ["VLLM_CPU_OMP_THREADS_BIND"] = str(core)  # vLLM binds to the machine's cores otherwise
+
+
+def pytest_collection_modifyitems(config, items):
+    if getattr(config, "workerinput", None) is None:
+        return
+    for item in items:
+        for server, files in SHARED_UNITS.items():
+            if server in getattr(item, "fixturenames", ()) and Path(item.path).name not in files:
+                raise pytest.UsageError(f"{item.nodeid} uses {server}: add {Path(item.path).name} to "
+                                        f"SHARED_UNITS in tests/conftest.py, so that the server starts once")
+    rank: dict[str, tuple[int, int]] = {}
+    for position, item in enumerate(items):
+        tier_rank = ("vllm", "slow", "go", "fast").index(_tier(item.keywords))
+        unit = _unit(item.nodeid)
+        rank[unit] = min(rank.get(unit, (tier_rank, position)), (tier_rank, position))
+    # every worker collects and must order alike: the key depends on the collection alone
+    items.sort(key=lambda item: rank[_unit(item.nodeid)])
+
+
+# --- tier timings: printed at the end of every run, so growth shows before it blocks CI -------------
 _tier_seconds: dict[str, float] = {}
 _tier_counts: dict[str, int] = {}
+_started = time.monotonic()
 
 
 def pytest_runtest_logreport(report):
-    item_tier = next((t for t in TIERS if t in report.keywords), "fast")
+    item_tier = _tier(report.keywords)
     _tier_seconds[item_tier] = _tier_seconds.get(item_tier, 0.0) + report.duration
     if report.when == "call":
         _tier_counts[item_tier] = _tier_counts.get(item_tier, 0) + 1
 
 
-def pytest_terminal_summary(terminalreporter):
+def pytest_terminal_summary(terminalreporter, config):
     if not _tier_seconds:
         return
-    terminalreporter.section("tier timings (setup + call + teardown)")
+    workers = getattr(config.option, "numprocesses", None) or 0
+    terminalreporter.section("tier timings (setup + call + teardown"
+                             + (f", summed over {workers} workers)" if workers else ")"))
     for tier in ("fast", "go", "slow", "vllm"):
         if tier in _tier_seconds:
             terminalreporter.write_line(f"{tier:<5} {_tier_counts.get(tier, 0):4d} tests  {_tier_seconds[tier] / 60:6.1f} min")
     terminalreporter.write_line(f"total {sum(_tier_counts.values()):4d} tests  {sum(_tier_seconds.values()) / 60:6.1f} min")
+    terminalreporter.write_line(f"wall             {(time.monotonic() - _started) / 60:6.1f} min")

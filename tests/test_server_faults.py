@@ -10,9 +10,8 @@ from __future__ import annotations
 import json
 import shutil
 import socket
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
@@ -22,6 +21,7 @@ from localserve.lifecycle.store import VersionStore
 from localserve.lifecycle.targets import TargetUnreachable, open_target
 from localserve.lineage import read_record
 from localserve.vllm import VllmClient
+from loopback import serving
 from ollama_standin import HTTP
 
 pytest_plugins = ["ollama_standin.fixtures"]
@@ -184,12 +184,8 @@ class DyingVllm(BaseHTTPRequestHandler):
 @pytest.fixture
 def dying_vllm():
     handler = type("Handler", (DyingVllm,), {})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield handler, f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with serving(handler) as url:
+        yield handler, url
 
 
 def test_vllm_dying_while_an_adapter_loads_is_one_line(dying_vllm):

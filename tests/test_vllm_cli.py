@@ -5,13 +5,13 @@ tests/test_vllm_serving_lora.py does the same against the real one)."""
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 from click.testing import CliRunner
 
 from localserve.cli import cli
+from loopback import serving
 
 
 def invoke(*args):
@@ -84,10 +84,8 @@ class StandIn(BaseHTTPRequestHandler):
 @pytest.fixture
 def stand_in():
     handler = type("Handler", (StandIn,), {"loaded": {"tenant"}})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield handler, f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
+    with serving(handler) as url:
+        yield handler, url
 
 
 def test_load_ls_unload(stand_in):

@@ -21,7 +21,6 @@ build says it is usable, and a lock file serialises concurrent builds.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import importlib.util
 import os
 import re
@@ -32,10 +31,10 @@ import sys
 import tarfile
 import tempfile
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 from ..errors import LocalserveError, SetupError, ToolError, UnknownName
-from ..fsutil import atomic_dir
+from ..fsutil import atomic_dir, lock_file
 from ..paths import home
 from ..progress import bar, step
 from . import vendor
@@ -112,7 +111,8 @@ def _ensure(what: str, targets: Sequence[str], label: str) -> Path:
     if _complete(dest, what):
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
-    with _lock(dest.parent / ".build.lock"):
+    with lock_file(dest.parent / ".build.lock",
+                   lambda pid: step(f"waiting for pid {pid}, which is building llama.cpp in {dest}")):
         if not _complete(dest, what):  # another process may have finished while we waited
             _build(dest, targets, label)
             (dest / f".built-{what}").write_text(" ".join(targets) + "\n")
@@ -143,16 +143,6 @@ def _complete(dest: Path, what: str) -> bool:
         return True
     # tools built by an earlier localserve: static binaries in a folder renamed into place whole
     return what == "tools" and (dest / "VERSION").is_file() and all((dest / "bin" / t).is_file() for t in TOOLS)
-
-
-@contextlib.contextmanager
-def _lock(path: Path) -> Iterator[None]:
-    with open(path, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _build(dest: Path, targets: Sequence[str], label: str) -> None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import SetupError
-from ..fsutil import atomic_dir
+from ..fsutil import atomic_dir, lock_file
 from ..paths import home
 from ..progress import library_bars_off, step
 
@@ -61,8 +61,23 @@ def embedded_base(hub_id: str = DEFAULT_ID) -> Path:
     """The local Hugging Face folder of an embedded model, materialised on first use."""
     model = EMBEDDED[hub_id]
     dest = model.local_dir
-    if (dest / "config.json").is_file() and (dest / ".complete").is_file():
+    if _complete(dest):
         return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    # two first runs at once (two exports, two test workers) materialise it once: the second waits
+    with lock_file(dest.parent / f".{dest.name}.lock",
+                   lambda pid: step(f"waiting for pid {pid}, which is materialising {hub_id} into {dest}")):
+        if not _complete(dest):
+            _materialise(model, dest)
+    return dest
+
+
+def _complete(dest: Path) -> bool:
+    return (dest / "config.json").is_file() and (dest / ".complete").is_file()
+
+
+def _materialise(model: EmbeddedModel, dest: Path) -> None:
+    hub_id = model.hub_id
     gguf = model.gguf_file()
     step(f"materialising {hub_id} from {gguf.name} (package {model.package}) into {dest}; once, ~30 s")
     import torch
@@ -84,4 +99,3 @@ def embedded_base(hub_id: str = DEFAULT_ID) -> Path:
             {"hub_id": hub_id, "package": model.package, "source": gguf.name, "license": model.license},
             indent=2) + "\n")
         (tmp / ".complete").write_text("")
-    return dest

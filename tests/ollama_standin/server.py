@@ -59,6 +59,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Iterator
 
+from loopback import QuietHTTPServer
+
 from . import modelfile as mf
 
 DIGEST_ROUTE = re.compile(r"^sha256[:-][0-9a-fA-F]{64}$")
@@ -353,17 +355,6 @@ class Engine:
 ENGINE = Engine()
 
 
-class _QuietServer(ThreadingHTTPServer):
-    """A client that hangs up mid-answer (tests do, on purpose) is not an error worth a traceback."""
-
-    def handle_error(self, request, client_address) -> None:
-        import sys
-
-        if isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
-            return
-        super().handle_error(request, client_address)
-
-
 class Standin:
     def __init__(self, models_dir: Path, behaviour: Behaviour | None = None):
         self.store = Store(models_dir)
@@ -386,8 +377,7 @@ class Standin:
         class Handler(_Handler):
             owner = standin
 
-        self._server = _QuietServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
+        self._server = QuietHTTPServer(("127.0.0.1", 0), Handler)
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self
 
