@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -46,14 +47,28 @@ def test_the_demo_prints_our_lines_only_and_quiet_prints_the_result_alone(demo_a
     _check(_run(demo_adapter, out, "--quiet"), "demo-quiet.txt")
 
 
-def test_the_first_materialisation_of_the_embedded_model_prints_our_line_only(tmp_path):
+def test_the_first_materialisation_prints_our_line_only_and_a_run_started_meanwhile_waits_for_it(tmp_path):
     # on a fresh machine the demo first turns the packaged GGUF into a Hugging Face folder; transformers'
-    # loader draws its own bar for that unless told not to
+    # loader draws its own bar for that unless told not to. A second run started meanwhile (a second
+    # export, a second test worker) waits for the first instead of writing the same folder.
     code = ("from localserve.progress import set_debug; set_debug(False)\n"
             "from localserve.models.embedded import embedded_base; print(embedded_base())")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "LOCALSERVE_HOME": str(tmp_path)})
-    assert done.returncode == 0, done.stderr
-    assert done.stderr.splitlines() == [line for line in done.stderr.splitlines()
-                                        if line.startswith("localserve: materialising ")] != [], done.stderr
-    assert done.stdout.strip() == str(tmp_path / "models" / "SmolLM2-135M-Instruct")
+    env = {**os.environ, "LOCALSERVE_HOME": str(tmp_path)}
+    first = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, env=env)
+    lock = tmp_path / "models" / ".SmolLM2-135M-Instruct.lock"
+    deadline = time.monotonic() + 300
+    while not lock.exists() and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    second = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, env=env)
+    out, err = first.communicate(timeout=600)
+    model = str(tmp_path / "models" / "SmolLM2-135M-Instruct")
+    assert first.returncode == 0, err
+    assert err.splitlines() == [line for line in err.splitlines()
+                                if line.startswith("localserve: materialising ")] != [], err
+    assert out.strip() == model
+    assert second.returncode == 0, second.stderr
+    assert second.stderr.splitlines() == [f"localserve: waiting for pid {first.pid}, which is materialising "
+                                          f"HuggingFaceTB/SmolLM2-135M-Instruct into {model}"], second.stderr
+    assert second.stdout.strip() == model
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["SmolLM2-135M-Instruct"]
