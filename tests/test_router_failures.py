@@ -31,9 +31,11 @@ LONG = {"num_predict": 300}  # long enough to be killed in the middle
 
 @contextlib.contextmanager
 def standin_process(models: Path):
-    """An Ollama stand-in in a process of its own, to be killed; yields (process, URL)."""
+    """An Ollama stand-in in a process of its own, to be killed; yields (process, URL). It streams a line
+    every 50 ms, so a kill after the third line lands mid-answer however the processes are scheduled."""
     code = ("import sys, time; from pathlib import Path; sys.path.insert(0, sys.argv[1]); "
-            "from ollama_standin import Standin; s = Standin(Path(sys.argv[2])).start(); "
+            "from ollama_standin import Behaviour, Standin; "
+            "s = Standin(Path(sys.argv[2]), Behaviour(stream_delay=0.05)).start(); "
             "print(s.url, flush=True); time.sleep(600)")
     proc = subprocess.Popen([sys.executable, "-c", code, str(TESTS), str(models)], stdout=subprocess.PIPE, text=True)
     try:

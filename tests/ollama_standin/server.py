@@ -127,6 +127,9 @@ class Behaviour:
     slow: tuple[str, float] | None = None
     # A route answered with HTTP 200 and JSON cut off mid-object (a crashed writer, a proxy's page).
     malformed: str | None = None
+    # Seconds between streamed lines: a model slow enough that a test acts surely mid-answer (a stand-in
+    # sharing one core with its client may otherwise finish the whole answer before the client reads).
+    stream_delay: float = 0.0
 
 
 @dataclass
@@ -590,6 +593,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _chunk(self, data: bytes) -> None:
         self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
         self.wfile.flush()
+        if self.owner.behaviour.stream_delay:
+            time.sleep(self.owner.behaviour.stream_delay)
 
     def _end_stream(self) -> None:
         self.wfile.write(b"0\r\n\r\n")
