@@ -28,8 +28,8 @@ demo: bootstrap
 # Every test tier, once (fast tiny-model tests, Go template tests, slow end-to-end tests, the real vLLM
 # serving merged, LoRA and GPU-quantized exports).
 # Two pytest workers (pytest-xdist), each pinned to a core of its own with everything it starts: the
-# suite waits on servers, children and imports often enough that two keep both cores busy (measured on
-# 2 cores: 28.4 min in one process, 18.8 with two). A test file is one unit of work, heaviest tier first
+# suite waits on servers, children and imports often enough that two keep both cores busy (measured warm on
+# 2 cores: 28.4 min in one process, 16.8 with two). A test file is one unit of work, heaviest tier first
 # (tests/conftest.py). TEST_WORKERS=0 runs everything in one process.
 TEST_WORKERS ?= 2
 PYTEST = $(VENV)/bin/python -m pytest -q $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS))

@@ -14,5 +14,4 @@ LOCALSERVE_HOME="${LOCALSERVE_HOME:-$HOME/.cache/localserve}"
 VENV="${LOCALSERVE_GPUQUANT_VENV:-$LOCALSERVE_HOME/gpuquant-venv}"
 LLMCOMPRESSOR="0.14.0"
 
-side_venv gpuquant "$VENV" "torch==$SIDE_VENV_TORCH llmcompressor==$LLMCOMPRESSOR" \
-  "llmcompressor==$LLMCOMPRESSOR" 'import llmcompressor, compressed_tensors'
+side_venv gpuquant "$VENV" "llmcompressor==$LLMCOMPRESSOR" 'import llmcompressor, compressed_tensors'

