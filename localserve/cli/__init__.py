@@ -153,6 +153,11 @@ def _redeliver_stops(unraisable) -> None:
 def main() -> None:
     import signal
 
+    # Ctrl-C stops a run even when it was started with SIGINT ignored, as a shell without job control
+    # starts `localserve ... &`: Python then keeps the inherited SIG_IGN, and a `kill -INT` of the
+    # process group (a terminal's Ctrl-C, once the job is brought back) would be lost — the export
+    # ran to the end and exited 0. The children we start get the default action back at exec.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _terminate)
     sys.unraisablehook = _redeliver_stops
     cli(prog_name="localserve")

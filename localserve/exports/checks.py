@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import TemplateMismatch
+from ..faults import TEMPLATE_CHECK, fault_point
 from ..fsutil import require_free_space
 from ..llamacpp.quant_types import gguf_file_bytes
 from ..models.merge import saved_dtype
@@ -21,6 +22,7 @@ def check_chat(chat_dir: Path, family: str | None, template_file: Path | None, f
 
     setup = resolve_chat(chat_dir, family=family, template_file=template_file)
     step(f"chat template family: {setup.family}; stops: {list(setup.stop)}")
+    fault_point(TEMPLATE_CHECK)
     parity = check_parity(chat_dir, setup)
     if not parity.ok:
         if not force:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable, Protocol
 
 from ..errors import InputError
+from ..faults import RESOLVE, fault_point
 from ..fsutil import atomic_dir, sha256_tree, write_text
 from ..lineage import AdapterRecord
 from ..llamacpp.convert import convert_hf_to_gguf
@@ -91,6 +92,7 @@ class AdapterSource:
 
     def hashes(self) -> dict[str, str]:
         if self._hashes is None:
+            fault_point(RESOLVE)
             self._hashes = {"base": sha256_tree(self.base.path), "adapter": sha256_tree(self.adapter.path)}
         return self._hashes
 

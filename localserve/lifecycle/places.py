@@ -20,6 +20,7 @@ from typing import Protocol
 from ..errors import OllamaError
 from ..lineage import ExportRecord
 from ..ollama.layers import ModelRecipe
+from ..progress import step
 from ..ollama.names import parse_name
 
 
@@ -107,6 +108,7 @@ class StorePlace:
 
         info = read_export(export_dir, record)
         artifact = info.artifact(quant)
+        step(f"registering {parse_name(model).display} into the Ollama store {self.store.root}")
         stored = self.store.install(info.gguf_path(artifact), model, info.recipe)
         manifest = stored.manifest_path.read_bytes()
         m = json.loads(manifest)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import AdapterError, InputError, LocalserveError, OllamaError
-from ..faults import REGISTRATION_RECORD, kill_point
+from ..faults import REGISTRATION_RECORD, fault_point
 from ..fsutil import sha256_file
 from ..lineage import ExportRecord, read_record
 from ..progress import step
@@ -109,7 +109,7 @@ def _register_at(place: Place, store: VersionStore, version: Version, new: bool,
                     f"{e.hint + '; ' if e.hint else ''}`localserve register {export_dir}` replaces it once the "
                     "server answers")
         raise
-    kill_point(REGISTRATION_RECORD)
+    fault_point(REGISTRATION_RECORD)
     store.add_registration(version, place.id, done.model, done.manifest_digest, done.recipe, done.manifest)
     return done.manifest_digest
 

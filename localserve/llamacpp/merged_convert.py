@@ -28,8 +28,18 @@ def _merging_class(model_class, plan, reader):
     import torch
     from conversion.base import LazyTorchTensor
 
+    from localserve.faults import CONVERT, fault_point
+
     out_dtype = getattr(torch, plan.dtype)
     seen: set[str] = set()
+    merged_count = 0
+
+    def merge(name, tensor):
+        nonlocal merged_count
+        merged_count += 1
+        if merged_count == 2:  # the first merged tensor is in the temporary GGUF by now
+            fault_point(CONVERT)
+        return plan.apply(name, tensor, reader)
 
     class Merged(model_class):
         model_arch = model_class.model_arch  # the converter checks every subclass declares its own
@@ -45,7 +55,7 @@ def _merging_class(model_class, plan, reader):
                 dtype = out_dtype if base.dtype.is_floating_point else base.dtype
                 # The shape stays; the dtype becomes the base's published one. The merge itself runs
                 # when the writer asks for the values.
-                return LazyTorchTensor._wrap_fn(lambda t: plan.apply(name, t, reader), meta_noop=dtype)(base)
+                return LazyTorchTensor._wrap_fn(lambda t: merge(name, t), meta_noop=dtype)(base)
 
             return super().filter_tensors((name, merged))
 

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
-from ..errors import ToolError
+from ..errors import Terminated, ToolError
 from ..progress import bar
 
 
@@ -34,9 +34,15 @@ def dies_with_us(cmd: list[str]) -> list[str]:
 
 
 def killed(tool: str, what: str, returncode: int) -> ToolError | None:
-    """The one-line ToolError for a child that a signal ended (returncode -N), or None if none did."""
+    """The one-line ToolError for a child that a signal ended (returncode -N), or None if none did.
+    A child that Ctrl-C or SIGTERM ended (a terminal sends Ctrl-C to the whole process group) stops
+    this run too, as if the signal had reached us first: KeyboardInterrupt or Terminated is raised."""
     if returncode >= 0:
         return None
+    if -returncode == signal.SIGINT:
+        raise KeyboardInterrupt
+    if -returncode == signal.SIGTERM:
+        raise Terminated
     try:
         name = signal.Signals(-returncode).name
     except ValueError:

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from ..errors import ToolError, UnknownName
+from ..faults import QUANTIZE
 from ..fsutil import atomic_path
 from .process import killed, run_with_progress
 from .quant_types import canonical_quants, needs_imatrix, quant_types, registry
@@ -17,7 +18,9 @@ __all__ = ["canonical_quants", "needs_imatrix", "quant_types", "quantize"]
 
 _WORKER = r"""
 import json, sys, llama_cpp
+from localserve.faults import fault_point
 args = json.loads(sys.argv[1])
+fault_point(args["fault_point"])
 params = llama_cpp.llama_model_quantize_default_params()
 params.ftype = args["ftype"]
 params.nthread = 0
@@ -44,7 +47,8 @@ def quantize(src_gguf: Path, dst_gguf: Path, qtype: str, imatrix: Path | None = 
 
             cmd = [str(tool_path("llama-quantize")), "--imatrix", str(imatrix), str(src_gguf), str(tmp), qtype]
         else:
-            payload = json.dumps({"src": str(src_gguf), "dst": str(tmp), "ftype": types[qtype].ftype})
+            payload = json.dumps({"src": str(src_gguf), "dst": str(tmp), "ftype": types[qtype].ftype,
+                                  "fault_point": f"{QUANTIZE}:{qtype}"})
             cmd = [sys.executable, "-c", _WORKER, payload]
         _run_with_progress(cmd, f"quantize {qtype}")
     return Path(dst_gguf)

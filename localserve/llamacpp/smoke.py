@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..errors import SmokeTestFailed
+from ..faults import SMOKE, fault_point
 
 DEFAULT_QUESTION = "Name three primary colours."
 
@@ -130,7 +131,9 @@ def smoke_test(gguf: Path, question: str | None = None, expected: str | None = N
         if text:
             n += 1
             answer += text
-            first = first or time.perf_counter()
+            if first is None:
+                first = time.perf_counter()
+                fault_point(SMOKE)
         if finish:
             reason = finish
     end = time.perf_counter()

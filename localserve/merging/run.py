@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InputError, ToolError
+from ..faults import MERGE, fault_point
 from ..fsutil import atomic_dir, sha256_file, sha256_tree, write_text
 from ..lineage import Artifact, ExportRecord, now, tool_versions, write_record
 from ..progress import is_quiet, step
@@ -94,6 +95,7 @@ def merge_models(spec: MergeSpec, hashes: list[dict] | None = None) -> MergeResu
             if not any((tmp / name).is_file() for name in TOKENIZER_MARKERS):
                 raise ToolError("mergekit", f"the merged model has no tokenizer (donor: {recipe.donor.path})",
                                 hint="set tokenizer_source in the recipe to a model with a tokenizer")
+            fault_point(MERGE)
             write_record(tmp, _record(spec, hashes, tmp))
     yaml_path = write_text(spec.yaml_path, recipe.to_yaml()) if spec.write_yaml else None
     step(f"merged model written to {spec.out}")

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from ..errors import InputError
+from ..faults import SHARDS, fault_point
 from ..progress import bar
 
 # safetensors dtype names <-> torch dtypes (floating and integer types checkpoints use)
@@ -138,6 +139,7 @@ def write_shards(tensors: Iterable[PlannedTensor], out: Path, shard_bytes: int, 
     with bar(sum(t.nbytes for t in tensors), desc) as progress:
         for name, group in zip(names, groups):
             written.append(_write_shard(out / name, group, progress.update))
+            fault_point(SHARDS)
     if len(groups) > 1:
         weight_map = {t.name: name for name, group in zip(names, groups) for t in group}
         index = {"metadata": {"total_size": sum(t.nbytes for t in tensors)}, "weight_map": dict(sorted(weight_map.items()))}

@@ -25,7 +25,7 @@ from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
 from ..errors import ChecksumMismatch, InputError, UnsafeArchive
-from ..faults import BUNDLE, kill_point
+from ..faults import BUNDLE, fault_point
 from ..fsutil import atomic_path
 from ..lineage import Artifact, ExportRecord
 from ..progress import bar, step
@@ -120,7 +120,7 @@ def _write_bundle(out: Path, name: str, files: list[tuple[str, Path, str | None]
         with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
             for arc, src, expect in files:
                 _add_file(tar, f"{name}/{arc}", src, sums, expect)
-                kill_point(BUNDLE)
+                fault_point(BUNDLE)
             _add_bytes(tar, f"{name}/localserve.json",
                        (json.dumps(meta, indent=2, ensure_ascii=False) + "\n").encode(), sums)
             if modelfile:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..faults import SERVER_REGISTRATION, fault_point
 from ..lineage import ExportRecord
 from ..progress import step
 from .client import OllamaServer, ServerTooOld, parse_version
@@ -64,6 +65,7 @@ def register(output_dir: Path, name: str | None = None, host: str | None = None,
         step(f"registering {model_name} with Ollama {version} at {server.host}")
         digest = f"sha256:{artifact.sha256.lower()}" if artifact.sha256 else None
         blob = server.push_blob(gguf, digest)
+        fault_point(SERVER_REGISTRATION)
         form = server.create(model_name, artifact.file.split("/")[-1], blob.digest, info.recipe)
         manifest_digest = server.manifest_digest(model_name)
     return RegisterResult(model_name, server.host, version, form, artifact.quant, gguf, blob.digest,

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..errors import DiskSpaceError, InputError, LocalserveError, OllamaError
-from ..faults import STORE_INSTALL, kill_point
+from ..faults import STORE_INSTALL, fault_point
 from ..fsutil import CHUNK
 from ..progress import bar, step
 from .layers import (MEDIA_CONFIG, MEDIA_LICENSE, MEDIA_MANIFEST, MEDIA_MESSAGES, MEDIA_MODEL, MEDIA_PARAMS,
@@ -319,7 +319,7 @@ class ModelStore:
             info = _gguf_info(self.blob_path(layers[0].digest), layers[0].digest)
             layers += [self._blob_from_bytes(data, mt, created) for mt, data in recipe.blobs()]
             config = self._blob_from_bytes(config_blob(info), MEDIA_CONFIG, created)
-            kill_point(STORE_INSTALL)
+            fault_point(STORE_INSTALL)
             path = self.write_manifest(n.display, config, layers)
         except BaseException as e:
             for p in created:
