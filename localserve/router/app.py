@@ -7,7 +7,8 @@ with the model name rewritten to the arm's; the answer comes back as it streams,
 committed before the answer's last piece is sent. Everything else (/api/tags, /api/show, /api/version,
 /api/ps, /v1/models, other models) passes through to the upstream Ollama untouched.
 
-    POST /feedback {"request_id": ..., "score": ...}        the user's satisfaction with an answer
+    POST /feedback {"request_id": ..., "score": ...}        the user's satisfaction with an answer; with capture
+                   [, "correction": ..., "label": ...]       on, the answer it should have been (router.capture)
     GET  /_localserve/health                                  name, pid, weights (loopback only)
     PUT  /_localserve/weights {"weights": {version: w}}       new weights at once (loopback + token)
 """
@@ -18,6 +19,7 @@ import contextlib
 import ipaddress
 import json
 import math
+import sqlite3
 import time
 import uuid
 from typing import AsyncIterator, Callable
@@ -29,10 +31,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from ..errors import InputError
+from ..errors import InputError, LocalserveError
 from ..ollama.names import parse_name
 from . import protocols as p
 from .arms import Arm, assign, user_hash, with_weights
+from .capture import CaptureWriter, NotCaptured, check_feedback, write_correction
 from .experiment import ADMIN, TOKEN_HEADER, Experiment
 from .log import RequestLog, RequestRow, UnknownRequest
 
@@ -52,10 +55,13 @@ def _forward_headers(headers) -> dict[str, str]:
 
 
 class Router:
-    def __init__(self, experiment: Experiment, log: RequestLog, save: Callable[[Experiment], object]):
+    def __init__(self, experiment: Experiment, log: RequestLog, save: Callable[[Experiment], object],
+                 capture: CaptureWriter | None = None):
         self.experiment = experiment
         self.log = log
         self.save = save
+        self.capture = capture
+        self.asked: dict[str, dict] = {}  # request id -> body, for the requests being captured
         self.alias = parse_name(experiment.name).key()
         self.clients: dict[str, httpx.AsyncClient] = {}
 
@@ -70,6 +76,8 @@ class Router:
     async def close(self) -> None:
         for c in self.clients.values():
             await c.aclose()
+        if self.capture is not None:
+            await anyio.to_thread.run_sync(self.capture.close)
         self.log.close()
 
     def routed(self, model) -> bool:
@@ -118,6 +126,9 @@ class Router:
         row = RequestRow(uuid.uuid4().hex, self.experiment.name, time.time(), route, arm.version,
                          user_hash(self.experiment.name, user), stream)
         account = p.Account(time.perf_counter())
+        if self.capture is not None and self.capture.wants(row.id):
+            account.text = []
+            self.asked[row.id] = body
         translate = arm.engine == "openai" and protocol == p.OLLAMA
         if translate:
             path, upstream_body = "/v1/chat/completions", p.ollama_to_openai(route, body, arm.model)
@@ -225,6 +236,9 @@ class Router:
         row.response_chars = account.chars
         row.error = row.error or account.error
         self.log.add(row)
+        body = self.asked.pop(row.id, None)
+        if body is not None:  # queued, never written here: a capture neither fails nor delays the request
+            self.capture.submit(row.id, row.at, row.route, row.arm, body, "".join(account.text or ()))
 
     # --- passed through ----------------------------------------------------------------------------------
     async def show(self, request: Request) -> Response:
@@ -284,11 +298,24 @@ class Router:
             return JSONResponse({"error": "request_id must be the X-Request-Id of a response"}, 400)
         if isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score):
             return JSONResponse({"error": "score must be a finite number (e.g. 1 good, 0 bad, or 1-5)"}, 400)
+        teaching = {key: body[key] for key in ("correction", "label") if body.get(key) is not None}
+        for key, value in teaching.items():
+            if not isinstance(value, str) or not value.strip():
+                return JSONResponse({"error": f"{key} must be a non-empty string"}, 400)
         try:
-            self.log.add_feedback(rid, float(score))
+            check_feedback(self.experiment, self.log, rid, teaching.get("correction"), teaching.get("label"))
         except UnknownRequest as e:
             return JSONResponse({"error": e.message}, 404)
-        return JSONResponse({"request_id": rid, "score": score})
+        except NotCaptured as e:
+            return JSONResponse({"error": str(e)}, 409)
+        if teaching:
+            try:
+                await anyio.to_thread.run_sync(write_correction, self.experiment, rid, teaching.get("correction"),
+                                               teaching.get("label"))
+            except (LocalserveError, sqlite3.Error) as e:
+                return JSONResponse({"error": f"the correction could not be written: {e}"}, 503)
+        self.log.add_feedback(rid, float(score))
+        return JSONResponse({"request_id": rid, "score": score, **teaching})
 
     def _admin_refusal(self, request: Request, need_token: bool) -> Response | None:
         host = request.client.host if request.client else ""
@@ -309,7 +336,8 @@ class Router:
         if refused:
             return refused
         return JSONResponse({"name": self.experiment.name, "pid": os.getpid(), "weights": self.experiment.weights(),
-                             "control": self.experiment.control})
+                             "control": self.experiment.control,
+                             "capture": self.capture.stats.to_json() if self.capture else None})
 
     async def set_weights(self, request: Request) -> Response:
         refused = self._admin_refusal(request, need_token=True)

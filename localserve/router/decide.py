@@ -51,15 +51,27 @@ class Clause:
     expression: tuple  # a small tree: ("num", x) | ("control", metric) | ("metric", metric) | (op, a, b) | ("neg", a)
 
 
-def _tokens(text: str) -> list[tuple[str, str]]:
+class Token(tuple):
+    """(kind, value), and `pos`: where it starts in the text (for errors that name the place)."""
+
+    def __new__(cls, kind: str, value: str, pos: int):
+        token = super().__new__(cls, (kind, value))
+        token.pos = pos
+        return token
+
+
+def _tokens(text: str, pattern: re.Pattern = _TOKEN, unreadable=None) -> list[Token]:
+    """The tokens of `text`; `unreadable(pos)` makes the error for text that is no token (default: decide's)."""
     out, pos = [], 0
     text = text.rstrip()
     while pos < len(text):
-        m = _TOKEN.match(text, pos)
+        m = pattern.match(text, pos)
         if not m or m.end() == pos:
+            if unreadable is not None:
+                raise unreadable(pos + len(text[pos:]) - len(text[pos:].lstrip()))
             raise ConditionError(f"cannot read the condition at {text[pos:].strip()[:20]!r}", f"write {FORM}")
         kind = m.lastgroup
-        out.append((kind, m.group(kind)))
+        out.append(Token(kind, m.group(kind), m.start(kind)))
         pos = m.end()
     return out
 
@@ -71,18 +83,33 @@ def _metric(name: str) -> str:
 
 
 class _Parser:
-    def __init__(self, tokens: list[tuple[str, str]], metric: str):
+    """The arithmetic of an expression (numbers, names, + - * /, parentheses). A subclass may name what a
+    name means (`name`) and say where an error is (`error`)."""
+
+    def __init__(self, tokens: list[Token], metric: str):
         self.tokens, self.i, self.metric = tokens, 0, metric
 
-    def peek(self) -> tuple[str, str] | None:
+    def error(self, message: str, token: Token | None = None) -> ConditionError:
+        return ConditionError(message, f"write {FORM}")
+
+    def peek(self) -> Token | None:
         return self.tokens[self.i] if self.i < len(self.tokens) else None
 
-    def take(self) -> tuple[str, str]:
+    def take(self) -> Token:
         tok = self.peek()
         if tok is None:
-            raise ConditionError("the condition ends too early", f"write {FORM}")
+            raise self.error("the condition ends too early")
         self.i += 1
         return tok
+
+    def name(self, value: str) -> tuple:
+        if value == "control":
+            return ("control", self.metric)
+        if value.startswith("control."):
+            return ("control", _metric(value.split(".", 1)[1]))
+        if value == "and":
+            raise ConditionError("an expression is missing before 'and'", f"write {FORM}")
+        return ("metric", _metric(value))
 
     def expression(self) -> tuple:
         node = self.term()
@@ -99,7 +126,8 @@ class _Parser:
         return node
 
     def factor(self) -> tuple:
-        kind, value = self.take()
+        token = self.take()
+        kind, value = token
         if kind == "num":
             return ("num", float(value))
         if kind == "op" and value == "-":
@@ -107,18 +135,12 @@ class _Parser:
         if kind == "op" and value == "(":
             node = self.expression()
             if self.peek() != ("op", ")"):
-                raise ConditionError("a '(' is not closed", f"write {FORM}")
+                raise self.error("a '(' is not closed", token)
             self.take()
             return node
         if kind == "name":
-            if value == "control":
-                return ("control", self.metric)
-            if value.startswith("control."):
-                return ("control", _metric(value.split(".", 1)[1]))
-            if value == "and":
-                raise ConditionError("an expression is missing before 'and'", f"write {FORM}")
-            return ("metric", _metric(value))
-        raise ConditionError(f"unexpected {value!r} in the condition", f"write {FORM}")
+            return self.name(value)
+        raise self.error(f"unexpected {value!r} in the condition", token)
 
 
 def parse_condition(text: str) -> tuple[Clause, ...]:
@@ -143,21 +165,25 @@ def parse_condition(text: str) -> tuple[Clause, ...]:
     return tuple(clauses)
 
 
-def _value(node: tuple, candidate: ArmStats, control: ArmStats) -> float | None:
+def value_of(node: tuple, leaf: Callable[[tuple], float | None]) -> float | None:
+    """The number an expression tree stands for; `leaf` gives a name's ((kind, name) node's) value.
+    None when a value it needs is unknown, or on a division by zero."""
     kind = node[0]
     if kind == "num":
         return node[1]
-    if kind == "control":
-        return control.metric(node[1])
-    if kind == "metric":
-        return candidate.metric(node[1])
     if kind == "neg":
-        v = _value(node[1], candidate, control)
+        v = value_of(node[1], leaf)
         return None if v is None else -v
-    a, b = _value(node[1], candidate, control), _value(node[2], candidate, control)
+    if kind not in ARITHMETIC:
+        return leaf(node)
+    a, b = value_of(node[1], leaf), value_of(node[2], leaf)
     if a is None or b is None or (kind == "/" and b == 0):
         return None
     return ARITHMETIC[kind](a, b)
+
+
+def _value(node: tuple, candidate: ArmStats, control: ArmStats) -> float | None:
+    return value_of(node, lambda leaf: (control if leaf[0] == "control" else candidate).metric(leaf[1]))
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@
 
 The experiment is a JSON file in the state directory (STATE/router/NAME.json, mode 0600: it holds the
 admin token): its arms and weights, the control arm (the first), the upstream, the port, when it
-started, and the pid of its router. The router runs in the background (`python -m localserve.router
+started, the pid of its router, and whether it captures conversations (router.capture; off by default). The router runs in the background (`python -m localserve.router
 NAME`, on uvicorn, bound to 127.0.0.1), owns that file while it runs, and takes weight changes through
 an admin route that answers loopback clients holding the token. `start NAME` without arms resumes
 the experiment a killed router left: same arms, weights and start time, the log going on.
@@ -37,6 +37,7 @@ from ..ollama.names import parse_name
 from ..paths import state_dir
 from ..progress import step
 from .arms import Arm, parse_arms, shares, with_weights
+from .capture import CaptureSettings
 
 DEFAULT_PORT = 11435
 HOST = "127.0.0.1"
@@ -63,6 +64,7 @@ class Experiment:
     token: str = field(default_factory=lambda: secrets.token_hex(16), repr=False)
     pid: int | None = None
     stopped_at: float | None = None
+    capture: CaptureSettings | None = None  # None: conversations are not kept (the default)
 
     @property
     def url(self) -> str:
@@ -82,13 +84,14 @@ class Experiment:
     def to_json(self) -> dict:
         return {"name": self.name, "arms": [a.to_json() for a in self.arms], "control": self.control,
                 "upstream": self.upstream, "port": self.port, "started_at": self.started_at, "token": self.token,
-                "pid": self.pid, "stopped_at": self.stopped_at}
+                "pid": self.pid, "stopped_at": self.stopped_at,
+                "capture": self.capture.to_json() if self.capture else None}
 
     @classmethod
     def from_json(cls, data: dict) -> "Experiment":
         return cls(data["name"], [Arm.from_json(a) for a in data["arms"]], data["control"], data["upstream"],
                    int(data["port"]), float(data["started_at"]), data["token"], data.get("pid"),
-                   data.get("stopped_at"))
+                   data.get("stopped_at"), CaptureSettings.from_json(data["capture"]) if data.get("capture") else None)
 
     def public(self) -> dict:
         """What commands show: everything but the token."""
@@ -220,17 +223,21 @@ def _key(model: str | None):
         return None
 
 
+KEEP = "keep"  # `capture=KEEP`: a resumed experiment captures as it did, a new one does not
+
+
 def start(name: str, arms: Sequence[str] = (), *, port: int | None = None, upstream: str | None = None,
-          wait_s: float = 60.0) -> Experiment:
+          capture: CaptureSettings | None | str = KEEP, wait_s: float = 60.0) -> Experiment:
     """Start the router of experiment `name` in the background and wait until it answers.
 
     With `arms` ('NAME:vN=WEIGHT', the first is the control) a new experiment; without, the one a
-    stopped or killed router left, resumed."""
-    return launch(prepare(name, arms, port=port, upstream=upstream), wait_s)
+    stopped or killed router left, resumed. `capture`: CaptureSettings to keep conversations, None not
+    to, KEEP for the resumed experiment's own setting (off for a new one)."""
+    return launch(prepare(name, arms, port=port, upstream=upstream, capture=capture), wait_s)
 
 
 def prepare(name: str, arms: Sequence[str] = (), *, port: int | None = None,
-            upstream: str | None = None) -> Experiment:
+            upstream: str | None = None, capture: CaptureSettings | None | str = KEEP) -> Experiment:
     """Check and save the experiment a router is about to serve (see `start`)."""
     from ..ollama.client import resolve_host
 
@@ -252,6 +259,8 @@ def prepare(name: str, arms: Sequence[str] = (), *, port: int | None = None,
     else:
         load(name)  # says how to start one
         raise AssertionError("unreachable")
+    if capture is not KEEP:
+        experiment.capture = capture
     check_port_free(experiment.port)
     check_arms_served(experiment.arms)
     save(experiment)

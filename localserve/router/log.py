@@ -55,6 +55,17 @@ MIGRATIONS: tuple[str, ...] = (
         reason TEXT NOT NULL
     );
     """,
+    # the captures an experiment's router could not write (router.capture): counts, no content
+    """
+    CREATE TABLE capture_drops (
+        id INTEGER PRIMARY KEY,
+        experiment TEXT NOT NULL,
+        at REAL NOT NULL,
+        count INTEGER NOT NULL,
+        reason TEXT NOT NULL
+    );
+    CREATE INDEX capture_drops_experiment_at ON capture_drops (experiment, at);
+    """,
 )
 
 
@@ -87,6 +98,17 @@ class RequestRow:
 
 COLUMNS = ("id", "experiment", "at", "route", "arm", "user_hash", "stream", "status", "latency_s", "ttft_s",
            "prompt_tokens", "completion_tokens", "finish_reason", "response_chars", "error")
+
+
+_SELECT = (f"SELECT {', '.join('r.' + c for c in COLUMNS)}, f.score FROM requests r "
+           "LEFT JOIN feedback f ON f.request_id = r.id")
+
+
+def _row(values) -> RequestRow:
+    """A row from SELECT COLUMNS, score."""
+    row = RequestRow(*values[:-1], feedback=values[-1])
+    row.stream = bool(row.stream)
+    return row
 
 
 class UnknownRequest(InputError):
@@ -135,7 +157,22 @@ class RequestLog:
         self.db.execute("INSERT INTO weights (experiment, at, weights, reason) VALUES (?, ?, ?, ?)",
                         (experiment, at if at is not None else time.time(), json.dumps(weights), reason))
 
+    def add_capture_drops(self, experiment: str, count: int, reason: str, at: float | None = None) -> None:
+        self.db.execute("INSERT INTO capture_drops (experiment, at, count, reason) VALUES (?, ?, ?, ?)",
+                        (experiment, at if at is not None else time.time(), count, reason))
+
     # --- reading (report, decide, drift) --------------------------------------------------------------
+    def row(self, request_id: str) -> RequestRow | None:
+        """One request with its feedback, or None."""
+        values = self.db.execute(f"{_SELECT} WHERE r.id = ?", (request_id,)).fetchone()
+        return None if values is None else _row(values)
+
+    def capture_drops(self, experiment: str, since: float | None = None) -> dict[str, int]:
+        """The captures dropped since `since`, by reason."""
+        cur = self.db.execute("SELECT reason, SUM(count) FROM capture_drops WHERE experiment = ? AND at >= ? "
+                              "GROUP BY reason ORDER BY MIN(at)", (experiment, since or 0.0))
+        return {reason: n for reason, n in cur}
+
     def rows(self, experiment: str, since: float | None = None, until: float | None = None,
              arm: str | None = None) -> list[RequestRow]:
         clauses, args = ["r.experiment = ?"], [experiment]
@@ -148,15 +185,8 @@ class RequestLog:
         if arm is not None:
             clauses.append("r.arm = ?")
             args.append(arm)
-        cur = self.db.execute(
-            f"SELECT {', '.join('r.' + c for c in COLUMNS)}, f.score FROM requests r "
-            f"LEFT JOIN feedback f ON f.request_id = r.id WHERE {' AND '.join(clauses)} ORDER BY r.at", args)
-        out = []
-        for values in cur:
-            row = RequestRow(*values[:-1], feedback=values[-1])
-            row.stream = bool(row.stream)
-            out.append(row)
-        return out
+        cur = self.db.execute(f"{_SELECT} WHERE {' AND '.join(clauses)} ORDER BY r.at", args)
+        return [_row(values) for values in cur]
 
     def count(self, experiment: str, since: float | None = None) -> int:
         (n,) = self.db.execute("SELECT COUNT(*) FROM requests WHERE experiment = ? AND at >= ?",

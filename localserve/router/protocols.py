@@ -37,6 +37,7 @@ class Account:
     error: str | None = None
     terminal: bool = False
     pieces: int = 0
+    text: list[str] | None = None  # the answer's pieces, kept when the request is captured
 
     def content(self, text: str | None) -> None:
         if text:
@@ -44,6 +45,8 @@ class Account:
                 self.first_content = time.perf_counter()
             self.chars += len(text)
             self.pieces += 1
+            if self.text is not None:
+                self.text.append(text)
 
     @property
     def ttft_s(self) -> float | None:

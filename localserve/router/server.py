@@ -1,4 +1,4 @@
-"""Run an experiment's router in this process: uvicorn on 127.0.0.1, the app, the request log.
+"""Run an experiment's router in this process: uvicorn on 127.0.0.1, the app, the request log, the capture.
 
 `experiment.launch` runs this in the background as `python -m localserve.router NAME`.
 """
@@ -33,6 +33,7 @@ def serve(name: str) -> None:
     import uvicorn
 
     from .app import Router
+    from .capture import CaptureWriter
     from .log import RequestLog
 
     experiment = load(name)
@@ -41,7 +42,8 @@ def serve(name: str) -> None:
     sock = bind(experiment.port)
     experiment.pid, experiment.stopped_at = os.getpid(), None
     save(experiment)
-    router = Router(experiment, RequestLog(), save)
+    capture = CaptureWriter(experiment.name, experiment.capture) if experiment.capture else None
+    router = Router(experiment, RequestLog(), save, capture)
     config = uvicorn.Config(router.app(), log_level="warning", access_log=False, lifespan="on",
                             timeout_graceful_shutdown=10, server_header=False)
     uvicorn.Server(config).run(sockets=[sock])
