@@ -26,16 +26,41 @@ def ab_group() -> None:
 @click.option("--upstream", metavar="URL", help="The Ollama server of the arms and of every request not routed "
                                                 "(default: $OLLAMA_HOST or http://127.0.0.1:11434).")
 @click.option("--foreground", is_flag=True, help="Serve in this process until Ctrl-C instead of in the background.")
-def ab_start(name: str, arms: tuple[str, ...], port: int | None, upstream: str | None, foreground: bool) -> None:
+@click.option("--capture/--no-capture", default=None,
+              help="Keep each routed conversation (messages or prompt and system, the answer as streamed, arm, "
+                   "request id, time) in the state directory, for `localserve harvest`. Off unless given; a resumed "
+                   "experiment keeps its setting.")
+@click.option("--capture-sample", type=float, default=None, metavar="P",
+              help="With --capture: the share of requests kept, decided per request id (default 1).")
+@click.option("--redact", multiple=True, metavar="REGEX",
+              help="With --capture: replace every match with [REDACTED] before anything is written (repeatable).")
+@click.option("--retain", metavar="DURATION", help="With --capture: delete captures older than this, at start and "
+                                                   "hourly (default 30d).")
+def ab_start(name: str, arms: tuple[str, ...], port: int | None, upstream: str | None, foreground: bool,
+             capture: bool | None, capture_sample: float | None, redact: tuple[str, ...], retain: str | None) -> None:
     """Start the router of NAME: clients ask for model NAME and each user gets one arm, by weight."""
+    from ..errors import InputError
     from ..router import experiment as ex
+    from ..router.capture import CaptureSettings
+
+    given = [flag for flag, value in (("--capture-sample", capture_sample), ("--redact", redact or None),
+                                      ("--retain", retain)) if value is not None]
+    if given and not capture:
+        raise InputError(f"{given[0]} sets how conversations are captured, and capture is off",
+                         f"add --capture: localserve ab start {name} --capture {given[0]} ...")
+    if capture is None:
+        settings = ex.KEEP
+    elif capture:
+        settings = CaptureSettings.parse(1.0 if capture_sample is None else capture_sample, redact, retain)
+    else:
+        settings = None
 
     if foreground:
         from ..router.server import serve
 
         from ..errors import Terminated
 
-        started = ex.prepare(name, arms, port=port, upstream=upstream)
+        started = ex.prepare(name, arms, port=port, upstream=upstream, capture=settings)
         click.echo(f"router of {started.name} on {started.url} (Ctrl-C stops it)")
         try:
             serve(started.name)  # uvicorn finishes the requests in flight on Ctrl-C or SIGTERM, then returns
@@ -43,10 +68,14 @@ def ab_start(name: str, arms: tuple[str, ...], port: int | None, upstream: str |
             pass
         click.echo(f"router of {started.name} stopped")
         return
-    started = ex.start(name, arms, port=port, upstream=upstream)
+    started = ex.start(name, arms, port=port, upstream=upstream, capture=settings)
     shares = ", ".join(f"{v}={s:.0%}" for v, s in started.public()["shares"].items())
     click.echo(f"router of {started.name} on {started.url} (pid {started.pid}): {shares}")
     click.echo(f"  clients: OLLAMA_HOST={started.url}, or OpenAI base_url {started.url}/v1, model {started.name!r}")
+    if started.capture:
+        from ..router.capture import capture_path
+
+        click.echo(f"  capture on: {started.capture.sample:.0%} of conversations into {capture_path(started.name)}")
 
 
 @ab_group.command("set")
@@ -111,19 +140,24 @@ def ab_report(name: str, since: str | None, chart: Path | None, as_json: bool) -
     from ..router.log import RequestLog
     from ..router.stats import format_report, report
 
+    from ..router.capture import capture_status, format_capture_status
+    from ..router.experiment import load
+
     start = time.time() - parse_duration(since) if since else None
     with RequestLog() as log:
         r, rows = report(name, since=start, log=log)
         weights = log.weight_history(r.experiment, since=r.since)
+        capture = capture_status(load(r.experiment), log, since=r.since)
     if chart:
         from ..router.charts import report_chart
 
         report_chart(r, rows, chart, weights)
     if as_json:
-        click.echo(json.dumps({**r.to_json(), "weight_changes": weights, "chart": str(chart) if chart else None},
-                              indent=2))
+        click.echo(json.dumps({**r.to_json(), "weight_changes": weights, "capture": capture.to_json(),
+                               "chart": str(chart) if chart else None}, indent=2))
         return
     click.echo(format_report(r))
+    click.echo(format_capture_status(capture))
     if chart:
         click.echo(f"chart: {chart}")
 
