@@ -31,6 +31,7 @@ REGISTRATION_RECORD = "registration record"  # NAME:vN exists at its place, the 
 SERVER_REGISTRATION = "server registration"  # the GGUF's blob is on the Ollama server, the model is not created
 SHARDS = "shards"  # a safetensors shard of a merged folder is written, the folder is not complete
 MERGE = "merge"  # mergekit has written the merged model into its temporary folder
+FINETUNE = "finetune"  # the fine-tune's first optimizer step is done, its adapter folder is not written
 
 
 def fault_point(name: str) -> None:

@@ -83,8 +83,15 @@ def resolve_base(adapter: Adapter, override: Path | None = None) -> BaseModel:
     if not ref:
         raise BaseModelNotFound(f"{adapter.path}/adapter_config.json names no base_model_name_or_path",
                                 "pass --base PATH")
+    return find_base(ref, adapter.path, "from adapter_config.json")
+
+
+def find_base(ref: str, relative_to: Path | None = None, named: str = "--base") -> BaseModel:
+    """The base model a reference names: a local folder (also relative to `relative_to`), the local
+    Hugging Face cache (offline), or an embedded model. `named` says where the reference came from."""
     looked: list[str] = []
-    for candidate in (Path(ref).expanduser(), adapter.path / ref):
+    candidates = [Path(ref).expanduser()] + ([Path(relative_to) / ref] if relative_to is not None else [])
+    for candidate in candidates:
         looked.append(f"path {candidate}")
         if (candidate / "config.json").is_file():
             return BaseModel(candidate.resolve(), "path", ref)
@@ -104,7 +111,7 @@ def resolve_base(adapter: Adapter, override: Path | None = None) -> BaseModel:
         if ref in EMBEDDED:
             return BaseModel(embedded_base(ref), "embedded", ref)
         looked.append(f"embedded models ({', '.join(EMBEDDED)})")
-    raise BaseModelNotFound(f"base model {ref!r} (from adapter_config.json) not found; looked at: " + "; ".join(looked),
+    raise BaseModelNotFound(f"base model {ref!r} ({named}) not found; looked at: " + "; ".join(looked),
                             "pass --base PATH to a local copy of the base model")
 
 
