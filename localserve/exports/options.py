@@ -109,6 +109,13 @@ OPTIONS: dict[str, ExportOption] = _options(
                                               "grammar (response_format). [default: auto]", frozenset({VLLM}),
                  "choice", default="auto", choices=("auto", "xgrammar", "guidance", "outlines"),
                  hints={TENANTS: "it applies to --target vllm"}),
+    # --- the engines that serve past one machine, rendered from the same layout (localserve.vllm.deploy) ---
+    ExportOption("deploy", "vLLM: also write each named engine's files under deploy/, comma-separated: kserve, "
+                           "llm-d, lws, production-stack, ray-serve, sglang.", frozenset({VLLM}),
+                 hints={TENANTS: "it applies to --target vllm"}),
+    ExportOption("lora_storage", "vLLM --lora --deploy ray-serve: the cloud storage prefix (s3://, gs://, abfss://, "
+                                 "azure://) Ray Serve LLM loads the adapters from; copy adapters/ there.",
+                 frozenset({VLLM}), hints={TENANTS: "it applies to --target vllm --deploy ray-serve"}),
     ExportOption("merge_engine", "How an adapter is merged: stream (tensor by tensor inside llama.cpp's converter "
                                  "or the safetensors writer; memory follows the largest tensor) or peft "
                                  "(merge_and_unload on the whole model in fp32; the reference). [default: stream]",

@@ -254,6 +254,8 @@ class VllmExportSpec:
     prefix_caching: bool = option_field("prefix_caching", VLLM)
     speculative: str | None = option_field("speculative", VLLM)  # ngram[:N] | draft:PATH; see `speculation`
     structured_output_backend: str = option_field("structured_output_backend", VLLM)
+    deploy: tuple[str, ...] = option_field("deploy", VLLM)  # engine names, see localserve.vllm.deploy
+    lora_storage: str | None = option_field("lora_storage", VLLM)
     measure_quality: bool = True  # KL / top-1 against the unquantized merged model
     quality_tokens: int = QUALITY_GATE_TOKENS
 
@@ -296,11 +298,23 @@ class VllmExportSpec:
                              f"not {self.structured_output_backend!r}")
         if self.speculative is not None:
             speculation(self.speculative)  # refused here, in one line, before anything is resolved
+        self._check_deploy()
         # Under --lora the adapters keep their folder names; the base's name is known once it is resolved.
         name = self.name or (None if self.lora else name_from_path(self.adapters[0]))
         if name is not None:
             check_model_name(name)
         _set(self, "name", name)
+
+    def _check_deploy(self) -> None:
+        from ..vllm.deploy import deploy_names
+
+        _set(self, "deploy", deploy_names(self.deploy))  # an unknown engine lists the valid ones
+        if self.lora_storage is not None and "ray-serve" not in self.deploy:
+            raise InputError("--lora-storage is where Ray Serve LLM loads the adapters, and --deploy names no ray-serve",
+                             "add --deploy ray-serve, or drop --lora-storage")
+        if self.lora_storage is not None and not self.lora:
+            raise InputError("--lora-storage holds unmerged adapters, and this export merges its adapter",
+                             "add --lora, or drop --lora-storage")
 
     def _check_quant(self) -> None:
         from ..gpuquant import FORMATS, get_format
