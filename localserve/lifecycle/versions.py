@@ -4,7 +4,8 @@
 
 A version keeps the export's whole record (every artifact's sha256, base and adapter sha256, the
 resolved spec, tool versions), what the adapter folder says about its training (adapter_config.json,
-trainer_state.json, the model card's front matter — never training_args.bin, which is a pickle),
+trainer_state.json, `localserve finetune`'s training.json, the model card's front matter — never
+training_args.bin, which is a pickle),
 the dataset file named with --data and its sha256, its parent (what NAME:latest was when it came),
 and the manifest digest of every registration. The same export registered again is the same version.
 """
@@ -165,6 +166,11 @@ def training_facts(record: ExportRecord) -> dict:
                                                             "best_model_checkpoint") if state.get(k) is not None}
         if losses:
             facts["trainer_state"]["last_loss"] = losses[-1]
+    # the training record `localserve finetune` writes (localserve.loop.finetune.TRAINING_RECORD): datasets and
+    # base with their sha256, the recipe, seed, library versions — what `finetune --like` and `retrain` reuse
+    trained = _json(folder / "training.json")
+    if trained.get("kind") == "localserve finetune":
+        facts["finetune"] = trained
     card = _front_matter(folder / "README.md")
     if card:
         facts["model_card"] = {k: card[k] for k in ("base_model", "datasets", "license", "library_name") if k in card}
