@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -142,6 +142,13 @@ class ExportSpec:
 
     def to_json(self) -> dict[str, Any]:
         return spec_to_json(self)
+
+    @classmethod
+    def like(cls, recorded: dict[str, Any], **changes: Any) -> "ExportSpec":
+        """The spec an export recorded (localserve.json's `spec`) with `changes`: how `retrain` exports a new
+        fine-tune as the live version was exported. Keys this version does not know are left out."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{**{k: v for k, v in recorded.items() if k in known}, **changes})
 
 
 @dataclass(frozen=True)
