@@ -158,14 +158,30 @@ def demo_on_vllm(demo_adapter, embedded_base, tmp_path_factory):
         yield merged, running
 
 
+@pytest.fixture(scope="session")
+def real_ollama(tmp_path_factory):
+    """The real `ollama serve` (tests/realollama.py), with a store and HOME of its own, started once for the
+    ollama tier: its files share it (SHARED_UNITS). llama-server gets as many threads as this worker has cores:
+    by default it takes every physical core, and two threads spinning on the one core a worker is pinned to
+    stall a 128-token answer for minutes (measured)."""
+    from realollama import missing, running_ollama
+
+    if missing():
+        pytest.skip(missing())
+    threads = str(len(os.sched_getaffinity(0))) if hasattr(os, "sched_getaffinity") else "2"
+    with running_ollama(tmp_path_factory.mktemp("real-ollama"), env={"LLAMA_ARG_THREADS": threads}) as server:
+        yield server
+
+
 # --- parallel runs: `make test` runs pytest -n 2 (pytest-xdist) ------------------------------------
 # A test file is one unit of work, so its module fixtures are built once; the files sharing a server
 # started once per session (SHARED_UNITS) are one unit, so that server starts once. Units are handed
 # out heaviest tier first: a long vLLM file never starts while the other worker has nothing left, and
 # the many short fast-tier files even out the end. (xdist's own --dist loadgroup would say this with
 # marks, but it renames test ids in a way pytest 9 no longer sees, so the units are ours.)
-SHARED_UNITS = {"demo_on_vllm": ("test_router_vllm.py", "test_vllm_bench.py", "test_vllm_serving_merged.py")}
-TIERS = ("vllm", "slow", "go")  # a test's tier is the first of these marks it carries, else "fast"
+SHARED_UNITS = {"demo_on_vllm": ("test_router_vllm.py", "test_vllm_bench.py", "test_vllm_serving_merged.py"),
+                "real_ollama": ("test_ollama_real.py", "test_ollama_real_lifecycle.py")}
+TIERS = ("vllm", "ollama", "slow", "go")  # a test's tier is the first of these marks it carries, else "fast"
 _UNIT_OF_FILE = {name: unit for unit, names in SHARED_UNITS.items() for name in names}
 
 
@@ -215,7 +231,7 @@ def pytest_collection_modifyitems(config, items):
                                         f"SHARED_UNITS in tests/conftest.py, so that the server starts once")
     rank: dict[str, tuple[int, int]] = {}
     for position, item in enumerate(items):
-        tier_rank = ("vllm", "slow", "go", "fast").index(_tier(item.keywords))
+        tier_rank = (*TIERS, "fast").index(_tier(item.keywords))
         unit = _unit(item.nodeid)
         rank[unit] = min(rank.get(unit, (tier_rank, position)), (tier_rank, position))
     # every worker collects and must order alike: the key depends on the collection alone
@@ -241,8 +257,8 @@ def pytest_terminal_summary(terminalreporter, config):
     workers = getattr(config.option, "numprocesses", None) or 0
     terminalreporter.section("tier timings (setup + call + teardown"
                              + (f", summed over {workers} workers)" if workers else ")"))
-    for tier in ("fast", "go", "slow", "vllm"):
+    for tier in ("fast", "go", "slow", "ollama", "vllm"):
         if tier in _tier_seconds:
-            terminalreporter.write_line(f"{tier:<5} {_tier_counts.get(tier, 0):4d} tests  {_tier_seconds[tier] / 60:6.1f} min")
-    terminalreporter.write_line(f"total {sum(_tier_counts.values()):4d} tests  {sum(_tier_seconds.values()) / 60:6.1f} min")
-    terminalreporter.write_line(f"wall             {(time.monotonic() - _started) / 60:6.1f} min")
+            terminalreporter.write_line(f"{tier:<6} {_tier_counts.get(tier, 0):4d} tests  {_tier_seconds[tier] / 60:6.1f} min")
+    terminalreporter.write_line(f"total  {sum(_tier_counts.values()):4d} tests  {sum(_tier_seconds.values()) / 60:6.1f} min")
+    terminalreporter.write_line(f"wall              {(time.monotonic() - _started) / 60:6.1f} min")
