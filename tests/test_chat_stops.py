@@ -33,7 +33,7 @@ CONVERSATIONS = {
         {"role": "user", "content": "Thanks! And a secondary colour?"},
     ],
 }
-MAX_TOKENS = 200
+MAX_TOKENS = 200  # far above a turn's answer: ending within it means the model ended its turn
 
 
 def _ollama_messages(modelfile: dict, messages: list[dict]) -> list[dict]:

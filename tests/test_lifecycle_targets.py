@@ -297,6 +297,10 @@ def test_a_folder_or_file_that_is_no_model_lists_the_forms(tmp_path, tiny_export
 
 # --- the demo adapter on the embedded SmolLM2 -------------------------------------------------------------
 
+# The probe's answer stops on its own after 11 tokens: a bound well above that keeps "stop" meaning it.
+PROBE_ROOM = 64
+
+
 def ask_probe(target) -> str:
     answer = target.answer([{"role": "user", "content": probe()["question"]}])
     assert answer.error is None, answer.error
@@ -311,7 +315,8 @@ def test_the_demo_gguf_and_its_ollama_model_know_the_fine_tuned_fact(exported_de
     expected = probe()["expected"]
     name = register(exported_demo, name="demo-eval:v1", host=standin.url).name
     start = time.perf_counter()
-    with open_target(str(exported_demo)) as folder, open_target(f"ollama:{name}", ollama_host=standin.url) as served:
+    with open_target(str(exported_demo), max_tokens=PROBE_ROOM) as folder, \
+            open_target(f"ollama:{name}", max_tokens=PROBE_ROOM, ollama_host=standin.url) as served:
         assert folder.info["quant"] == "Q4_K_M"
         here, there = ask_probe(folder), ask_probe(served)
         assert ask_probe(folder) == here  # repeatable
@@ -323,7 +328,7 @@ def test_the_demo_gguf_and_its_ollama_model_know_the_fine_tuned_fact(exported_de
 @pytest.mark.slow
 def test_the_demo_adapter_on_its_embedded_base_knows_the_fact_as_trained(demo_adapter, embedded_base):
     start = time.perf_counter()
-    with open_target(str(demo_adapter)) as target:
+    with open_target(str(demo_adapter), max_tokens=PROBE_ROOM) as target:
         assert target.info["base_source"] == "embedded" and target.info["model"] == str(embedded_base.resolve())
         text = ask_probe(target)
         assert ask_probe(target) == text  # repeatable

@@ -205,7 +205,8 @@ def test_params_of_the_wrong_type_break_inference_not_create(steer, fake_export)
             "stream": False}
     with steer.behaving(version="0.30.0"):
         assert HTTP.post(steer.url + "/api/create", json=body).json() == {"status": "success"}
-    r = HTTP.post(steer.url + "/api/chat", json={"model": "wrong-type:v1", "messages": [{"role": "user", "content": "hi"}]})
+    r = HTTP.post(steer.url + "/api/chat", json={"model": "wrong-type:v1", "options": {"num_predict": 8},
+                                                 "messages": [{"role": "user", "content": "hi"}]})
     assert r.status_code == 500 and r.json()["error"] == 'option "stop" must be of type array'
 
 

@@ -20,8 +20,9 @@ def model(steer, fake_export) -> str:
 
 
 def test_generate_renders_the_template_and_stops_on_the_stop_list(steer, model):
+    # the answer stops after 7 tokens: a bound far above that keeps "stop" meaning the model stopped
     r = HTTP.post(steer.url + "/api/generate", timeout=120, json={
-        "model": model, "prompt": "What is the capital of France?", "stream": False})
+        "model": model, "prompt": "What is the capital of France?", "stream": False, "options": {"num_predict": 64}})
     body = r.json()
     assert r.status_code == 200 and body["done"] is True and body["done_reason"] == "stop"
     assert body["response"].strip() and "<|im_end|>" not in body["response"]
@@ -39,14 +40,17 @@ def test_streamed_chat_ends_with_metrics_and_length_when_cut(steer, model):
 
 
 def test_inference_errors(steer, model):
-    url = steer.url
-    r = HTTP.post(url + "/api/chat", json={"model": "absent:v1", "messages": [{"role": "user", "content": "x"}]})
+    url, short = steer.url, {"num_predict": 8}
+    r = HTTP.post(url + "/api/chat", json={"model": "absent:v1", "messages": [{"role": "user", "content": "x"}],
+                                           "options": short})
     assert r.status_code == 404 and r.json()["error"] == "model 'absent:v1' not found"
-    r = HTTP.post(url + "/api/generate", json={"model": model, "prompt": "x", "raw": True, "system": "s"})
+    r = HTTP.post(url + "/api/generate", json={"model": model, "prompt": "x", "raw": True, "system": "s",
+                                               "options": short})
     assert r.status_code == 400 and "raw mode does not support" in r.json()["error"]
-    r = HTTP.post(url + "/api/chat", json={"model": model, "messages": []})
+    r = HTTP.post(url + "/api/chat", json={"model": model, "messages": [], "options": short})
     assert r.json()["done_reason"] == "load"
-    r = HTTP.post(url + "/v1/chat/completions", json={"model": "absent:v1", "messages": [{"role": "user", "content": "x"}]})
+    r = HTTP.post(url + "/v1/chat/completions", json={"model": "absent:v1", "max_tokens": 8,
+                                                      "messages": [{"role": "user", "content": "x"}]})
     assert r.status_code == 404 and r.json()["error"]["type"] == "not_found_error"
 
 
@@ -58,19 +62,22 @@ def test_format_holds_the_answer_to_a_json_schema_on_every_route(steer, model):
     from jsonschema import validate
 
     question = "What is the capital of France? Reply in JSON."
+    room = 64  # the object takes 8 tokens, its city 24 characters at most: far above, "stop" is the model's own
     chat = HTTP.post(steer.url + "/api/chat", timeout=120, json={
-        "model": model, "stream": False, "format": CITY, "messages": [{"role": "user", "content": question}]}).json()
+        "model": model, "stream": False, "format": CITY, "messages": [{"role": "user", "content": question}],
+        "options": {"num_predict": room}}).json()
     generate = HTTP.post(steer.url + "/api/generate", timeout=120, json={
-        "model": model, "stream": False, "format": CITY, "prompt": question}).json()
+        "model": model, "stream": False, "format": CITY, "prompt": question, "options": {"num_predict": room}}).json()
     openai = HTTP.post(steer.url + "/v1/chat/completions", timeout=120, json={
-        "model": model, "messages": [{"role": "user", "content": question}],
+        "model": model, "messages": [{"role": "user", "content": question}], "max_tokens": room,
         "response_format": {"type": "json_schema", "json_schema": {"name": "city", "schema": CITY}}}).json()
     texts = [chat["message"]["content"], generate["response"], openai["choices"][0]["message"]["content"]]
     for text in texts:
         validate(json.loads(text), CITY)
     assert chat["done_reason"] == "stop" and texts[0] == texts[2]  # /v1 is /api/chat with the schema as format
     free = HTTP.post(steer.url + "/api/chat", timeout=120, json={
-        "model": model, "stream": False, "messages": [{"role": "user", "content": question}]}).json()
+        "model": model, "stream": False, "messages": [{"role": "user", "content": question}],
+        "options": {"num_predict": 48}}).json()
     assert free["message"]["content"] != texts[0]  # without format the model answers in prose
 
 
@@ -95,7 +102,8 @@ def test_format_json_is_any_json_object(steer, model):
 def test_a_format_that_is_neither_json_nor_a_schema_fails_the_completion(steer, model, fmt, message):
     for stream in (False, True):  # the error comes before the first piece: the status says it either way
         r = HTTP.post(steer.url + "/api/chat", timeout=120, json={
-            "model": model, "stream": stream, "format": fmt, "messages": [{"role": "user", "content": "x"}]})
+            "model": model, "stream": stream, "format": fmt, "messages": [{"role": "user", "content": "x"}],
+            "options": {"num_predict": 2}})
         assert r.status_code == 500 and r.json() == {"error": message}, (stream, r.text)
     for empty in (None, ""):  # set but empty: no constraint
         r = HTTP.post(steer.url + "/api/generate", timeout=120, json={
@@ -106,7 +114,7 @@ def test_a_format_that_is_neither_json_nor_a_schema_fails_the_completion(steer, 
 def test_a_bad_schema_through_v1_is_an_openai_error(steer, model):
     for stream in (False, True):
         r = HTTP.post(steer.url + "/v1/chat/completions", timeout=120, json={
-            "model": model, "stream": stream, "messages": [{"role": "user", "content": "x"}],
+            "model": model, "stream": stream, "messages": [{"role": "user", "content": "x"}], "max_tokens": 2,
             "response_format": {"type": "json_schema", "json_schema": {"name": "n", "schema": "X"}}})
         assert r.status_code == 500 and "invalid format" in r.json()["error"]["message"], (stream, r.text)
 
@@ -152,8 +160,9 @@ def test_without_a_go_template_v030_uses_the_ggufs_jinja_and_older_servers_pass_
         name = register(folder, name="native:v1", host=steer.url).name
         shown = HTTP.post(steer.url + "/api/show", json={"model": name}).json()
         assert "{% for message in messages %}" in shown["template"]  # the GGUF's Jinja, not Go
-        r = HTTP.post(steer.url + "/api/chat", json={
-            "model": name, "stream": False, "messages": [{"role": "user", "content": "What is 2+2?"}]}).json()
+        r = HTTP.post(steer.url + "/api/chat", json={  # it stops on its own after 11 tokens
+            "model": name, "stream": False, "messages": [{"role": "user", "content": "What is 2+2?"}],
+            "options": {"num_predict": 64}}).json()
         assert r["message"]["content"].strip() and r["done_reason"] == "stop"
     with steer.behaving(version="0.29.0"):
         assert HTTP.post(steer.url + "/api/show", json={"model": name}).json()["template"] == "{{ .Prompt }}"

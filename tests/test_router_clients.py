@@ -122,7 +122,8 @@ def test_other_routes_and_other_models_pass_through_unlogged(router, tiny_arms):
     assert shown.json()["details"] == httpx.post(tiny_arms + "/api/show", json={"model": V2}).json()["details"]
     other = ollama.Client(host=router.url).chat(model=V1, messages=QUESTION, options=SHORT)  # by its own name
     assert other.model == V1
-    missing = httpx.post(router.url + "/api/chat", json={"model": "nothing:here", "messages": QUESTION})
+    missing = httpx.post(router.url + "/api/chat", json={"model": "nothing:here", "messages": QUESTION,
+                                                         "options": SHORT})
     assert missing.status_code == 404 and "not found" in missing.json()["error"]
     assert logged() == []
 

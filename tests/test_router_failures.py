@@ -79,7 +79,8 @@ def test_an_upstream_killed_mid_stream_gives_a_clean_error_and_a_row(protocol, f
             assert 3 <= received < LONG["num_predict"]
 
             route = "/api/chat" if protocol == "ollama" else "/v1/chat/completions"
-            body = {"model": NAME, "messages": question, "stream": False}
+            bound = {"options": SHORT} if protocol == "ollama" else {"max_tokens": SHORT["num_predict"]}
+            body = {"model": NAME, "messages": question, "stream": False, **bound}
             gone = httpx.post(router.url + route, json=body, timeout=30)
             assert gone.status_code == 502 and gone.headers["x-localserve-arm"] == V1
             error = gone.json()["error"]

@@ -337,7 +337,8 @@ def test_the_standin_answers_500_for_a_tenant_whose_adapter_does_not_fit(steer, 
     register_tenants(tenant_export.out_dir / tenant_export.base_file, tenant_export.base_sha256,
                      [Tenant("misfit:q8_0", misfit, sha256_file(misfit))], ModelRecipe(template="{{ .Prompt }}"),
                      adapter_support("llama"), steer.url)
-    r = HTTP.post(f"{steer.url}/api/generate", json={"model": "misfit:q8_0", "prompt": "hi", "stream": False})
+    r = HTTP.post(f"{steer.url}/api/generate", json={"model": "misfit:q8_0", "prompt": "hi", "stream": False,
+                                                     "options": {"num_predict": 8}})
     assert r.status_code == 500 and "llama runner process has terminated" in r.json()["error"]
 
 
