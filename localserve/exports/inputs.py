@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol
 
-from ..errors import InputError
+from ..errors import AdapterError, InputError
 from ..faults import RESOLVE, fault_point
 from ..fsutil import atomic_dir, sha256_tree, write_text
 from ..lineage import AdapterRecord
 from ..llamacpp.convert import convert_hf_to_gguf
-from ..models.lora import TOKENIZER_FILES, tokenizer_files
+from ..models.lora import TOKENIZER_FILES, describe, tokenizer_files
 from ..models.merge import check_compatibility, merge_adapter, merge_to_folder, merged_model_view, plan_merge
 from ..models.resolve import Adapter, BaseModel, check_base_weights, load_adapter, resolve_base
 from ..pipeline import content_key
@@ -42,9 +42,16 @@ def read_probe(folder: Path) -> dict:
     return {"question": data["question"], "expected": data["expected"]}
 
 
-def chat_source(adapter_dir: Path, base_dir: Path) -> Path:
-    """The folder whose tokenizer and chat template a merged model gets: the adapter's own wins."""
-    return adapter_dir if tokenizer_files(adapter_dir).files else base_dir
+def convert_merged(merged_dir: Path, dest: Path, outtype: str, tree, scratch: Path, chat_template: str | None) -> None:
+    """Convert a merged folder; with `chat_template`, through a view of it that has that template."""
+    if chat_template is None:
+        convert_hf_to_gguf(merged_dir, dest, outtype, tree)
+        return
+    view = linked_view(merged_dir, scratch / merged_dir.name, chat_template)
+    try:
+        convert_hf_to_gguf(view, dest, outtype, tree)
+    finally:
+        shutil.rmtree(view, ignore_errors=True)
 
 
 class MergeSource(Protocol):
@@ -61,11 +68,14 @@ class MergeSource(Protocol):
     def converts_from_merged(self) -> bool:
         """Whether converting to GGUF reads the merged folder (else the merge happens in the converter's stream)."""
 
-    def merge(self, dest: Path, trust_remote_code: bool) -> dict:
-        """Write the merged model as a Hugging Face folder at `dest`; facts for the stage record."""
+    def merge(self, dest: Path, trust_remote_code: bool, shard_bytes: int | None = None) -> dict:
+        """Write the merged model as a Hugging Face folder at `dest` (safetensors shards of at most
+        `shard_bytes` where the engine chooses them); facts for the stage record."""
 
-    def convert(self, dest: Path, outtype: str, tree, merged_dir: Path, scratch: Path) -> None:
-        """Write the merged model as a GGUF of `outtype` (f16, f32, bf16) at `dest`."""
+    def convert(self, dest: Path, outtype: str, tree, merged_dir: Path, scratch: Path,
+                chat_template: str | None = None) -> None:
+        """Write the merged model as a GGUF of `outtype` (f16, f32, bf16) at `dest`; with
+        `chat_template` (chosen for a model without one) as the GGUF's tokenizer.chat_template."""
 
     def chat_dir(self, merged: Callable[[], Path], scratch: Path) -> Path:
         """The folder holding the tokenizer and chat template to serve; `merged()` gives the merged
@@ -104,22 +114,25 @@ class AdapterSource:
     def converts_from_merged(self) -> bool:
         return self.engine == "peft"
 
-    def merge(self, dest: Path, trust_remote_code: bool) -> dict:
+    def merge(self, dest: Path, trust_remote_code: bool, shard_bytes: int | None = None) -> dict:
         with atomic_dir(dest) as tmp:
-            if self.engine == "peft":
+            if self.engine == "peft":  # transformers' save_pretrained shards at 2GB
                 result = merge_adapter(self.adapter, self.base, tmp, trust_remote_code)
             else:
-                result = merge_to_folder([self.adapter], self.base, tmp)
+                result = merge_to_folder([self.adapter], self.base, tmp, shard_bytes)
         return {"dtype": result.dtype, "lora_modules": result.lora_modules, "engine": self.engine}
 
-    def convert(self, dest: Path, outtype: str, tree, merged_dir: Path, scratch: Path) -> None:
+    def convert(self, dest: Path, outtype: str, tree, merged_dir: Path, scratch: Path,
+                chat_template: str | None = None) -> None:
         if self.engine == "peft":
-            convert_hf_to_gguf(merged_dir, dest, outtype, tree)
+            convert_merged(merged_dir, dest, outtype, tree, scratch, chat_template)
             return
         scratch.mkdir(parents=True, exist_ok=True)
         plan = write_text(scratch / "merge-plan.json", json.dumps(plan_merge([self.adapter], self.base).to_json()))
         # named like the merged folder of the peft engine: the converter derives general.name from it
         view = merged_model_view([self.adapter], self.base, scratch / "merged")
+        if chat_template is not None:
+            set_chat_template(view, chat_template)
         try:
             convert_hf_to_gguf(view, dest, outtype, tree, merge_plan=plan)
         finally:
@@ -127,7 +140,7 @@ class AdapterSource:
             plan.unlink(missing_ok=True)
 
     def chat_dir(self, merged: Callable[[], Path], scratch: Path) -> Path:
-        return chat_source(self.adapter.path, self.base.path)
+        return chat_folder(self.adapter.path, self.base.path, scratch)
 
     def describe(self) -> str:
         return f"base: {self.base.path} ({self.base.source}); adapter: {self.adapter.path} ({self.lora_modules} LoRA modules)"
@@ -166,14 +179,16 @@ class RecipeSource:
     def converts_from_merged(self) -> bool:
         return True
 
-    def merge(self, dest: Path, trust_remote_code: bool) -> dict:
+    def merge(self, dest: Path, trust_remote_code: bool, shard_bytes: int | None = None) -> dict:
         from ..merging import MergeSpec, merge_models
 
-        merge_models(MergeSpec(self.recipe, dest, write_yaml=False), hashes=self.inputs())
+        sized = {"shard_size": shard_bytes} if shard_bytes else {}
+        merge_models(MergeSpec(self.recipe, dest, write_yaml=False, **sized), hashes=self.inputs())
         return {"method": self.recipe.method}
 
-    def convert(self, dest: Path, outtype: str, tree, merged_dir: Path, scratch: Path) -> None:
-        convert_hf_to_gguf(merged_dir, dest, outtype, tree)
+    def convert(self, dest: Path, outtype: str, tree, merged_dir: Path, scratch: Path,
+                chat_template: str | None = None) -> None:
+        convert_merged(merged_dir, dest, outtype, tree, scratch, chat_template)
 
     def chat_dir(self, merged: Callable[[], Path], scratch: Path) -> Path:
         """The merged model's own tokenizer and template, kept beside the output (the merged folder is
@@ -195,6 +210,33 @@ class RecipeSource:
     def record(self) -> dict:
         return {"merge": {"recipe": str(self.recipe_file.resolve()), "method": self.recipe.method,
                           "config": self.recipe.data, "inputs": self.inputs(), "probe": self.probe or None}}
+
+
+def check_shared_base(adapters: list[Adapter], override: Path | None, served: str, hint: str) -> BaseModel:
+    """The one base every adapter of a multi-adapter export (Ollama tenants, vLLM --lora) was trained on.
+
+    Served unmerged, the adapters run on that base with its tokenizer and chat template, so an
+    adapter that ships its own (fine-tuning added tokens or changed the template) is refused too.
+    The odd adapter is named; `served` says how the adapters are served, `hint` what to do instead.
+    """
+    bases = [resolve_base(a, override) for a in adapters]
+    groups: dict[Path, list[int]] = {}
+    for i, b in enumerate(bases):
+        groups.setdefault(b.path.resolve(), []).append(i)
+    if len(groups) > 1:
+        main = max(groups.values(), key=len)
+        odd = next(i for i in range(len(adapters)) if i not in main)
+        raise AdapterError(
+            f"adapters must share one base: {adapters[odd].path} is on {bases[odd].ref or bases[odd].path} "
+            f"({bases[odd].path}), the others on {bases[main[0]].ref or bases[main[0]].path} ({bases[main[0]].path})",
+            "export that adapter on its own, or pass --base if they really share one")
+    base = bases[0]
+    for a in adapters:
+        differing = describe(a).tokenizer.differing_from(base.path)
+        if differing:
+            raise AdapterError(f"adapter {a.path} ships its own {', '.join(differing)}, different from the base's "
+                               f"({base.path}); {served} with the shared base's tokenizer and chat template", hint)
+    return base
 
 
 def adapter_source(adapter_dir: Path, base_override: Path | None, allow_pickle: bool,

@@ -24,12 +24,12 @@ from ..errors import AdapterError, InputError, SmokeTestFailed
 from ..fsutil import atomic_path, folder_lock, human_bytes, sha256_file, sha256_tree, write_text
 from ..lineage import Artifact, BaseRecord, ExportRecord, TenantRecord, now, read_record, tool_versions, write_record
 from ..models.lora import describe, plain_alpha
-from ..models.resolve import Adapter, BaseModel, check_base_weights, load_adapter, read_json, resolve_base
+from ..models.resolve import Adapter, BaseModel, check_base_weights, load_adapter, read_json
 from ..pipeline import Pipeline, content_key
 from ..progress import step
 from ..spec import name_from_path
-from .checks import check_chat, check_out, require_export_space
-from .inputs import read_probe
+from .checks import chat_template_record, check_chat, check_out, require_export_space
+from .inputs import check_shared_base, convert_merged, read_probe
 from .spec import TenantExportSpec
 
 
@@ -116,33 +116,6 @@ def _as_plain_lora(adapter: Adapter, scratch: Path):
         yield view
 
 
-def _check_tokenizer(adapter: Adapter, base: BaseModel) -> None:
-    """A tenant is served with the shared base's tokenizer and template: an adapter that ships other
-    ones was trained on a different vocabulary or chat format than the base serves."""
-    differing = describe(adapter).tokenizer.differing_from(base.path)
-    if differing:
-        raise AdapterError(f"adapter {adapter.path} ships its own {', '.join(differing)}, different from the base's "
-                           f"({base.path}); a tenant is served with the shared base's tokenizer and chat template",
-                           "export this adapter merged (`localserve export ADAPTER`), or remove them if they "
-                           "are meant to be the base's")
-
-
-def check_shared_base(adapters: list[Adapter], override: Path | None) -> BaseModel:
-    """The one base every adapter was trained on; the odd one out is named."""
-    bases = [resolve_base(a, override) for a in adapters]
-    groups: dict[Path, list[int]] = {}
-    for i, b in enumerate(bases):
-        groups.setdefault(b.path.resolve(), []).append(i)
-    if len(groups) > 1:
-        main = max(groups.values(), key=len)
-        odd = next(i for i in range(len(adapters)) if i not in main)
-        raise AdapterError(
-            f"adapters must share one base: {adapters[odd].path} is on {bases[odd].ref or bases[odd].path} "
-            f"({bases[odd].path}), the others on {bases[main[0]].ref or bases[main[0]].path} ({bases[main[0]].path})",
-            "export that adapter on its own, or pass --base if they really share one")
-    return bases[0]
-
-
 def check_adapters(spec: TenantExportSpec) -> tuple[list[Adapter], BaseModel, list[int]]:
     """Everything checked before any work: each adapter loads, is GGUF-LoRA-able, fits the one base."""
     from ..models.merge import check_compatibility
@@ -150,7 +123,9 @@ def check_adapters(spec: TenantExportSpec) -> tuple[list[Adapter], BaseModel, li
     adapters = [load_adapter(a, spec.allow_pickle) for a in spec.adapters]
     for a in adapters:
         check_gguf_lora(a)
-    base = check_shared_base(adapters, spec.base)
+    base = check_shared_base(adapters, spec.base, "a tenant is served",
+                             "export this adapter merged (`localserve export ADAPTER`), or remove them if they are "
+                             "meant to be the base's")
     check_base_weights(base, spec.allow_pickle)
     counts = []
     for a in adapters:
@@ -158,7 +133,6 @@ def check_adapters(spec: TenantExportSpec) -> tuple[list[Adapter], BaseModel, li
             counts.append(check_compatibility(a, base))
         except AdapterError as e:
             raise AdapterError(f"adapter {a.path}: {e.message}", e.hint) from None
-        _check_tokenizer(a, base)
     return adapters, base, counts
 
 
@@ -197,7 +171,8 @@ def _export_tenants(spec: TenantExportSpec) -> TenantExportResult:
     tree = locate()
     versions = tool_versions()
     base_hash = sha256_tree(base.path)
-    convert_key = content_key("convert", base_hash, tree.commit, "f16")
+    chosen = () if setup.chat_template is None else (setup.chat_template,)  # a base without a template of its own
+    convert_key = content_key("convert", base_hash, tree.commit, "f16", *chosen)
     quant_key = content_key("quantize", convert_key, spec.quant, None)
     f16_path = work / "base-F16.gguf"
     base_file = f"{name_from_path(base.path)}-{spec.quant}.gguf"
@@ -211,8 +186,11 @@ def _export_tenants(spec: TenantExportSpec) -> TenantExportResult:
             quant.quantize(f16_path, base_path, spec.quant)
         return {"size": base_path.stat().st_size, "sha256": sha256_file(base_path)}
 
-    pipe.stage("convert", convert_key, [f16_path],
-               lambda: {"size": convert.convert_hf_to_gguf(base.path, f16_path, "f16", tree).stat().st_size},
+    def run_convert() -> dict:
+        convert_merged(base.path, f16_path, "f16", tree, work / "chat", setup.chat_template)
+        return {"size": f16_path.stat().st_size}
+
+    pipe.stage("convert", convert_key, [f16_path], run_convert,
                "converting the shared base to a 16-bit GGUF (llama.cpp's converter)")
     pipe.stage(f"quantize:{spec.quant}", quant_key, [base_path], run_quant,
                f"quantizing the shared base to {spec.quant}", needs=("convert",))
@@ -290,7 +268,7 @@ def _export_tenants(spec: TenantExportSpec) -> TenantExportResult:
         tenants=tuple(tenants),
         tools={**versions, "llama_cpp_commit": tree.commit, "converter": str(tree.convert_hf),
                "lora_converter": str(tree.convert_lora)},
-        chat={"family": setup.family, "source": str(base.path), "parity_ok": parity.ok,
+        chat={"family": setup.family, "source": str(base.path), **chat_template_record(setup), "parity_ok": parity.ok,
               "forced": bool(spec.force and not parity.ok), "parity": parity.to_json()},
         # the shared base, in the shape `localserve register/bundle` read (it registers the base alone)
         modelfile={"template": template, "system": system, "parameters": parameters, "messages": [], "license": [],

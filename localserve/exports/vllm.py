@@ -1,13 +1,19 @@
 """`export --target vllm`: a Hugging Face folder vLLM serves as is, plus its serve configuration.
 
-    VllmExportSpec -> load adapters, resolve the base -> check (LoRA rules, or merge compatibility)
-                   -> layout (plan/layout) -> merge (peft) | copy base + adapters
-                   -> bounded safetensors shards, tokenizer, exact chat template,
-                      generation_config.json with every end-of-turn id
-                   -> vllm-config.yaml, launch.sh, docker-compose.yml, k8s/ -> localserve.json
+    VllmExportSpec -> resolve and check: the adapter and its base (MergeSource), or under --lora the
+                      adapters on their one shared base (vLLM's LoRA rules); the chat template, the
+                      draft's vocabulary, the layout (plan/layout), what each --deploy engine needs
+                   -> stages (pipeline.py: resumable, timed, keyed by content):
+                      weights   model/: merged tensor by tensor into bounded safetensors shards (or the base
+                                as stored under --lora), tokenizer, exact chat template,
+                                generation_config.json with every end-of-turn id; --quant: llm-compressor
+                      adapters  adapters/NAME/ (--lora)      draft  draft/ (--speculative draft:PATH)
+                      serve     vllm-config.yaml, launch.sh, docker-compose.yml, k8s/, deploy/ENGINE/
+                   -> localserve.json, written last
 
-Everything is checked before anything is written; the export folder is built beside its
-destination and renamed into place whole.
+Everything is checked before anything is written. Each stage writes its outputs atomically and a re-run
+redoes only the stages whose inputs changed; an interrupted run leaves no localserve.json (and, when
+it made the folder and finished no stage, no folder).
 """
 
 from __future__ import annotations
@@ -21,20 +27,22 @@ from pathlib import Path
 
 from ..errors import AdapterError, InputError, TemplateMismatch
 from ..fsutil import atomic_dir, folder_lock, human_bytes, require_free_space, sha256_file, sha256_tree
-from ..gpuquant.export import CalibrationOptions, QuantResult, plan_quant, quantize_folder
+from ..gpuquant.export import CalibrationOptions, QuantPlan, QuantResult, plan_quant, quantize_folder
 from ..lineage import (RECORD_FILE, AdapterRecord, Artifact, BaseRecord, ExportRecord, now, read_record, tool_versions,
                        write_record)
 from ..models.folders import MODEL_DIR
-from ..models.lora import describe, tokenizer_files, tokenizer_sources
-from ..models.merge import check_compatibility, merge_adapter, merged_tensors, plan_merge
+from ..models.lora import tokenizer_files, tokenizer_sources
+from ..models.merge import copy_chat_files
 from ..models.tensors import as_stored, write_shards
-from ..models.resolve import Adapter, BaseModel, check_base_weights, load_adapter, read_json, resolve_base
+from ..models.resolve import Adapter, BaseModel, check_base_weights, load_adapter, read_json
+from ..pipeline import Pipeline, content_key
 from ..plan.layout import Layout, parallel_layout
 from ..progress import step
 from ..spec import name_from_path
-from ..vllm import serve
+from ..vllm import deploy, serve
 from ..vllm.lora import LoraPlan, plan_lora
 from .checks import check_out
+from .inputs import AdapterSource, adapter_source, check_shared_base
 from .spec import VLLM_DTYPE_BYTES, Speculation, VllmExportSpec, speculation
 
 ADAPTERS_DIR = "adapters"
@@ -43,6 +51,8 @@ DRAFT_DIR = "draft"  # the --speculative draft model, copied into the export so 
 # templated or quoted text, four bound the search.
 NGRAM_LOOKUP = (2, 4)
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+# Files a serve stage writes that a later run with other options may not: removed before it writes.
+SERVE_FOLDERS = (serve.K8S_DIR, deploy.DEPLOY_DIR)
 
 
 @dataclass(frozen=True)
@@ -61,6 +71,8 @@ class VllmExportResult:
     quantization: QuantResult | None = None
     record: ExportRecord | None = None
     features: tuple[str, ...] = ()  # prefix caching, speculative decoding, structured outputs: one line each
+    deploy_files: tuple[Path, ...] = ()  # deploy/ENGINE/... of every --deploy engine
+    stages: tuple[dict, ...] = ()
 
     def to_json(self) -> dict:
         return {"out_dir": str(self.out_dir), "name": self.name, "model_dir": str(self.model_dir),
@@ -72,7 +84,8 @@ class VllmExportResult:
                 "arithmetic": list(self.layout.lines) if self.layout else [],
                 "lora": self.lora.lines() if self.lora else None,
                 "quantization": self.quantization.to_json() if self.quantization else None,
-                "features": list(self.features)}
+                "features": list(self.features), "deploy": [str(p) for p in self.deploy_files],
+                "stages": list(self.stages)}
 
 
 def chat_files(adapter: Adapter | None, base: BaseModel) -> tuple[dict[str, Path], Path]:
@@ -119,35 +132,23 @@ def end_of_turn_ids(chat_dir: Path, template_family: str | None = None) -> tuple
     return tuple(dict.fromkeys(ids))
 
 
-def _write_model_folder(tensors: list, config_from: Path, chat: tuple[dict[str, Path], Path],
-                        generation_from: Path, dest: Path, template_family: str | None,
-                        shard_bytes: int) -> tuple[int, ...]:
-    """Shards of `tensors` (models.tensors.PlannedTensor), config, tokenizer, template and
-    generation_config.json; returns the end-of-turn ids."""
+def _finish_model_folder(dest: Path, config: dict, template_source: Path, template_family: str | None) -> tuple[int, ...]:
+    """Write every end-of-turn id into dest/generation_config.json and prove the served template is the
+    chat source's, byte for byte; returns the ids."""
     from ..chat.hf import load_hf_chat
 
-    files, template_source = chat
-    dest.mkdir(parents=True)
-    write_shards(tensors, dest, shard_bytes, f"write {dest.name} shards")
-    shutil.copyfile(config_from / "config.json", dest / "config.json")
-    for name, source in files.items():
-        shutil.copyfile(source, dest / name)
-    gen_file = generation_from / "generation_config.json"
+    gen_file = dest / "generation_config.json"
     generation = json.loads(gen_file.read_text(encoding="utf-8")) if gen_file.is_file() else {}
-    if "eos_token_id" not in generation and isinstance(_read(config_from / "config.json").get("eos_token_id"), (int, list)):
-        generation["eos_token_id"] = _read(config_from / "config.json")["eos_token_id"]
-    (dest / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n", encoding="utf-8")
+    if "eos_token_id" not in generation and isinstance(config.get("eos_token_id"), (int, list)):
+        generation["eos_token_id"] = config["eos_token_id"]
+    gen_file.write_text(json.dumps(generation, indent=2) + "\n", encoding="utf-8")
     eot_ids = end_of_turn_ids(dest, template_family)
     generation["eos_token_id"] = list(eot_ids)
-    (dest / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n", encoding="utf-8")
+    gen_file.write_text(json.dumps(generation, indent=2) + "\n", encoding="utf-8")
     if load_hf_chat(dest).template != load_hf_chat(template_source).template:
         raise AssertionError(f"the chat template in {dest} differs from {template_source}'s")
     step(f"end-of-turn ids in generation_config.json: {list(eot_ids)}")
     return eot_ids
-
-
-def _read(path: Path) -> dict:
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
 def _check_ctx(spec: VllmExportSpec, config: dict) -> None:
@@ -167,16 +168,37 @@ def _layout(spec: VllmExportSpec, config: dict, base_dir: Path) -> Layout | None
 
 
 def _check_out(out: Path) -> None:
-    """Refuse to replace a folder that is not an earlier vLLM export."""
+    """Refuse to write into a folder that is not a vLLM export (finished, or interrupted: its stage state
+    names the weights stage)."""
     if not out.exists():
         return
     if not out.is_dir():
         raise InputError(f"--out {out} is a file", "pass a folder path")
     if any(out.iterdir()):
         kind = read_record(out).kind if (out / RECORD_FILE).is_file() else None
+        if kind is None and "weights" in Pipeline(out).state:
+            kind = "vllm"
         if kind != "vllm":
             raise InputError(f"--out {out} already holds files that are not a vLLM export",
                              "pass an empty or new folder with --out")
+
+
+@dataclass
+class _Plan:
+    """What the checks resolved, before anything is written."""
+
+    name: str
+    base: BaseModel
+    adapters: list[Adapter]
+    source: AdapterSource | None  # the merged export's adapter on its base; None under --lora
+    lora: LoraPlan | None
+    chat: tuple[dict[str, Path], Path]
+    config: dict
+    architecture: str
+    layout: Layout | None
+    quant: QuantPlan | None
+    speculate: Speculation | None
+    serve: serve.ServeConfig
 
 
 def export_vllm(spec: VllmExportSpec) -> VllmExportResult:
@@ -186,37 +208,36 @@ def export_vllm(spec: VllmExportSpec) -> VllmExportResult:
         return _export_vllm(spec, held)
 
 
-def _export_vllm(spec: VllmExportSpec, held: contextlib.ExitStack) -> VllmExportResult:
-
-    # --- resolve and check everything before writing anything -----------------------------
+def _resolve(spec: VllmExportSpec) -> _Plan:
+    """Load and check every input, the layout and what every --deploy engine needs."""
     loaded = [load_adapter(a, spec.allow_pickle) for a in spec.adapters]
     pickled = [a.path for a in loaded if a.pickled]
     if pickled and spec.lora:  # merged, --allow-pickle adapters are fine: the output is safetensors
         raise AdapterError(f"{pickled[0]} holds pickle weights (adapter_model.bin); served unmerged, vLLM would "
                            "unpickle them", "re-save the adapter as safetensors, or export it merged (drop --lora)")
-    bases = [resolve_base(a, spec.base) for a in loaded]
-    base = bases[0]
-    # The shipped folder holds safetensors only; unmerged, the base's own weights are what vLLM loads.
-    check_base_weights(base, allow_pickle=spec.allow_pickle and not spec.lora)
+    source: AdapterSource | None = None
+    lora_plan: LoraPlan | None = None
+    if spec.lora:
+        base = check_shared_base(loaded, spec.base, "adapters served with --lora are served",
+                                 "export this adapter merged (drop --lora)")
+        check_base_weights(base, allow_pickle=False)  # unmerged, the base's own weights are what vLLM loads
+    else:
+        source = adapter_source(spec.adapters[0], spec.base, spec.allow_pickle, spec.merge_engine)
+        base = source.base
+        step(source.describe())
     config = read_json(base.path / "config.json")
     _check_ctx(spec, config)
     architecture = (config.get("architectures") or ["?"])[0]
     name = spec.name or name_from_path(base.path)
-    lora_plan: LoraPlan | None = None
     if spec.lora:
-        names = [(name_from_path(a.path), a, b) for a, b in zip(loaded, bases)]
-        lora_plan = plan_lora(names, architecture, spec.max_loras, spec.max_cpu_loras)
+        lora_plan = plan_lora([(name_from_path(a.path), a, base) for a in loaded], architecture, spec.max_loras,
+                              spec.max_cpu_loras)
         if any(a.name == name for a in lora_plan.adapters):
             raise InputError(f"adapter name {name!r} is also the base model's served name",
                              "pass --name with another name for the base")
-        _check_shared_chat(loaded, base)
-        chat = chat_files(None, base)
         for line in lora_plan.lines():
             step(line)
-    else:
-        n_modules = check_compatibility(loaded[0], base)
-        step(f"base: {base.path} ({base.source}); adapter: {loaded[0].path} ({n_modules} LoRA modules)")
-        chat = chat_files(loaded[0], base)
+    chat = chat_files(None if spec.lora else source.adapter, base)
     from ..chat.hf import load_hf_chat
 
     load_hf_chat(chat[1])  # no template to serve: refused here, before anything is written
@@ -244,105 +265,216 @@ def _export_vllm(spec: VllmExportSpec, held: contextlib.ExitStack) -> VllmExport
         prefix_caching=spec.prefix_caching, speculative=speculative_config(speculate),
         structured_output_backend=spec.structured_output_backend,
         arithmetic=layout.lines if layout else ())
-    out = spec.out_dir(name)
-    draft = [speculate.draft] if speculate is not None and speculate.draft is not None else []
-    check_out(out, [*(a.path for a in loaded), base.path, *draft])
+    deploy.check(spec.deploy, deploy.Deployment(serve_config, 0, 0, spec.lora_storage))
+    return _Plan(name, base, loaded, source, lora_plan, chat, config, architecture, layout, quant_plan, speculate,
+                 serve_config)
+
+
+def _export_vllm(spec: VllmExportSpec, held: contextlib.ExitStack) -> VllmExportResult:
+    plan = _resolve(spec)
+    out = spec.out_dir(plan.name)
+    draft = [plan.speculate.draft] if plan.speculate is not None and plan.speculate.draft is not None else []
+    check_out(out, [*(a.path for a in plan.adapters), plan.base.path, *draft])
     held.enter_context(folder_lock(out, "localserve export"))
     _check_out(out)
-    weights = sum(p.stat().st_size for p in base.path.glob("*.safetensors"))
-    # the stream writes the merged shards once; peft's merge keeps a merged copy beside them first
-    merge_plan = plan_merge(loaded, base) if not spec.lora and spec.merge_engine == "stream" else None
-    copies = 3 if not spec.lora and spec.merge_engine == "peft" else 1
-    draft_bytes = sum(p.stat().st_size for d in draft for p in _draft_files(d))
-    require_free_space(out.parent, weights * copies + draft_bytes + (1 << 26), "the vLLM export")
+    created = not out.exists()
+    try:
+        return _run_stages(spec, plan, out, draft)
+    except BaseException:
+        if created and out.is_dir() and not Pipeline(out).state:  # it made the folder and finished no stage
+            shutil.rmtree(out, ignore_errors=True)
+        raise
 
-    # --- write: the whole folder is built beside `out` and renamed into place --------------
-    inputs = {"base": sha256_tree(base.path), **{f"adapter:{a.path.name}": sha256_tree(a.path) for a in loaded}}
-    quantization = None
-    with atomic_dir(out) as tmp:
-        model = tmp / MODEL_DIR
-        if lora_plan is None:
-            own = loaded[0].path / "generation_config.json"
-            generation_from = own.parent if own.is_file() else base.path
-            if spec.merge_engine == "peft":
-                merged = tmp / ".merged"
-                step("merging the adapter into the base (peft, fp32)")
-                merge_adapter(loaded[0], base, merged, spec.trust_remote_code)
-                eot_ids = _write_model_folder(as_stored(merged), merged, chat, generation_from, model,
-                                              spec.template_family, spec.shard_bytes)
-                shutil.rmtree(merged)
-            else:
-                step("merging the adapter into the base tensor by tensor, in fp32, as the shards are written")
-                eot_ids = _write_model_folder(merged_tensors(merge_plan, base.path), base.path, chat,
-                                              generation_from, model, spec.template_family, spec.shard_bytes)
-            if quant_plan is not None:
-                quantization = quantize_folder(quant_plan, model, tmp, CalibrationOptions(
-                    spec.calibration, spec.calibration_samples, spec.calibration_seq_len),
-                    _quality_of(quant_plan.format.name, spec.quality_tokens, tmp) if spec.measure_quality else None)
-        else:
-            step(f"copying the base {base.path.name} and {len(lora_plan.adapters)} adapter(s) unmerged")
-            eot_ids = _write_model_folder(as_stored(base.path), base.path, chat, base.path, model, spec.template_family,
-                                          spec.shard_bytes)
-            for a in lora_plan.adapters:
-                dest = tmp / ADAPTERS_DIR / a.name
-                dest.mkdir(parents=True)
-                for file in ADAPTER_FILES + ("probe.json", "README.md"):
-                    if (a.adapter.path / file).is_file():
-                        shutil.copyfile(a.adapter.path / file, dest / file)
-        if speculate is not None and speculate.draft is not None:
-            step(f"copying the draft model {speculate.draft} to {DRAFT_DIR}/")
-            (tmp / DRAFT_DIR).mkdir()
-            for source in _draft_files(speculate.draft):
-                shutil.copyfile(source, tmp / DRAFT_DIR / source.name)
-        files = serve.write(serve_config, tmp)
-        model_bytes = sum(p.stat().st_size for p in model.glob("*.safetensors"))
-        versions = tool_versions(("localserve", "torch", "transformers", "peft", "safetensors"))
-        record = ExportRecord(
-            kind="vllm", name=name, spec=spec.to_json(), localserve_version=versions.pop("localserve"),
-            created_at=now(),
-            base=BaseRecord(ref=base.ref, path=str(base.path), source=base.source, sha256=inputs["base"],
-                            architecture=architecture),
-            adapters=tuple(AdapterRecord(name=n, path=str(a.path.resolve()), sha256=inputs[f"adapter:{a.path.name}"])
-                           for n, a in zip(_served_names(loaded, lora_plan), loaded)),
-            artifacts=tuple(Artifact(p.relative_to(tmp).as_posix(), size=p.stat().st_size, sha256=sha256_file(p))
-                            for p in sorted(model.glob("*.safetensors"))),
-            chat={"template_from": str(chat[1]), "files": {n: str(p) for n, p in chat[0].items()},
-                  "end_of_turn_ids": list(eot_ids)},
-            tools=versions | (quantization.tools if quantization else {}),
-            sections={
-                "merged": lora_plan is None,
-                "quantization": quantization.to_json() if quantization else None,
-                "layout": ({"tensor_parallel_size": layout.tensor_parallel_size,
-                            "pipeline_parallel_size": layout.pipeline_parallel_size, "nodes": serve_config.nodes,
-                            "arithmetic": list(layout.lines)} if layout else None),
-                "lora": ({"max_lora_rank": lora_plan.max_lora_rank, "max_loras": lora_plan.max_loras,
-                          "max_cpu_loras": lora_plan.max_cpu_loras,
-                          "ranks": {a.name: a.rank for a in lora_plan.adapters},
-                          "modules": {a.name: list(a.modules) for a in lora_plan.adapters}} if lora_plan else None),
-                "serve": {"options": serve_config.options(), "environment": serve_config.environment,
-                          "files": [p.relative_to(tmp).as_posix() for p in files]},
-                "features": serving_features(spec, speculate, serve_config)})
-        write_record(tmp, record)
+
+def _run_stages(spec: VllmExportSpec, plan: _Plan, out: Path, draft: list[Path]) -> VllmExportResult:
+    pipe = Pipeline(out)
+    versions = tool_versions(("localserve", "torch", "transformers", "peft", "safetensors"))
+    if plan.source is not None:
+        inputs = plan.source.hashes()
+        merge_key = plan.source.merge_key(versions)
+    else:
+        inputs = {"base": sha256_tree(plan.base.path)}
+        merge_key = content_key("vllm base", inputs["base"], versions["safetensors"])
+    adapter_hashes = ({f"adapter:{a.path.name}": sha256_tree(a.path) for a in plan.adapters} if plan.lora
+                      else {f"adapter:{plan.source.adapter.path.name}": inputs["adapter"]})
+    quant_key = None if plan.quant is None else (
+        plan.quant.format.name, plan.quant.group.size if plan.quant.group else None,
+        sha256_file(spec.calibration) if spec.calibration else None, spec.calibration_samples,
+        spec.calibration_seq_len, spec.measure_quality, spec.quality_tokens)
+    weights_key = content_key("vllm weights", merge_key, spec.shard_bytes, spec.template_family,
+                              {n: sha256_file(p) for n, p in sorted(plan.chat[0].items())}, quant_key)
+    model = out / MODEL_DIR
+    pipe.stage("weights", weights_key, [model], lambda: _weights(spec, plan, out),
+               "merging the adapter into the base tensor by tensor, in fp32, as the shards are written"
+               if plan.source is not None and spec.merge_engine == "stream" else
+               "merging the adapter into the base (peft, fp32)" if plan.source is not None else
+               f"copying the base {plan.base.path.name} unmerged")
+    stages = ["weights"]
+    if plan.lora is not None:
+        names = [(a.name, adapter_hashes[f"adapter:{a.adapter.path.name}"]) for a in plan.lora.adapters]
+        pipe.stage("adapters", content_key("vllm adapters", names), [out / ADAPTERS_DIR],
+                   lambda: _copy_adapters(plan.lora, out / ADAPTERS_DIR),
+                   f"copying {len(plan.lora.adapters)} adapter(s) unmerged")
+        stages.append("adapters")
+    if draft:
+        pipe.stage("draft", content_key("vllm draft", sha256_tree(draft[0])), [out / DRAFT_DIR],
+                   lambda: _copy_draft(draft[0], out / DRAFT_DIR), f"copying the draft model {draft[0]} to {DRAFT_DIR}/")
+        stages.append("draft")
+    if not pipe.is_fresh("weights"):
+        weights = sum(p.stat().st_size for p in plan.base.path.glob("*.safetensors"))
+        # the stream writes the merged shards once; peft's merge keeps a merged copy beside them first
+        copies = 3 if plan.source is not None and spec.merge_engine == "peft" else 1
+        draft_bytes = sum(p.stat().st_size for d in draft for p in _draft_files(d))
+        require_free_space(out.parent, weights * copies + draft_bytes + (1 << 26), "the vLLM export")
+    (out / RECORD_FILE).unlink(missing_ok=True)  # a re-run is not complete until its own record is written
+    for name in stages:
+        pipe.need(name)
+    for stale, wanted in ((ADAPTERS_DIR, plan.lora is not None), (DRAFT_DIR, bool(draft))):
+        if not wanted and (out / stale).exists():  # left by an earlier export into this folder
+            shutil.rmtree(out / stale)
+            pipe.forget(stale)
+    facts = pipe.info("weights")
+    eot_ids = tuple(facts["end_of_turn_ids"])
+    quantization = _quant_result(facts.get("quantization"))
+    model_bytes = sum(p.stat().st_size for p in model.glob("*.safetensors"))
+    export_bytes = sum(p.stat().st_size for d in (model, out / ADAPTERS_DIR, out / DRAFT_DIR) if d.is_dir()
+                       for p in d.rglob("*") if p.is_file())
+    deployment = deploy.Deployment(plan.serve, model_bytes, export_bytes, spec.lora_storage)
+    rendered = {**serve.render(plan.serve), **deploy.render(spec.deploy, deployment)}
+    pipe.stage("serve", content_key("vllm serve", rendered), [out / p for p in rendered],
+               lambda: _write_serve_files(rendered, out), "writing the serve files"
+               + (f" and deploy/ for {', '.join(spec.deploy)}" if spec.deploy else ""))
+    pipe.need("serve")
+    files = [out / p for p in rendered if not p.startswith(f"{deploy.DEPLOY_DIR}/")]
+    deploy_files = [out / p for p in rendered if p.startswith(f"{deploy.DEPLOY_DIR}/")]
+
+    record = ExportRecord(
+        kind="vllm", name=plan.name, spec=spec.to_json(), localserve_version=versions.pop("localserve"),
+        created_at=now(),
+        base=BaseRecord(ref=plan.base.ref, path=str(plan.base.path), source=plan.base.source, sha256=inputs["base"],
+                        architecture=plan.architecture),
+        adapters=tuple(AdapterRecord(name=n, path=str(a.path.resolve()), sha256=adapter_hashes[f"adapter:{a.path.name}"])
+                       for n, a in zip(_served_names(plan.adapters, plan.lora), plan.adapters)),
+        artifacts=tuple(Artifact(p.relative_to(out).as_posix(), size=p.stat().st_size, sha256=sha256_file(p))
+                        for p in sorted(model.glob("*.safetensors"))),
+        chat={"template_from": str(plan.chat[1]), "files": {n: str(p) for n, p in plan.chat[0].items()},
+              "end_of_turn_ids": list(eot_ids)},
+        tools=versions | (facts.get("quantization_tools") or {}),
+        stages=tuple(r.to_json() for r in pipe.records),
+        sections={
+            "merged": plan.lora is None,
+            "quantization": facts.get("quantization"),
+            "layout": ({"tensor_parallel_size": plan.layout.tensor_parallel_size,
+                        "pipeline_parallel_size": plan.layout.pipeline_parallel_size, "nodes": plan.serve.nodes,
+                        "arithmetic": list(plan.layout.lines)} if plan.layout else None),
+            "lora": ({"max_lora_rank": plan.lora.max_lora_rank, "max_loras": plan.lora.max_loras,
+                      "max_cpu_loras": plan.lora.max_cpu_loras,
+                      "ranks": {a.name: a.rank for a in plan.lora.adapters},
+                      "modules": {a.name: list(a.modules) for a in plan.lora.adapters}} if plan.lora else None),
+            "serve": {"options": plan.serve.options(), "environment": plan.serve.environment,
+                      "files": [p.relative_to(out).as_posix() for p in files]},
+            "deploy": deploy_record(spec.deploy, deployment, out, deploy_files),
+            "features": serving_features(spec, plan.speculate, plan.serve)})
+    write_record(out, record)
     step(f"wrote {MODEL_DIR}/ ({human_bytes(model_bytes)}), {serve.CONFIG_FILE} and serve files to {out}")
     return VllmExportResult(
-        out_dir=out, name=name, model_dir=out / MODEL_DIR,
-        adapters=tuple((a.name, out / ADAPTERS_DIR / a.name) for a in lora_plan.adapters) if lora_plan else (),
-        serve_files=tuple(out / p.relative_to(tmp) for p in files), config_file=out / serve.CONFIG_FILE,
-        lineage_path=out / RECORD_FILE, end_of_turn_ids=eot_ids, layout=layout, lora=lora_plan,
-        model_bytes=model_bytes, quantization=quantization, record=record, features=serve_config.features)
+        out_dir=out, name=plan.name, model_dir=model,
+        adapters=tuple((a.name, out / ADAPTERS_DIR / a.name) for a in plan.lora.adapters) if plan.lora else (),
+        serve_files=tuple(files), config_file=out / serve.CONFIG_FILE,
+        lineage_path=out / RECORD_FILE, end_of_turn_ids=eot_ids, layout=plan.layout, lora=plan.lora,
+        model_bytes=model_bytes, quantization=quantization, record=record, features=plan.serve.features,
+        deploy_files=tuple(deploy_files), stages=tuple(r.to_json() for r in pipe.records))
 
 
-def _quality_of(format_name: str, tokens: int, work: Path):
+def _weights(spec: VllmExportSpec, plan: _Plan, out: Path) -> dict:
+    """The weights stage: model/ written whole (merged, or the base as stored), finished, quantized."""
+    quantization = None
+    with atomic_dir(out / MODEL_DIR) as tmp:
+        if plan.source is not None:
+            plan.source.merge(tmp, spec.trust_remote_code, spec.shard_bytes)
+            template_source = plan.chat[1]
+        else:
+            tmp.mkdir(parents=True, exist_ok=True)
+            write_shards(as_stored(plan.base.path), tmp, spec.shard_bytes, f"write {MODEL_DIR} shards")
+            shutil.copyfile(plan.base.path / "config.json", tmp / "config.json")
+            copy_chat_files(None, plan.base.path, tmp)
+            template_source = plan.base.path
+        eot_ids = _finish_model_folder(tmp, plan.config, template_source, spec.template_family)
+        if plan.quant is not None:
+            work = out / ".localserve" / "work"
+            work.mkdir(parents=True, exist_ok=True)
+            quantization = quantize_folder(plan.quant, tmp, work, CalibrationOptions(
+                spec.calibration, spec.calibration_samples, spec.calibration_seq_len),
+                _quality_of(plan.quant.format.name, spec.quality_tokens, out) if spec.measure_quality else None)
+    return {"end_of_turn_ids": list(eot_ids),
+            "quantization": quantization.to_json() if quantization else None,
+            "quantization_tools": quantization.tools if quantization else None}
+
+
+def _quant_result(facts: dict | None) -> QuantResult | None:
+    """The quantize step's result as the weights stage recorded it (a skipped stage keeps no quality table)."""
+    if not facts:
+        return None
+    return QuantResult(facts["format"], facts["group_size"], facts["group_reason"], facts["calibration"],
+                       facts["seconds"], None, {})
+
+
+def _copy_adapters(lora: LoraPlan, dest: Path) -> dict:
+    with atomic_dir(dest) as tmp:
+        for a in lora.adapters:
+            (tmp / a.name).mkdir(parents=True)
+            for file in ADAPTER_FILES + ("probe.json", "README.md"):
+                if (a.adapter.path / file).is_file():
+                    shutil.copyfile(a.adapter.path / file, tmp / a.name / file)
+    return {"adapters": [a.name for a in lora.adapters]}
+
+
+def _copy_draft(draft: Path, dest: Path) -> dict:
+    with atomic_dir(dest) as tmp:
+        tmp.mkdir(parents=True, exist_ok=True)
+        for source in _draft_files(draft):
+            shutil.copyfile(source, tmp / source.name)
+    return {"from": str(draft.resolve())}
+
+
+def _write_serve_files(rendered: dict[str, str], out: Path) -> dict:
+    from ..fsutil import write_text
+
+    for folder in SERVE_FOLDERS:  # an earlier run's engines or layout may have written other files here
+        shutil.rmtree(out / folder, ignore_errors=True)
+    (out / serve.COMPOSE_FILE).unlink(missing_ok=True)
+    for name, text in rendered.items():
+        path = write_text(out / name, text)
+        if name.endswith(".sh"):
+            path.chmod(0o755)
+    return {"files": sorted(rendered)}
+
+
+def deploy_record(names: tuple[str, ...], deployment: deploy.Deployment, out: Path, files: list[Path]) -> dict | None:
+    """The record's account of the --deploy engines: what each wrote, and the sizes they request."""
+    if not names:
+        return None
+    return {"engines": {n: {"shape": deploy.ENGINES[n].shape,
+                            "files": [p.relative_to(out).as_posix() for p in files
+                                      if p.relative_to(out).parts[1] == n]} for n in names},
+            "per_pod": {"gpus": deployment.gpus_per_pod, "memory": deployment.memory_per_pod,
+                        "cpus": deployment.cpus_per_pod},
+            "storage": deployment.storage, "claim": deployment.claim,
+            "lora_storage": deployment.lora_storage}
+
+
+def _quality_of(format_name: str, tokens: int, chart_dir: Path):
     """How the quantize stage measures its result: the quality table of the quantized folder against the
-    merged model as it was (on `tokens` of the shipped corpus), charted to work/quality.png."""
+    merged model as it was (on `tokens` of the shipped corpus), charted to chart_dir/quality.png."""
     def measure_folder(quantized: Path, reference: Path):
         from ..quality import measure
 
         table = measure([quantized], reference=reference, max_tokens=tokens)
-        rows = tuple(dataclasses.replace(r, file=reference.name, path=f"./{reference.name}") for r in table.rows)
+        # the reference is model/ being written (a temporary name until the stage ends)
+        rows = tuple(dataclasses.replace(r, file=MODEL_DIR, path=f"./{MODEL_DIR}") for r in table.rows)
         quality = dataclasses.replace(table, rows=rows,
                                       reference={**table.reference, "path": "the merged model before quantizing"})
-        quality.write_chart(work / "quality.png", title=f"{format_name}: size against KL")
+        quality.write_chart(chart_dir / "quality.png", title=f"{format_name}: size against KL")
         step("quality against the merged model:\n" + quality.format())
         return quality
 
@@ -351,15 +483,6 @@ def _quality_of(format_name: str, tokens: int, work: Path):
 
 def _served_names(loaded: list[Adapter], plan: LoraPlan | None) -> list[str | None]:
     return [a.name for a in plan.adapters] if plan else [None] * len(loaded)
-
-
-def _check_shared_chat(adapters: list[Adapter], base: BaseModel) -> None:
-    """Unmerged adapters share the base's tokenizer: an adapter that brings its own cannot be served so."""
-    for a in adapters:
-        differing = describe(a).tokenizer.differing_from(base.path)
-        if differing:
-            raise AdapterError(f"{a.path} brings its own {', '.join(differing)}, but adapters served with --lora share "
-                               "the base's tokenizer and chat template", "export this adapter merged (drop --lora)")
 
 
 # --- serving features: prefix caching, speculative decoding, structured outputs -----------------------
