@@ -52,6 +52,7 @@ def test_host_resolution_follows_ollama_host(monkeypatch):
 
 def test_register_uploads_then_creates_with_typed_layers(steer, fake_export):
     steer.requests.clear()
+    steer.pull_attempts.clear()  # the stand-in is shared by the session: only this registration counts
     result = register(fake_export, name="reg-typed:v1", host=steer.url)
     assert result.name == "reg-typed:v1" and result.create_form == "json"
 
