@@ -55,4 +55,72 @@ def finetune_command(data: tuple[Path, ...], base: str, recipe_file: Path | None
     click.echo(f"  next: localserve export {result.out_dir} --name NAME   (then localserve register EXPORT_DIR)")
 
 
-commands = [finetune_command]
+@click.command("retrain")
+@click.argument("name")
+@click.option("--data", "data", multiple=True, required=True, type=click.Path(path_type=Path, dir_okay=False),
+              metavar="NEW.jsonl", help="New chat JSONL (repeatable), added to the live version's recorded datasets.")
+@click.option("--base", metavar="NEW_BASE",
+              help="Fine-tune from a new base model instead of the live version's (its chat family detected afresh).")
+@click.option("--recipe", "recipe_file", type=click.Path(path_type=Path, dir_okay=False), metavar="RECIPE.yaml",
+              help="A recipe instead of the live version's recorded one (needed when it has none).")
+@click.option("--suite", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="The golden suite: the new version against NAME:latest, paired case by case.")
+@click.option("--promote", is_flag=True, help="With --suite: promote the new version to NAME:latest if the gate agrees.")
+@click.option("--ab", type=float, metavar="P",
+              help="Put the new version into NAME's A/B experiment at P%% of the users (the live version the control), "
+                   "for `localserve ab decide` to judge.")
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False),
+              help="The work folder: adapter/ and export/ (default: retrains/NAME-<key of the inputs>).")
+@click.option("--allow-stacked", is_flag=True, help="Allow a base that is itself one of our exports or a merge.")
+@click.option("--host", help="Ollama server URL (default: $OLLAMA_HOST or http://127.0.0.1:11434).")
+@click.option("--store", is_flag=False, flag_value="", default=None, metavar="[DIR]",
+              help="Work on Ollama's model folder directly (default DIR: $OLLAMA_MODELS or ~/.ollama/models).")
+@_json
+def retrain_command(name: str, data: tuple[Path, ...], base: str | None, recipe_file: Path | None, suite: Path | None,
+                    promote: bool, ab: float | None, out: Path | None, allow_stacked: bool, host: str | None,
+                    store: str | None, as_json: bool) -> None:
+    """Retrain NAME: the live version's datasets plus --data, its recipe, from the base; exported as it was,
+    registered as NAME:vN+1; with --suite, the gate against NAME:latest; with --ab P, into the running A/B.
+
+    Every stage is resumable (the same command again skips what is done) and an event on the new version.
+    """
+    from ..lifecycle.places import open_place
+    from ..loop.recipe import load_recipe
+    from ..loop.retrain import RetrainSpec, retrain
+
+    spec = RetrainSpec(name, data=data, base=base, recipe=load_recipe(recipe_file) if recipe_file else None,
+                       recipe_source=str(recipe_file.resolve()) if recipe_file else None, suite=suite,
+                       promote=promote, ab=ab, out=out, allow_stacked=allow_stacked)
+    result = retrain(spec, open_place(host, store), export_like)
+    if as_json:
+        click.echo(json.dumps(result.to_json(), indent=2))
+        return
+    t = result.training
+    click.echo(f"{result.version} {'registered' if result.new else 'was registered already'} (parent "
+               f"{result.parent}): {result.export_dir}")
+    click.echo(f"  fine-tune: {len(t.get('datasets') or [])} dataset(s), {t.get('steps')} steps, final loss "
+               f"{t.get('final_loss', float('nan')):.4f}, base {t.get('base', {}).get('ref')}")
+    if result.table:
+        click.echo(result.table)
+    if result.promoted:
+        click.echo(f"{name}:latest -> {result.version} (undo: localserve rollback {name}:latest)")
+    elif result.gate is not None:
+        click.echo(f"the gate would promote {result.version}; not promoted (pass --promote, or --ab P)")
+    if result.ab is not None:
+        click.echo(f"A/B {name}: " + ", ".join(f"{v}={w:g}" for v, w in result.ab.items()) +
+                   f"; judge it with `localserve ab decide {name} --success CONDITION`")
+
+
+def export_like(adapter: Path, out: Path, recorded: dict, new_base: bool) -> Path:
+    """Export `adapter` into `out` with an export's recorded spec (retrain's exporter): not registered (retrain
+    registers it as the next version); with a new base, the chat family is detected afresh."""
+    from ..exports import ExportSpec, export
+
+    changes: dict = {"adapter": adapter, "out": out, "base": None, "merge": None, "register": False,
+                     "ollama_host": None, "bundle": None, "data": None}
+    if new_base:
+        changes.update(template_family=None, template_file=None)
+    return export(ExportSpec.like(recorded, **changes)).out_dir
+
+
+commands = [finetune_command, retrain_command]
