@@ -367,11 +367,8 @@ class CaptureWriter:
                         store.add_many(batch)
                         with self._lock:
                             self.stats.written += len(batch)
-                    except Exception as e:
+                    except Exception as e:  # a lock held too long, a full disk, a damaged page: the next batch tries
                         self._drop(len(batch), f"the capture database {self.path} cannot be written ({e})")
-                        with contextlib.suppress(Exception):
-                            store.close()
-                        store, failed_at = None, time.monotonic()
             if stopping or time.monotonic() - reported_at >= 1.0:
                 reported_at = time.monotonic()
                 log = self._report_drops(log)
