@@ -1,4 +1,4 @@
-"""The SQLite files in the state directory (the version store, the router's request log): opened in WAL
+"""The SQLite files in the state directory (the version store, the router's request log, its captures): opened in WAL
 mode with the connection in autocommit, migrated by numbered scripts recorded in `PRAGMA user_version`,
 written in explicit transactions. One place, so both files open, migrate and refuse alike.
 """

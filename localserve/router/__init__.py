@@ -9,5 +9,5 @@
 
 Modules: arms (sticky weighted assignment), experiment (the experiment file, the background process),
 app (the ASGI app: Ollama's and OpenAI's APIs), protocols (NDJSON / SSE relays), log (SQLite request
-log), server (uvicorn), stats, decide, drift, charts, render.
+log), capture (opt-in conversations and corrections), server (uvicorn), stats, decide, drift, charts, render.
 """
