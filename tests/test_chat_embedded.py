@@ -36,12 +36,12 @@ def test_every_conversation_is_byte_and_token_identical(embedded_base):
         assert case.equal and case.tokens_equal, report.summary()
 
 
-def test_check_template_cli_passes_on_the_model_and_on_an_adapter_using_it(embedded_base, demo_adapter):
+def test_check_template_cli_passes_on_the_model_and_on_an_adapter_using_it(embedded_base, demo_adapter, tmp_path):
     runner = CliRunner()
     result = runner.invoke(cli, ["check-template", str(embedded_base)])
     assert result.exit_code == 0, result.output
     assert "family: chatml" in result.output and "byte-identical, tokens identical" in result.output
-    assert chat_source(demo_adapter) == embedded_base  # the adapter carries no template of its own
+    assert chat_source(demo_adapter, None, tmp_path / "chat") == embedded_base  # the adapter ships no chat files
     result = runner.invoke(cli, ["check-template", str(demo_adapter), "--json"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)

@@ -156,14 +156,18 @@ def test_missing_go_is_a_setup_error_with_the_install_command(tmp_path, monkeypa
 
 
 def test_an_adapter_saved_with_its_own_template_uses_it(tmp_path):
-    from localserve.chat.check import chat_source
+    from localserve.chat.check import chat_source, check_template
 
     adapter = tmp_path / "adapter"
     adapter.mkdir()
-    (adapter / "adapter_config.json").write_text('{"peft_type": "LORA"}')
+    base = DATA / "Phi-3.5-mini-instruct"
+    (adapter / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "base_model_name_or_path": str(base)}))
+    (adapter / "adapter_model.safetensors").write_bytes(b"")  # only its presence is read here
     (adapter / "tokenizer_config.json").write_text((DATA / "phi-4" / "tokenizer_config.json").read_text())
-    assert chat_source(adapter) == adapter
-    assert resolve_chat(chat_source(adapter)).family == "phi4"
+    source = chat_source(adapter, None, tmp_path / "chat")
+    assert source == tmp_path / "chat" and (source / "config.json").read_bytes() == (base / "config.json").read_bytes()
+    assert resolve_chat(source).family == "phi4"
+    assert check_template(adapter).setup.family == "phi4"
 
 
 def test_an_edited_template_is_read_again(tmp_path):

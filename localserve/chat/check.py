@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -9,23 +11,20 @@ from .parity import ParityReport, check_parity
 from .detect import resolve_chat
 from .setup import ChatSetup
 
-TEMPLATE_FILES = ("chat_template.jinja", "tokenizer_config.json")
+def chat_source(path: Path, base: Path | None, scratch: Path) -> Path:
+    """The folder whose chat template and tokenizer a model or adapter folder uses.
 
-
-def chat_source(path: Path, base: Path | None = None) -> Path:
-    """The folder whose chat template a model or adapter folder uses.
-
-    An adapter saved with its tokenizer carries its own template; otherwise its base model's
-    template applies (found the way `export` finds the base).
+    An adapter is served with the files it ships (its template, its tokenizer) and its base model's
+    for the rest (found the way `export` finds the base), assembled in `scratch`; with none of its
+    own, its base's folder.
     """
     path = Path(path)
     if not (path / "adapter_config.json").is_file():
         return path
-    if any((path / name).is_file() for name in TEMPLATE_FILES):
-        return path
+    from ..models.chatfiles import chat_folder
     from ..models.resolve import load_adapter, resolve_base
 
-    return resolve_base(load_adapter(path, allow_pickle=True), base).path
+    return chat_folder(path, resolve_base(load_adapter(path, allow_pickle=True), base).path, scratch)
 
 
 @dataclass(frozen=True)
@@ -45,6 +44,11 @@ class TemplateCheck:
 def check_template(model_dir: Path, family: str | None = None, template_file: Path | None = None,
                    base: Path | None = None) -> TemplateCheck:
     """Detect (or take) the family of a model/adapter folder and run the parity suite on it."""
-    source = chat_source(Path(model_dir), base)
-    setup = resolve_chat(source, family=family, template_file=template_file)
-    return TemplateCheck(source, setup, check_parity(source, setup))
+    with tempfile.TemporaryDirectory(prefix="localserve-chat-") as scratch:
+        source = chat_source(Path(model_dir), base, Path(scratch) / "chat")
+        setup = resolve_chat(source, family=family, template_file=template_file)
+        report = check_parity(source, setup)
+    if source.parent == Path(scratch):  # assembled for the check: name what it was assembled from
+        source = Path(model_dir)
+        report = dataclasses.replace(report, model_dir=f"{model_dir} (with its base's tokenizer files)")
+    return TemplateCheck(source, setup, report)

@@ -1,6 +1,8 @@
 """The chat-family registry, backed by the presets in `modelfiles/<family>/`.
 
-Each family folder holds `template.gotmpl` (the Ollama Go TEMPLATE) and `preset.toml`:
+Each family folder holds `template.gotmpl` (the Ollama Go TEMPLATE), `template.jinja` (the family's
+Hugging Face chat template, as its models publish it: what a model without a template of its own gets
+when the family is chosen for it) and `preset.toml`:
 
     description     one line shown in listings and errors
     signature       substrings the model's own HF template must render for the probe
@@ -8,6 +10,8 @@ Each family folder holds `template.gotmpl` (the Ollama Go TEMPLATE) and `preset.
                     {today} stands for today's date as "%d %b %Y"
     supports_tools  whether the HF template renders tool definitions (and the Go TEMPLATE `.Tools`)
     stop            the family's end-of-turn markers (added to the model's EOS tokens)
+    tokens          the special tokens the family's turns are made of: a tokenizer that lacks one
+                    (it would split it into pieces) cannot be given this family's template
     default_system  optional regex; group 1 extracts a default system prompt the HF template inserts
                     when a conversation has none (carried as the Modelfile SYSTEM)
     bos_from_tokenizer  the HF template writes BOS itself, while llama.cpp adds it when tokenizing;
@@ -18,7 +22,7 @@ Each family folder holds `template.gotmpl` (the Ollama Go TEMPLATE) and `preset.
                     field order) where HF uses Python's json.dumps (documented difference)
     notes           free text shown by check-template
 
-To add a family: add a folder with those two files; `localserve check-template --family NAME`
+To add a family: add a folder with those three files; `localserve check-template --family NAME`
 proves it against a model's own template.
 """
 
@@ -43,6 +47,8 @@ class Family:
     signature: tuple[str, ...]
     supports_tools: bool
     stop: tuple[str, ...]
+    jinja: str | None = None  # template.jinja, byte for byte
+    tokens: tuple[str, ...] = ()
     default_system: str | None = None
     bos_from_tokenizer: bool = False
     trims_content: bool = False
@@ -73,6 +79,9 @@ def _load(folder: Path) -> Family:
         raise InputError(f"family preset {preset_path} is unreadable: {e}") from e
     # The file's final newline is the file's, not the template's (editors add one).
     template = template_path.read_text(encoding="utf-8").removesuffix("\n")
+    jinja_path = folder / "template.jinja"
+    # read as bytes: a chat template's own final newline is part of what it renders
+    jinja = jinja_path.read_bytes().decode("utf-8") if jinja_path.is_file() else None
     return Family(
         name=folder.name,
         description=preset.get("description", ""),
@@ -80,6 +89,8 @@ def _load(folder: Path) -> Family:
         signature=tuple(preset.get("signature", ())),
         supports_tools=bool(preset.get("supports_tools", False)),
         stop=tuple(preset.get("stop", ())),
+        jinja=jinja,
+        tokens=tuple(preset.get("tokens", ())),
         default_system=preset.get("default_system"),
         bos_from_tokenizer=bool(preset.get("bos_from_tokenizer", False)),
         trims_content=bool(preset.get("trims_content", False)),

@@ -7,10 +7,14 @@ A model folder gives its template in `chat_template.jinja` or `tokenizer_config.
 the template and token strings, like the published templates kept in tests/data) rendering uses
 transformers' own `render_jinja_template`, the function `apply_chat_template` calls, with the
 special-token strings from tokenizer_config.json.
+
+A folder without a template of its own (a pretrained base) is read with `require_template=False`;
+`HFChat.with_template` then gives it the template a chat family supplies.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 from dataclasses import dataclass, field
@@ -43,7 +47,7 @@ class HFChat:
     """A model folder's chat template plus the token facts stops are built from."""
 
     model_dir: Path
-    template: str
+    template: str | None  # None: the folder has none (load_hf_chat(..., require_template=False))
     special: Mapping[str, str]
     id_to_token: Mapping[int, str]
     generation_eos_ids: tuple[int, ...]
@@ -58,6 +62,23 @@ class HFChat:
     @property
     def eos_token(self) -> str | None:
         return self.special.get("eos_token")
+
+    def with_template(self, template: str) -> "HFChat":
+        """The same folder rendered with `template` (a chosen family's) instead of its own."""
+        return dataclasses.replace(self, template=template, _cache=self._cache)  # the tokenizer is shared
+
+    def missing_tokens(self, tokens) -> tuple[str, ...] | None:
+        """Those of `tokens` that are not one token of this vocabulary (the tokenizer would split
+        them into pieces); None when the folder has no tokenizer to say."""
+        tok = self.tokenizer()
+        if tok is None:
+            return None
+        missing = []
+        for text in tokens:
+            ids = tok.encode(text, add_special_tokens=False)
+            if len(ids) != 1 or ids[0] == tok.unk_token_id:
+                missing.append(text)
+        return tuple(missing)
 
     def tokenizer(self):
         """The real transformers tokenizer (only when the folder has one), loaded once."""
@@ -110,25 +131,29 @@ def _template_from(model_dir: Path, tokenizer_config: dict) -> str | None:
     return tpl if isinstance(tpl, str) and tpl.strip() else None
 
 
-def load_hf_chat(model_dir: Path) -> HFChat:
-    """Read a model folder's chat template and token facts; InputError when it has no template."""
+NO_TEMPLATE = "has no chat template (no chat_template.jinja, no chat_template in tokenizer_config.json)"
+
+
+def load_hf_chat(model_dir: Path, require_template: bool = True) -> HFChat:
+    """Read a model folder's chat template and token facts; InputError when it has no template,
+    unless `require_template` is False (then `template` is None)."""
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise InputError(f"model folder {model_dir} does not exist", "pass a Hugging Face model or adapter folder")
     # Cached per folder and file state: detection, parity and export read the same folder repeatedly.
     stamp = tuple((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in sorted(model_dir.iterdir())
                   if p.is_file() and p.suffix in (".json", ".jinja", ".model"))
-    return _load_hf_chat(model_dir.resolve(), stamp)
+    hf = _load_hf_chat(model_dir.resolve(), stamp)
+    if hf.template is None and require_template:
+        raise InputError(f"{hf.model_dir} {NO_TEMPLATE}",
+                         "add the chat template the model was trained with, as chat_template.jinja")
+    return hf
 
 
 @functools.lru_cache(maxsize=32)
 def _load_hf_chat(model_dir: Path, stamp: tuple) -> HFChat:
     tc = _read_json(model_dir / "tokenizer_config.json")
     template = _template_from(model_dir, tc)
-    if template is None:
-        raise InputError(
-            f"{model_dir} has no chat template (no chat_template.jinja, no chat_template in tokenizer_config.json)",
-            "pass --template-family NAME to choose one, or --template-file FILE with your own Go TEMPLATE")
     special = {k: t for k in SPECIAL_KEYS if (t := _token_text(tc.get(k)))}
     id_to_token: dict[int, str] = {}
     for key, entry in (tc.get("added_tokens_decoder") or {}).items():

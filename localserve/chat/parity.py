@@ -229,10 +229,13 @@ def _tokens_equal(hf: HFChat, setup: ChatSetup, hf_text: str, go_text: str) -> b
 
 
 def check_parity(model_dir: Path, setup: ChatSetup, cases: tuple[Case, ...] | None = None) -> ParityReport:
-    """Render the suite both ways and compare; see the module docstring for what counts as equal."""
+    """Render the suite both ways and compare; see the module docstring for what counts as equal.
+    The model's side is its own chat template, or `setup.chat_template` when it has none."""
     import jinja2
 
-    hf = load_hf_chat(Path(model_dir))
+    hf = load_hf_chat(Path(model_dir), require_template=setup.chat_template is None)
+    if setup.chat_template is not None:  # the model has none: the chosen family's is what it will serve
+        hf = hf.with_template(setup.chat_template)
     notes: list[str] = list(setup.notes)
     if cases is None:
         hf_tools = renders_tools(hf)

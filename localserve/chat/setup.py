@@ -39,6 +39,11 @@ class ChatSetup:
     `template` is the Ollama Go TEMPLATE; `system` a default system prompt the model's own template
     inserts when a conversation has none (write it as the Modelfile SYSTEM); `parameters` holds
     num_ctx (the stops are in `stop`, always a list in the Modelfile).
+
+    `template_source` says where the chat template the TEMPLATE is proven against comes from:
+    "model" (the model's own files), or, for a model that has none, "family" (chosen with
+    --template-family) or "file" (the family whose turns --template-file's TEMPLATE renders); then
+    `chat_template` is that family's Jinja template (`chat_template_from`), which the GGUF gets.
     """
 
     family: str
@@ -51,11 +56,15 @@ class ChatSetup:
     trims_content: bool = False
     json_differs: bool = False
     notes: tuple[str, ...] = ()
+    template_source: str = "model"
+    chat_template: str | None = None
+    chat_template_from: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"family": self.family, "template": self.template, "stop": list(self.stop),
                 "parameters": dict(self.parameters), "supports_tools": self.supports_tools,
-                "system": self.system, "notes": list(self.notes)}
+                "system": self.system, "notes": list(self.notes), "template_source": self.template_source,
+                "chat_template_from": self.chat_template_from}
 
 
 def render_probe(hf: HFChat, messages: list[dict], tools: list[dict] | None = None) -> str | None:
@@ -132,9 +141,10 @@ def num_ctx(hf: HFChat) -> int | None:
 
 
 def build_setup(hf: HFChat, fam: Family | None, template: str, name: str, supports_tools: bool,
-                notes: tuple[str, ...]) -> ChatSetup:
+                notes: tuple[str, ...], template_source: str = "model") -> ChatSetup:
     """The setup that serves `hf` with `template`: stops, num_ctx and default system prompt from the
-    model's own files, the rest from its family `fam` (None: a custom template of no known family)."""
+    model's own files, the rest from its family `fam` (None: a custom template of no known family).
+    With a `template_source` other than "model", `hf` renders `fam`'s own chat template."""
     params: dict[str, Any] = {}
     if (ctx := num_ctx(hf)) is not None:
         params["num_ctx"] = ctx
@@ -149,5 +159,8 @@ def build_setup(hf: HFChat, fam: Family | None, template: str, name: str, suppor
         trims_content=fam.trims_content if fam else False,
         json_differs=fam.json_differs if fam else True,
         notes=notes,
+        template_source=template_source,
+        chat_template=hf.template if template_source != "model" else None,
+        chat_template_from=fam.name if fam and template_source != "model" else None,
     )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 from ..errors import TemplateMismatch
@@ -22,6 +23,10 @@ def check_chat(chat_dir: Path, family: str | None, template_file: Path | None, f
 
     setup = resolve_chat(chat_dir, family=family, template_file=template_file)
     step(f"chat template family: {setup.family}; stops: {list(setup.stop)}")
+    if setup.chat_template is not None:
+        chosen = "--template-family" if setup.template_source == "family" else f"the TEMPLATE of {template_file}"
+        step(f"{chat_dir} has no chat template: the GGUF gets the {setup.chat_template_from} family's "
+             f"(chosen by {chosen})")
     fault_point(TEMPLATE_CHECK)
     parity = check_parity(chat_dir, setup)
     if not parity.ok:
@@ -32,6 +37,16 @@ def check_chat(chat_dir: Path, family: str | None, template_file: Path | None, f
                 "choose another --template-family or pass --template-file; --force exports anyway")
         step("template parity FAILED; exporting anyway because of --force (recorded in localserve.json)")
     return setup, parity
+
+
+def chat_template_record(setup) -> dict:
+    """What localserve.json says of the chat template: read from the model ("model"), or, for a model
+    without one, chosen ("family": --template-family, "file": the family --template-file renders)."""
+    record: dict = {"template_source": setup.template_source}
+    if setup.chat_template is not None:
+        record["chat_template"] = {"family": setup.chat_template_from,
+                                   "sha256": hashlib.sha256(setup.chat_template.encode("utf-8")).hexdigest()}
+    return record
 
 
 def check_out(out: Path, inputs: list[Path]) -> None:

@@ -26,7 +26,7 @@ from ..llamacpp.vendor import locate
 from ..models.resolve import read_json
 from ..pipeline import Pipeline, content_key
 from ..progress import step
-from .checks import check_chat, check_out, require_export_space
+from .checks import chat_template_record, check_chat, check_out, require_export_space
 from .inputs import MergeSource, merge_source
 from .spec import QUALITY_GATE_TOKENS, ExportSpec
 
@@ -71,14 +71,21 @@ class _Stages:
         self.f16_path = self.work / f"{spec.name}-F16.gguf"
         self.imatrix_path = out / IMATRIX_FILE if spec.imatrix_data else None
         self.merge_key = source.merge_key(versions)
-        self.convert_key = content_key("convert", self.merge_key, self.tree.commit, "f16")
-        self.imatrix_key = (content_key("imatrix", self.convert_key, sha256_file(spec.imatrix_data))
-                            if spec.imatrix_data else None)
         # The merged folder is written only when something reads it: the converter (a merge recipe,
         # the peft engine) or the quality gate's reference. The stream merges inside the converter.
         self.from_merged = ("merge",) if source.converts_from_merged else ()
         pipe.stage("merge", self.merge_key, [self.merged_dir],
                    lambda: source.merge(self.merged_dir, spec.trust_remote_code), source.announce())
+
+    def declare_conversion(self, chat_template: str | None) -> None:
+        """The conversion and what follows it, once the chat check has said which chat template the
+        GGUF gets: the model's own (None), or the one chosen for a model that has none."""
+        spec, source, pipe = self.spec, self.source, self.pipe
+        self.chat_template = chat_template
+        chosen = () if chat_template is None else (chat_template,)  # keys of models with a template unchanged
+        self.convert_key = content_key("convert", self.merge_key, self.tree.commit, "f16", *chosen)
+        self.imatrix_key = (content_key("imatrix", self.convert_key, sha256_file(spec.imatrix_data))
+                            if spec.imatrix_data else None)
         pipe.stage("convert", self.convert_key, [self.f16_path], self._convert,
                    "converting to a 16-bit GGUF (llama.cpp's converter" +
                    (")" if source.converts_from_merged else ", merging tensor by tensor)"), needs=self.from_merged)
@@ -92,7 +99,8 @@ class _Stages:
 
     def quant_key(self, q: str) -> str:
         if q in CONVERTER_TYPES:
-            return content_key("convert", self.merge_key, self.tree.commit, CONVERTER_TYPES[q])
+            chosen = () if self.chat_template is None else (self.chat_template,)
+            return content_key("convert", self.merge_key, self.tree.commit, CONVERTER_TYPES[q], *chosen)
         return content_key("quantize", self.convert_key, q, self.imatrix_key)
 
     def declare_quant(self, q: str, target: Path) -> str:
@@ -103,7 +111,7 @@ class _Stages:
         return name
 
     def _convert(self) -> dict:
-        self.source.convert(self.f16_path, "f16", self.tree, self.merged_dir, self.work / "stream")
+        self.source.convert(self.f16_path, "f16", self.tree, self.merged_dir, self.work / "stream", self.chat_template)
         return {"size": self.f16_path.stat().st_size, "merge_engine": self.spec.merge_engine}
 
     def _imatrix(self) -> dict:
@@ -117,7 +125,8 @@ class _Stages:
             with atomic_path(target) as tmp:
                 shutil.copyfile(self.f16_path, tmp)
         elif q in CONVERTER_TYPES:
-            self.source.convert(target, CONVERTER_TYPES[q], self.tree, self.merged_dir, self.work / "stream")
+            self.source.convert(target, CONVERTER_TYPES[q], self.tree, self.merged_dir, self.work / "stream",
+                                self.chat_template)
         else:
             quant.quantize(self.f16_path, target, q, self.imatrix_path)
         return {"size": target.stat().st_size, "sha256": sha256_file(target)}
@@ -153,6 +162,7 @@ def _export(spec: ExportSpec) -> ExportResult:
     stages = _Stages(spec, source, pipe, versions)
     chat_dir = source.chat_dir(stages.merged, out / ".localserve" / "chat")
     setup, parity = check_chat(chat_dir, spec.template_family, spec.template_file, spec.force)
+    stages.declare_conversion(setup.chat_template)
 
     def final(q: str) -> Path:
         return out / f"{spec.name}-{q}.gguf"
@@ -227,7 +237,7 @@ def _export(spec: ExportSpec) -> ExportResult:
                         sha256=source.hashes()["base"], architecture=architecture),
         **source.record(),
         tools={**versions, "llama_cpp_commit": stages.tree.commit, "converter": str(stages.tree.convert_hf)},
-        chat={"family": setup.family, "source": str(chat_dir), "parity_ok": parity.ok,
+        chat={"family": setup.family, "source": str(chat_dir), **chat_template_record(setup), "parity_ok": parity.ok,
               "forced": bool(spec.force and not parity.ok), "parity": parity.to_json()},
         modelfile=modelfile, artifacts=tuple(artifacts),
         imatrix=(ImatrixRecord(stages.imatrix_path.name, str(spec.imatrix_data.resolve()),

