@@ -20,6 +20,7 @@ from pathlib import Path
 
 from ..errors import AdapterError, InputError
 from ..progress import is_quiet, step
+from .chatfiles import drop_config_template
 from .lora import AdapterFacts, describe, open_safetensors, tokenizer_files, tokenizer_sources
 from .resolve import Adapter, BaseModel, read_json
 
@@ -322,8 +323,12 @@ def copy_chat_files(adapter_dir: Path | None, base_dir: Path, out_dir: Path) -> 
     """The tokenizer, chat template and generation_config.json a merged model gets: the adapter's own
     files win, each falling back to the base's."""
     own = tokenizer_files(adapter_dir) if adapter_dir is not None else None
-    for name, src in tokenizer_sources(own, base_dir).items():
+    sources = tokenizer_sources(own, base_dir)
+    for name, src in sources.items():
         shutil.copyfile(src, out_dir / name)
+    config = sources.get("tokenizer_config.json")
+    if own is not None and own.template is not None and config is not None and config.parent != own.folder:
+        drop_config_template(out_dir)  # the base's template would win in llama.cpp's converter
     generation = adapter_dir / "generation_config.json" if adapter_dir is not None else None
     if generation is None or not generation.is_file():
         generation = base_dir / "generation_config.json"
