@@ -1,8 +1,9 @@
 # Sourced by bootstrap_vllm.sh and bootstrap_gpuquant.sh: a virtualenv of its own for a package whose
 # pins conflict with localserve's, on the same CPU torch.
 #
-#   side_venv NAME VENV PACKAGE IMPORT_CHECK [REMOVE...]
+#   side_venv NAME VENV PACKAGES IMPORT_CHECK [REMOVE...]
 #
+# PACKAGES is one requirement or several separated by spaces, installed in one resolve.
 # torch is installed first and pinned (+cpu as a constraint), or PACKAGE would resolve a different (CUDA)
 # torch; the packages named in REMOVE are uninstalled after it; IMPORT_CHECK is Python code that must
 # import cleanly before the stamp is written. Idempotent: VENV/.localserve-NAME records the recipe (torch,
@@ -32,7 +33,8 @@ side_venv() {
   constraints="$(mktemp)"
   echo "torch==$SIDE_VENV_TORCH+cpu" >"$constraints"
   _side_log "installing $package"
-  if ! _side_pip install -c "$constraints" "$package"; then
+  # shellcheck disable=SC2086  # several requirements, one per word
+  if ! _side_pip install -c "$constraints" $package; then
     rm -f "$constraints"
     return 1
   fi
