@@ -57,8 +57,9 @@ def finetune_command(data: tuple[Path, ...], base: str, recipe_file: Path | None
 
 @click.command("retrain")
 @click.argument("name")
-@click.option("--data", "data", multiple=True, required=True, type=click.Path(path_type=Path, dir_okay=False),
-              metavar="NEW.jsonl", help="New chat JSONL (repeatable), added to the live version's recorded datasets.")
+@click.option("--data", "data", multiple=True, type=click.Path(path_type=Path, dir_okay=False), metavar="NEW.jsonl",
+              help="New chat JSONL (repeatable), added to the live version's recorded datasets (none: the same data "
+                   "on --base).")
 @click.option("--base", metavar="NEW_BASE",
               help="Fine-tune from a new base model instead of the live version's (its chat family detected afresh).")
 @click.option("--recipe", "recipe_file", type=click.Path(path_type=Path, dir_okay=False), metavar="RECIPE.yaml",

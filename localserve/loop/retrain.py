@@ -55,8 +55,9 @@ class RetrainSpec:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data", tuple(Path(p) for p in self.data))
-        if not self.data:
-            raise InputError("retrain needs new data", "pass --data new.jsonl")
+        if not self.data and self.base is None:
+            raise InputError("retrain needs new data, or a new base to train the same data on",
+                             "pass --data new.jsonl, or --base NEW_BASE")
         if self.promote and self.suite is None:
             raise InputError("--promote promotes through the golden-suite gate, and no --suite was given",
                              "add --suite SUITE")
@@ -105,9 +106,9 @@ def live_version(store, place, name: str):
     return latest
 
 
-def training_set(live, new_data: tuple[Path, ...]) -> list[Path]:
+def training_set(live, new_data: tuple[Path, ...], new_base: bool = False) -> list[Path]:
     """The live version's recorded datasets, each still as it was (same sha256), then the new files (a file
-    already among them counted once)."""
+    already among them counted once). Without new data only on a new base."""
     record = recorded_training(live) or {}
     paths: list[Path] = []
     seen: set[str] = set()
@@ -129,8 +130,11 @@ def training_set(live, new_data: tuple[Path, ...]) -> list[Path]:
         if digest not in seen:
             paths.append(path)
             seen.add(digest)
-    if len(paths) == len(record.get("datasets") or []):
+    if len(paths) == len(record.get("datasets") or []) and not new_base:
         raise InputError(f"the new data is what {live.ref} was trained on already", "pass new data with --data")
+    if not paths:
+        raise InputError(f"{live.ref} records no datasets (its adapter was not made by `localserve finetune`), so "
+                         "there is nothing to train on the new base", "pass the data with --data")
     return paths
 
 
@@ -155,7 +159,7 @@ def retrain(spec: RetrainSpec, place, exporter: Exporter, *, store=None) -> Retr
                                                                         else None)
         if not base:
             raise InputError(f"{live.ref} records no base model", "pass --base BASE")
-        data = training_set(live, spec.data)
+        data = training_set(live, spec.data, spec.base is not None)
         exported_as = dict(live.record.spec or {})
         step(f"retrain {spec.name}: {live.ref} is live; {len(data)} dataset(s), base {base}"
              + (" (new)" if spec.base else "") + f", recipe {'given' if spec.recipe else 'of ' + live.ref}")
