@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import AdapterError, InputError
+from .checkpoint import Parameter, Piece
 from .resolve import Adapter
 
 # Files that define tokenization and chat formatting. Fine-tuning often changes the chat template or
@@ -121,11 +122,25 @@ class LoraModule:
     bias_key: str | None = None  # lora_B's bias (lora_bias)
     rank_pattern: str | None = None  # the rank_pattern key that set `rank`
     alpha_pattern: str | None = None  # the alpha_pattern key that set `alpha`
+    # A LoRA on a module's nn.Parameter (peft's target_parameters and ParamWrapper; what `all-linear` makes
+    # of a transformers 5 MoE's fused experts and router). `path` is then the parameter's path.
+    target_parameter: str | None = None  # the parameter's name on its module (gate_up_proj, weight)
+    parameter: Parameter | None = None  # that parameter and the stored tensors it is built from (with base shapes)
+    # Stacked experts (a 3-D parameter): "out_in" when stored (experts, out, in) as nn.Linear stores a
+    # weight, "in_out" when (experts, in, out); None when its shape does not show which.
+    expert_layout: str | None = None
 
     @property
     def name(self) -> str:
-        """The last component of the path (q_proj, lm_head, ...)."""
-        return self.path.rsplit(".", 1)[-1]
+        """The last component of the path (q_proj, lm_head, ...); a module's own name for its `weight` parameter."""
+        parts = [p for p in self.path.split(".") if p != "base_layer"]
+        return parts[-2] if self.target_parameter == "weight" and len(parts) > 1 else parts[-1]
+
+    @property
+    def experts(self) -> int:
+        """How many experts the parameter stacks (1 for a 2-D parameter or a module)."""
+        shape = self.parameter.shape if self.parameter is not None else ()
+        return shape[0] if len(shape) == 3 else 1
 
 
 @dataclass(frozen=True)
@@ -316,8 +331,8 @@ def _str_tuple(value) -> tuple[str, ...] | None:
     return (value,) if isinstance(value, str) else tuple(value)
 
 
-def _lora_module(path: str, found: dict, r: int, alpha: float, rank_pattern: dict, alpha_pattern: dict,
-                 use_rslora: bool, fan_in_fan_out: bool, base_shapes: dict | None) -> LoraModule | None:
+def _lora_module(path: str, found: dict, ranks: "_Ranks", fan_in_fan_out: bool,
+                 base_shapes: dict | None) -> LoraModule | None:
     """The module peft builds at `path` from its LoRA tensors (`found`: slot -> (key, shape))."""
     if "lora_A" in found or "lora_B" in found:
         a, b = found.get("lora_A"), found.get("lora_B")
@@ -328,9 +343,7 @@ def _lora_module(path: str, found: dict, r: int, alpha: float, rank_pattern: dic
     else:
         return None  # a magnitude or bias without its pair: no LoRA module peft would build
     a, b = a or ("", ()), b or ("", ())
-    r_key, a_key = pattern_key(rank_pattern, path), pattern_key(alpha_pattern, path)
-    rank = int(rank_pattern[r_key]) if r_key is not None else r
-    mod_alpha = alpha_pattern[a_key] if a_key is not None else alpha
+    rank, mod_alpha, r_key, a_key = ranks.of(path)
     base_weight, tied = find_base_tensor(f"{path}.weight", base_shapes) if base_shapes else (None, False)
     transposed = False
     if kind == "linear":
@@ -338,12 +351,173 @@ def _lora_module(path: str, found: dict, r: int, alpha: float, rank_pattern: dic
         transposed = fan_in_fan_out if shown is None else shown
     return LoraModule(
         path=path, kind=kind, rank=rank, alpha=mod_alpha,
-        scale=peft_scale(mod_alpha, rank, use_rslora) if rank > 0 else 0.0,
+        scale=ranks.scale(mod_alpha, rank),
         fan_in_fan_out=transposed, a_key=a[0], a_shape=a[1], b_key=b[0], b_shape=b[1],
         base_weight=base_weight, tied=tied,
         magnitude_key=found["lora_magnitude_vector"][0] if "lora_magnitude_vector" in found else None,
         bias_key=found["lora_B.bias"][0] if "lora_B.bias" in found else None,
         rank_pattern=r_key, alpha_pattern=a_key)
+
+
+@dataclass(frozen=True)
+class _Ranks:
+    """The config's rank and alpha, per module after rank_pattern/alpha_pattern, as peft sets them."""
+
+    r: int
+    alpha: float
+    rank_pattern: dict
+    alpha_pattern: dict
+    use_rslora: bool
+
+    def of(self, path: str) -> tuple[int, float, str | None, str | None]:
+        """(rank, alpha, the rank_pattern key and the alpha_pattern key that set them) at `path`."""
+        r_key, a_key = pattern_key(self.rank_pattern, path), pattern_key(self.alpha_pattern, path)
+        return (int(self.rank_pattern[r_key]) if r_key is not None else self.r,
+                self.alpha_pattern[a_key] if a_key is not None else self.alpha, r_key, a_key)
+
+    def scale(self, alpha: float, rank: int) -> float:
+        return peft_scale(alpha, rank, self.use_rslora) if rank > 0 else 0.0
+
+
+# --- LoRA on parameters (peft's target_parameters) -----------------------------------------------
+# peft wraps a targeted nn.Parameter in a ParamWrapper; several parameters of one module nest, the one
+# wrapped first innermost, so their tensors are saved under `<module>.base_layer.lora_A.weight`
+# (inner), `<module>.lora_A.weight` (outer). Which parameter each wrapper adapts is not saved: the
+# base's shapes show it. On stacked experts (experts, d1, d2), A is (experts·r, in) and B (out, r·experts).
+
+_BASE_LAYER = ".base_layer"
+
+
+def _unwrap(path: str) -> tuple[str, int]:
+    """(the module a LoRA's tensors belong to, how many of peft's ParamWrappers lie outside this one)."""
+    depth = 0
+    while path.endswith(_BASE_LAYER):
+        path, depth = path[: -len(_BASE_LAYER)], depth + 1
+    return path, depth
+
+
+def _targeted_names(owner: str, targets: tuple[str, ...]) -> list[str]:
+    """The parameter names of `owner` that target_parameters entries can mean (peft matches the
+    parameter's path, or a suffix of it after a dot)."""
+    names = []
+    for target in targets:
+        module, _, param = target.rpartition(".")
+        if (not module or owner == module or owner.endswith(f".{module}")) and param not in names:
+            names.append(param)
+    return names
+
+
+def find_parameter(name: str, parameters: dict[str, Parameter]) -> Parameter | None:
+    """The base's parameter `name` (a model path, the checkpoint's names with or without `model.`)."""
+    for candidate in (name, name.removeprefix("model."), f"model.{name}"):
+        if candidate in parameters:
+            return parameters[candidate]
+    return None
+
+
+def _parameter_fit(parameter: Parameter, a_shape, b_shape) -> tuple[str, ...] | None:
+    """How a ParamWrapper's A and B fit `parameter`, as peft lays them out: ("linear",) on a 2-D one
+    (out, in); on stacked experts the layouts that fit, "out_in" and/or "in_out"; () when they do not
+    fit; None when the parameter's shape is not known (a conversion not followed)."""
+    shape = parameter.shape
+    if not shape:
+        return None
+    if len(a_shape) != 2 or len(b_shape) != 2:
+        return ()
+    if len(shape) == 2:
+        return ("linear",) if (a_shape[1], b_shape[0]) == (shape[1], shape[0]) and a_shape[0] == b_shape[1] else ()
+    if len(shape) != 3 or a_shape[0] != b_shape[1] or a_shape[0] % shape[0]:
+        return ()
+    _, d1, d2 = shape
+    return tuple(layout for layout, fits in (("out_in", (a_shape[1], b_shape[0]) == (d2, d1)),
+                                             ("in_out", (a_shape[1], b_shape[0]) == (d1, d2))) if fits)
+
+
+def _place_parameters(where: Path, owner: str, wrappers: dict[int, tuple[str, dict]], names: list[str],
+                      parameters: dict[str, Parameter] | None) -> dict[int, tuple[str | None, Parameter | None, str | None]]:
+    """Per wrapper depth: (the parameter it adapts, that parameter, its expert layout). Without the
+    base's parameters, only a lone wrapper with one possible name is placed."""
+    if parameters is None:
+        only = names[0] if len(names) == 1 and len(wrappers) == 1 else None
+        return {depth: (only, None, None) for depth in wrappers}
+    found = {n: p for n in names if (p := find_parameter(f"{owner}.{n}", parameters)) is not None}
+    shown = {n: f"{owner}.{n}" for n in names}
+    if not found:
+        raise AdapterError(f"the adapter targets {' and '.join(shown.values())} (target_parameters), which the base "
+                           f"model does not have", "pass --base with the model this adapter was trained on")
+    fits: dict[int, dict[str, tuple[str, ...] | None]] = {}
+    for depth, (path, parts) in wrappers.items():
+        a, b = parts.get("lora_A", ("", ()))[1], parts.get("lora_B", ("", ()))[1]
+        fits[depth] = {n: fit for n, p in found.items() if (fit := _parameter_fit(p, a, b)) is None or fit}
+        if not fits[depth]:
+            odd = [n for n, p in found.items() if len(p.shape) not in (0, 2, 3)]
+            if odd:
+                raise AdapterError(f"{where} puts a LoRA on {shown[odd[0]]}, a {len(found[odd[0]].shape)}-D "
+                                   "parameter; peft wraps only 2-D and 3-D parameters, so it cannot load or merge "
+                                   "this adapter either", "retrain without it in target_parameters")
+            sizes = ", ".join(f"{n} {list(p.shape)}" for n, p in found.items())
+            raise AdapterError(f"the adapter's LoRA at {path} is {a[-1] if a else '?'}->{b[0] if b else '?'}, which "
+                               f"fits none of {owner}'s parameters in the base ({sizes})",
+                               "this adapter was trained on a different base; pass --base")
+    placed: dict[int, str] = {}
+    while len(placed) < len(fits):
+        free = {d: [n for n in fits[d] if n not in placed.values()] for d in fits if d not in placed}
+        sure = {d: left[0] for d, left in free.items() if len(left) == 1}
+        if not sure:  # every remaining wrapper fits several parameters, or none is left for one
+            depth = min(free)
+            raise AdapterError(f"{where}: the base's shapes do not show which of {owner}'s parameters "
+                               f"{', '.join(free[depth]) or ', '.join(found)} the LoRA at {wrappers[depth][0]} adapts",
+                               "merge it with peft yourself and export the merged folder")
+        placed.update(sure)
+    layouts = {d: fits[d][n] for d, n in placed.items()}
+    shown_layouts = {lay[0] for lay in layouts.values() if lay and len(lay) == 1 and lay[0] != "linear"}
+    result = {}
+    for depth, name in placed.items():
+        layout = layouts[depth]
+        if layout and len(layout) > 1:  # square experts: the module's other parameters show its layout
+            layout = (next(iter(shown_layouts)),) if len(shown_layouts) == 1 else None
+        result[depth] = (name, found[name], layout[0] if layout and layout[0] != "linear" else None)
+    return result
+
+
+def _wraps_parameters(owner: str, depth: int, targets: tuple[str, ...], parameters: dict[str, Parameter] | None,
+                      config: dict) -> bool:
+    """Whether the LoRA tensors of `owner` (at wrapper `depth`) adapt a parameter of it rather than the module:
+    the base has a parameter of that name; without the base, a target_parameters entry names the module, or
+    names a bare parameter and target_modules does not name the module."""
+    names = _targeted_names(owner, targets)
+    if depth:
+        return True
+    if parameters is not None:
+        return any(find_parameter(f"{owner}.{n}", parameters) is not None for n in names)
+    modules = config.get("target_modules") or ()
+    leaf = owner.rsplit(".", 1)[-1]
+    named = any(t.rpartition(".")[0] and (owner == t.rpartition(".")[0] or owner.endswith("." + t.rpartition(".")[0]))
+                for t in targets)
+    return named or (bool(names) and not (modules == leaf or leaf in modules or owner in modules))
+
+
+def _parameter_modules(where: Path, owner: str, wrappers: dict[int, tuple[str, dict]], names: list[str],
+                       parameters: dict[str, Parameter] | None, ranks: _Ranks) -> list[LoraModule]:
+    """The LoRA modules peft builds for the ParamWrappers nested on `owner` (`wrappers`: depth ->
+    (the tensors' module path, slot -> (key, shape)))."""
+    modules = []
+    for depth, (name, parameter, layout) in sorted(_place_parameters(where, owner, wrappers, names,
+                                                                     parameters).items()):
+        path, found = wrappers[depth]
+        a, b = found.get("lora_A", ("", ())), found.get("lora_B", ("", ()))
+        param_path = f"{owner}.{name}" if name is not None else path
+        rank, alpha, r_key, a_key = ranks.of(param_path)
+        stacked = parameter is not None and len(parameter.shape) == 3
+        modules.append(LoraModule(
+            path=param_path, kind="experts" if stacked else "linear", rank=rank, alpha=alpha, scale=ranks.scale(alpha, rank),
+            fan_in_fan_out=False, a_key=a[0], a_shape=a[1], b_key=b[0], b_shape=b[1],
+            base_weight=parameter.stored_whole if parameter is not None else None,
+            magnitude_key=found["lora_magnitude_vector"][0] if "lora_magnitude_vector" in found else None,
+            bias_key=found["lora_B.bias"][0] if "lora_B.bias" in found else None,
+            rank_pattern=r_key, alpha_pattern=a_key, target_parameter=name, parameter=parameter,
+            expert_layout=layout))
+    return modules
 
 
 def _shown_orientation(stored, a_shape, b_shape) -> bool | None:
@@ -392,10 +566,14 @@ def _non_lora_tensors(others: dict[str, tuple[int, ...]], bias: str,
     return saved, biases
 
 
-def describe(adapter: Adapter, base_shapes: dict | None = None) -> AdapterFacts:
+def describe(adapter: Adapter, base_shapes: dict | None = None,
+             parameters: dict[str, Parameter] | None = None) -> AdapterFacts:
     """The adapter's facts. With `base_shapes` (tensor name -> shape of the base, e.g.
     models.merge.base_tensor_shapes) every update and saved tensor is mapped onto the base tensor it
-    changes, and fan_in_fan_out is read from the base weight's orientation where it shows."""
+    changes, and fan_in_fan_out is read from the base weight's orientation where it shows. A LoRA on a
+    parameter (target_parameters) is mapped through `parameters` (checkpoint.model_parameters: the
+    model's parameters as transformers builds them from those tensors; the tensors as they are stored
+    when not given)."""
     config = adapter.config
     r = int(config["r"]) if config.get("r") is not None else _DEFAULT_R
     alpha = config.get("lora_alpha")
@@ -403,7 +581,11 @@ def describe(adapter: Adapter, base_shapes: dict | None = None) -> AdapterFacts:
     use_rslora = bool(config.get("use_rslora"))
     rank_pattern = dict(config.get("rank_pattern") or {})
     alpha_pattern = dict(config.get("alpha_pattern") or {})
+    ranks = _Ranks(r, alpha, rank_pattern, alpha_pattern, use_rslora)
     fan_in_fan_out = bool(config.get("fan_in_fan_out"))
+    targets = tuple(config.get("target_parameters") or ())
+    if base_shapes is not None and parameters is None:
+        parameters = {name: Parameter(name, tuple(shape), (Piece(name),)) for name, shape in base_shapes.items()}
     bias = str(config.get("bias") or "none")
     shapes = adapter_tensor_shapes(adapter)
 
@@ -417,9 +599,13 @@ def describe(adapter: Adapter, base_shapes: dict | None = None) -> AdapterFacts:
             slot = "lora_B.bias" if parsed.part == "lora_B" and parsed.param == "bias" else parsed.part
             parts.setdefault(parsed.module, {})[slot] = (key, shape)
     modules = []
+    wrapped: dict[str, dict[int, tuple[str, dict]]] = {}  # module -> its ParamWrappers, by depth
     for path, found in sorted(parts.items()):
-        module = _lora_module(path, found, r, alpha, rank_pattern, alpha_pattern, use_rslora, fan_in_fan_out,
-                              base_shapes)
+        owner, depth = _unwrap(path)
+        if targets and _wraps_parameters(owner, depth, targets, parameters, config):
+            wrapped.setdefault(owner, {})[depth] = (path, found)
+            continue
+        module = _lora_module(path, found, ranks, fan_in_fan_out, base_shapes)
         if module is None:
             continue
         if module.rank <= 0:
@@ -427,6 +613,10 @@ def describe(adapter: Adapter, base_shapes: dict | None = None) -> AdapterFacts:
                                "a LoRA rank is a positive integer", "re-save the adapter with peft")
         modules.append(module)
     modules = _orient_square(modules, base_shapes)
+    where = adapter.path / "adapter_config.json"
+    for owner, wrappers in sorted(wrapped.items()):
+        modules += _parameter_modules(where, owner, wrappers, _targeted_names(owner, targets), parameters, ranks)
+    modules.sort(key=lambda m: m.path)
     saved, biases = _non_lora_tensors(others, bias, base_shapes)
 
     variants = tuple(f for f in _VARIANT_FIELDS if config.get(f))

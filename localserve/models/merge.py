@@ -21,6 +21,7 @@ from pathlib import Path
 from ..errors import AdapterError, InputError
 from ..progress import is_quiet, step
 from .chatfiles import drop_config_template
+from .checkpoint import model_parameters
 from .lora import AdapterFacts, describe, open_safetensors, tokenizer_files, tokenizer_sources
 from .resolve import Adapter, BaseModel, read_json
 
@@ -53,7 +54,7 @@ def check_compatibility(adapter: Adapter, base: BaseModel) -> int:
     base_shapes = base_tensor_shapes(base.path)
     if not base_shapes:
         return 0  # pickle-only base (allowed by --allow-pickle): peft checks on load
-    facts = describe(adapter, base_shapes)
+    facts = describe(adapter, base_shapes, model_parameters(read_json(base.path / "config.json"), base_shapes))
     check_fits(facts, base_shapes, base.path)
     return len(facts.modules)
 
@@ -63,6 +64,8 @@ def check_fits(facts: AdapterFacts, base_shapes: dict[str, tuple[int, ...]], bas
     if not facts.modules:
         raise AdapterError(f"{facts.weights} holds no LoRA tensors", "is this a PEFT LoRA adapter?")
     for m in facts.modules:
+        if m.parameter is not None:
+            continue  # a LoRA on a parameter is placed by the shapes it fits (lora.describe)
         if m.base_weight is None:
             raise AdapterError(
                 f"the adapter targets {m.path}, which the base model in {base_dir} does not have",
@@ -132,6 +135,11 @@ class TensorStep:
     magnitude_key: str | None = None  # dora
     scale: float = 1.0
     transpose: bool = False  # the update is (B·A)ᵀ: an embedding, or a fan_in_fan_out linear
+    # A LoRA on stacked experts (peft's ParamWrapper on a 3-D parameter):
+    experts: int = 1  # how many the parameter stacks
+    layout: str | None = None  # "out_in": the parameter is (experts, out, in); "in_out": (experts, in, out)
+    expert: int | None = None  # the one expert this tensor holds; None: the tensor is the whole parameter
+    rows: tuple[int, int] | None = None  # the rows of the expert's matrix this tensor holds; None: all
 
 
 class MergeError(InputError):
@@ -155,7 +163,8 @@ class MergePlan:
     @classmethod
     def from_json(cls, data: dict) -> "MergePlan":
         return cls(tuple(data["weights"]), data["dtype"],
-                   {name: tuple(TensorStep(**s) for s in steps) for name, steps in data["steps"].items()})
+                   {name: tuple(TensorStep(**{**s, "rows": tuple(s["rows"]) if s.get("rows") else None})
+                                for s in steps) for name, steps in data["steps"].items()})
 
     def apply(self, name: str, tensor, reader: "AdapterTensors"):
         """The merged `tensor` named `name` (a base tensor), in the plan's dtype."""
@@ -178,8 +187,11 @@ class MergePlan:
             else:
                 a = reader.get(s.adapter, s.a_key).to(torch.float32)
                 b = reader.get(s.adapter, s.b_key).to(torch.float32)
-                delta = b @ a
-                delta = (delta.T if s.transpose else delta).mul_(s.scale)
+                if s.experts > 1:
+                    delta = _expert_update(a, b, s).mul_(s.scale)
+                else:
+                    delta = b @ a
+                    delta = (delta.T if s.transpose else delta).mul_(s.scale)
                 if s.kind == "dora":
                     # peft's DoRA merge: rescale every output row of W + ΔW to the trained magnitude,
                     # with the norm taken before this adapter's update is kept.
@@ -196,6 +208,29 @@ class MergePlan:
                                  "the adapter holds non-finite values (a diverged training run?); retrain or "
                                  "export an earlier checkpoint")
         return w.to(out)
+
+
+# peft's ParamWrapper.get_delta_weight, by the parameter's layout
+_EXPERT_EINSUM = {"out_in": "o r e, e r i -> e o i", "in_out": "o r e, e r i -> e i o"}
+
+
+def _expert_update(a, b, s: TensorStep):
+    """B·A of a LoRA on stacked experts, for the part of the parameter one stored tensor holds. peft's A
+    is (experts·r, in), expert-major; its B is (out, r·experts), expert-minor; each expert's update is one
+    einsum term. Computing only the expert this tensor holds gives the same bits as peft's whole einsum
+    (tests/test_stream_merge_architectures.py), and a tensor's worth of memory instead of a layer's."""
+    import torch
+
+    a = a.reshape(s.experts, -1, a.shape[-1])
+    b = b.reshape(b.shape[0], -1, s.experts)
+    if s.expert is not None:
+        a, b = a[s.expert:s.expert + 1], b[:, :, s.expert:s.expert + 1]
+    delta = torch.einsum(_EXPERT_EINSUM[s.layout], b, a)
+    if s.expert is not None:
+        delta = delta[0]
+    if s.rows is not None:
+        delta = delta.narrow(0 if s.expert is not None else 1, s.rows[0], s.rows[1] - s.rows[0])
+    return delta
 
 
 class AdapterTensors:
@@ -226,9 +261,10 @@ def plan_merge(adapters: list[Adapter], base: BaseModel) -> MergePlan:
         raise AdapterError(f"the base model in {base.path} has no safetensors weights to stream",
                            "convert it to safetensors, or pass --merge-engine peft")
     config = read_json(base.path / "config.json")
+    parameters = model_parameters(config, base_shapes)
     steps: dict[str, list[TensorStep]] = {}
     for i, adapter in enumerate(adapters):
-        facts = describe(adapter, base_shapes)
+        facts = describe(adapter, base_shapes, parameters)
         check_fits(facts, base_shapes, base.path)
         where = adapter.path / "adapter_config.json"
         other = [v for v in facts.variants if v != "use_dora"]
@@ -243,9 +279,14 @@ def plan_merge(adapters: list[Adapter], base: BaseModel) -> MergePlan:
         # A tied lm_head's update lands on the input embedding after the embedding's own: HF models
         # list lm_head last, and peft merges in module order.
         for m in sorted(facts.modules, key=lambda m: m.tied):
-            if m.a_shape and m.a_shape[0] != m.rank:
-                raise AdapterError(f"{where} gives {m.path} rank {m.rank}, but its tensors have rank {m.a_shape[0]}",
+            if m.a_shape and m.a_shape[0] != m.rank * m.experts:
+                raise AdapterError(f"{where} gives {m.path} rank {m.rank}, but its tensors have rank "
+                                   f"{m.a_shape[0] // m.experts}",
                                    "the config does not belong to these weights; re-save the adapter with peft")
+            if m.parameter is not None:
+                for name, tensor_step in _parameter_steps(i, m, adapter):
+                    steps.setdefault(name, []).append(tensor_step)
+                continue
             if m.kind == "conv":
                 raise AdapterError(f"{adapter.path} adapts the convolution {m.path}; localserve merges linear and "
                                    "embedding LoRA", "merge it with peft yourself and export the merged folder")
@@ -266,6 +307,24 @@ def plan_merge(adapters: list[Adapter], base: BaseModel) -> MergePlan:
                      {name: tuple(s) for name, s in steps.items()})
     check_finite(plan)
     return plan
+
+
+def _parameter_steps(i: int, m, adapter: Adapter) -> list[tuple[str, TensorStep]]:
+    """(stored tensor, its step) for a LoRA on a parameter: the whole update on a parameter stored as
+    it is, each expert's (and each of its row blocks') on the tensor transformers stacks it from."""
+    if m.magnitude_key or m.bias_key:  # peft's ParamWrapper refuses both: no adapter of peft's holds them
+        raise AdapterError(f"{adapter.path} puts DoRA or a LoRA bias on the parameter {m.path}; peft merges neither "
+                           "on a parameter", "retrain it as plain LoRA")
+    if m.parameter.unmapped:
+        raise AdapterError(f"{adapter.path} puts a LoRA on {m.path}, which {m.parameter.unmapped}; localserve cannot "
+                           "map its merge onto the stored tensors", "export with --merge-engine peft")
+    if m.kind == "experts" and m.expert_layout is None:
+        raise AdapterError(f"{adapter.path} puts a LoRA on {m.path}, whose experts are square "
+                           f"{list(m.parameter.shape[1:])}: its shape does not show whether peft reads it as "
+                           "(experts, out, in) or (experts, in, out)", "export with --merge-engine peft")
+    return [(piece.tensor, TensorStep(i, "lora", m.path, a_key=m.a_key, b_key=m.b_key, scale=m.scale,
+                                      experts=m.experts, layout=m.expert_layout, expert=piece.expert, rows=piece.rows))
+            for piece in m.parameter.pieces]
 
 
 def check_finite(plan: MergePlan) -> None:
@@ -309,7 +368,7 @@ def merge_to_folder(adapters: list[Adapter], base: BaseModel, out_dir: Path, sha
     from .tensors import DEFAULT_SHARD_BYTES, write_shards
 
     plan = plan_merge(adapters, base)
-    n_modules = sum(1 for steps in plan.steps.values() for s in steps if s.kind in ("lora", "dora"))
+    n_modules = len({(s.adapter, s.module) for steps in plan.steps.values() for s in steps if s.kind in ("lora", "dora")})
     step(f"merging {n_modules} LoRA updates into {base.path.name} tensor by tensor, in float32 "
          f"(saving as {plan.dtype})")
     out_dir.mkdir(parents=True, exist_ok=True)
