@@ -1,5 +1,5 @@
-"""llama.cpp built once from the source llama-cpp-python was made from: the bindings' library and the
-command-line tools (`llama-imatrix`, `llama-quantize`) share one CMake tree,
+"""llama.cpp built once from the source llama-cpp-python was made from: the bindings' library, the
+command-line tools (`llama-imatrix`, `llama-quantize`) and `llama-server` share one CMake tree,
 
     $LOCALSERVE_HOME/llama.cpp-<version>/src     the llama.cpp tree vendored in the installed sdist
     $LOCALSERVE_HOME/llama.cpp-<version>/build   CMake's build folder; libraries and tools in bin/
@@ -13,6 +13,11 @@ needs the tool too (the bindings' `imatrix` field is a pointer to a C++ map).
 
     python -m localserve.llamacpp.tools --binding   # the library, into llama_cpp (scripts/bootstrap.sh)
     python -m localserve.llamacpp.tools --ensure    # the tools
+    python -m localserve.llamacpp.tools --server    # llama-server (`localserve serve`, the Jinja parity)
+
+`llama-server` is its own build (the server's sources and its HTTP library take a few minutes more), made
+the first time something serves; `server_binary()` prefers $LOCALSERVE_LLAMA_SERVER, then `llama-server`
+on PATH, and builds only when neither is there.
 
 CMake builds incrementally, so an interrupted build resumes; a marker written after each complete
 build says it is usable, and a lock file serialises concurrent builds.
@@ -43,10 +48,13 @@ from . import vendor
 TOOLS = ("llama-imatrix", "llama-quantize")
 # What the bindings load: libllama and the ggml libraries it links to (found beside it: $ORIGIN).
 LIBRARY_TARGET = "llama"
+SERVER = "llama-server"
+SERVER_ENV = "LOCALSERVE_LLAMA_SERVER"
 
 # Why each flag: shared libraries, so the tools use the library the bindings load and each is
-# compiled once; $ORIGIN, so a library or tool finds its siblings wherever it is copied; no
-# tests/examples/server/UI (LLAMA_USE_PREBUILT_UI defaults on and would try to download the web UI).
+# compiled once; $ORIGIN, so a library or tool finds its siblings wherever it is copied; the server's
+# targets configured (built only when asked for) but no tests/examples/UI (LLAMA_USE_PREBUILT_UI defaults
+# on and would try to download the web UI: without it llama-server serves no web page, its API is whole).
 CMAKE_FLAGS = (
     "-DCMAKE_BUILD_TYPE=Release",
     "-DBUILD_SHARED_LIBS=ON",
@@ -54,7 +62,7 @@ CMAKE_FLAGS = (
     "-DCMAKE_INSTALL_RPATH=$ORIGIN",
     "-DLLAMA_BUILD_TESTS=OFF",
     "-DLLAMA_BUILD_EXAMPLES=OFF",
-    "-DLLAMA_BUILD_SERVER=OFF",
+    "-DLLAMA_BUILD_SERVER=ON",
     "-DLLAMA_BUILD_APP=OFF",
     "-DLLAMA_BUILD_UI=OFF",
     "-DLLAMA_USE_PREBUILT_UI=OFF",
@@ -80,6 +88,22 @@ def tool_path(name: str) -> Path:
     if not _complete(build_dir(), "tools"):
         ensure_tools()
     return path
+
+
+def server_binary() -> Path:
+    """The llama-server to run: $LOCALSERVE_LLAMA_SERVER, else `llama-server` on PATH, else the one built in
+    this tree (built now, once, when missing)."""
+    chosen = os.environ.get(SERVER_ENV)
+    if chosen:
+        path = Path(chosen).expanduser()
+        if not (path.is_file() and os.access(path, os.X_OK)):
+            raise SetupError(f"${SERVER_ENV} is {chosen}, which is not an executable file",
+                             f"point it at a llama-server binary, or unset it to build one in {build_dir()}")
+        return path
+    on_path = shutil.which(SERVER)
+    if on_path:
+        return Path(on_path)
+    return _ensure("server", (SERVER,), "llama-server") / "bin" / SERVER
 
 
 def ensure_tools() -> Path:
@@ -159,10 +183,13 @@ def _build(dest: Path, targets: Sequence[str], label: str) -> None:
         with atomic_dir(src) as tmp:
             _extract_llama_cpp(sdist, tmp)
     step(f"building {label} from {sdist.name} in {dest} — once, a few minutes")
-    if not (dest / "CMakeCache.txt").is_file():
-        if dest.exists():  # the static tools of an earlier layout: replaced by this tree
-            shutil.rmtree(dest)
-        gen = ["-G", "Ninja"] if shutil.which("ninja") else []
+    configured = (dest / "CMakeCache.txt").is_file()
+    if not configured and dest.exists():  # the static tools of an earlier layout: replaced by this tree
+        shutil.rmtree(dest)
+    if not configured or _stale_options(dest):
+        # a tree configured by an earlier localserve (without the server's targets) is configured again:
+        # CMake keeps what it built, and nothing already compiled is compiled twice
+        gen = [] if configured else (["-G", "Ninja"] if shutil.which("ninja") else [])
         # the user's CMAKE_ARGS (e.g. -DGGML_CUDA=ON) apply here as they would to llama-cpp-python's build
         _run_build_step("cmake configure", ["cmake", "-S", str(src), "-B", str(dest), *gen, *CMAKE_FLAGS,
                                             *shlex.split(os.environ.get("CMAKE_ARGS", ""))])
@@ -174,6 +201,21 @@ def _build(dest: Path, targets: Sequence[str], label: str) -> None:
         if not built.is_file():
             raise ToolError("cmake", f"the build finished but produced no {built}")
     step(f"{label} ready in {dest / 'bin'}")
+
+
+def _stale_options(dest: Path) -> list[str]:
+    """The -DNAME=VALUE of CMAKE_FLAGS that the tree's CMakeCache.txt holds with another value."""
+    cache = {}
+    for line in (dest / "CMakeCache.txt").read_text(errors="replace").splitlines():
+        name, colon, rest = line.partition(":")
+        if colon and "=" in rest and not line.startswith(("#", "//")):
+            cache[name] = rest.partition("=")[2]
+    stale = []
+    for flag in CMAKE_FLAGS:
+        name, _, value = flag.removeprefix("-D").partition("=")
+        if name in cache and cache[name].upper() != value.upper():
+            stale.append(flag)
+    return stale
 
 
 def _extract_llama_cpp(sdist: Path, dest: Path) -> None:
@@ -235,12 +277,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     import argparse
     p = argparse.ArgumentParser(prog="python -m localserve.llamacpp.tools", description=__doc__.split("\n")[0])
     p.add_argument("--ensure", action="store_true", help="build the tools if they are missing")
+    p.add_argument("--server", action="store_true", help="find llama-server, building it if there is none")
     p.add_argument("--binding", action="store_true",
                    help="build llama.cpp's library into the installed llama_cpp package if it has none")
     args = p.parse_args(argv)
     try:
         if args.binding:
             print(ensure_binding_library())
+            return 0
+        if args.server:
+            print(server_binary())
             return 0
         path = ensure_tools() if args.ensure else build_dir()
     except LocalserveError as e:
