@@ -269,6 +269,9 @@ def test_sglang_arguments_pass_sglangs_own_parser(exports, tmp_path):
         argv = json.loads(ran.stdout)
         assert argv[:2] == ["-m", "sglang.launch_server"]
         assert argv[argv.index("--model-path") + 1] == str(export.model_dir.resolve())
+        if export.adapters:  # each NAME=PATH names the adapter's folder in this export
+            given = dict(p.split("=", 1) for p in argv[argv.index("--lora-paths") + 1:][:len(export.adapters)])
+            assert given == {name: str(folder.resolve()) for name, folder in export.adapters}
         runs.append((f"{case} launch.sh", argv[2:]))
         if export.layout:
             script = load(export, "deploy/sglang/leaderworkerset.yaml")["spec"]["leaderWorkerTemplate"][

@@ -1,6 +1,6 @@
-"""Golden vLLM serve files (tests/golden/vllm/), reviewed in diffs: one GPU merged, the same with
-its serving features changed, one GPU with LoRA tenants, and two nodes on Ray. Regenerate after an
-intended change with LOCALSERVE_UPDATE_GOLDEN=1 and review the diff."""
+"""Golden vLLM serve files and every --deploy engine's files (tests/golden/vllm/CASE/deploy/), reviewed in
+diffs: one GPU merged, the same with its serving features changed, one GPU with LoRA tenants, and two
+nodes on Ray. Regenerate after an intended change with LOCALSERVE_UPDATE_GOLDEN=1 and review the diff."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from localserve.vllm import ServeConfig, render
+from localserve.vllm import ServeConfig, deploy, render
 
 GOLDEN = Path(__file__).parent / "golden" / "vllm"
 NGRAM = (("method", "ngram"), ("num_speculative_tokens", 5), ("prompt_lookup_min", 2), ("prompt_lookup_max", 4))
@@ -28,7 +28,9 @@ CONFIGS = {
 
 @pytest.mark.parametrize("case", sorted(CONFIGS))
 def test_golden_serve_files(case):
-    files = render(CONFIGS[case])
+    # sizes as a 3 GiB model would give them; adapters from the cloud prefix Ray Serve LLM reads
+    deployment = deploy.Deployment(CONFIGS[case], 3 << 30, 4 << 30, "s3://models/adapters")
+    files = {**render(CONFIGS[case]), **deploy.render(tuple(deploy.ENGINES), deployment)}
     folder = GOLDEN / case
     if os.environ.get("LOCALSERVE_UPDATE_GOLDEN"):
         for name, text in files.items():

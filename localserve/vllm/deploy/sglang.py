@@ -69,15 +69,35 @@ def launch_script(d: Deployment) -> str:
     lines += ["set -euo pipefail", 'EXPORT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"',
               'PY="${SGLANG_PYTHON:-python3}"']
     lines += [f"export {k}=\"${{{k}:-{v}}}\"" for k, v in d.serve.environment.items()]
-    rank = ""
+    words = [_shell_word(a) for a in sglang_args(d, _ROOT)]
     if d.serve.multi_node:
         lines += ['rank="${1:?usage: ./launch.sh NODE_RANK FIRST_NODE_ADDRESS}"',
                   'head="${2:?usage: ./launch.sh NODE_RANK FIRST_NODE_ADDRESS}"']
-        rank = f' \\\n  --node-rank "$rank" --dist-init-addr "$head:{DIST_PORT}"'
-    # the export path is substituted at run time; every other argument is quoted as written
-    body = " \\\n  ".join(a if a.startswith('"$EXPORT"') else shlex.quote(a) for a in sglang_args(d, '"$EXPORT"'))
-    lines.append(f'exec "$PY" -m sglang.launch_server \\\n  {body}{rank}')
+        words += ["--node-rank", '"$rank"', "--dist-init-addr", f'"$head:{DIST_PORT}"']
+    lines.append('exec "$PY" -m sglang.launch_server \\\n  ' + " \\\n  ".join(_flag_lines(words)))
     return "\n".join(lines) + "\n"
+
+
+_ROOT = "\0EXPORT"  # where the export folder goes in launch.sh's arguments: "$EXPORT", expanded at run time
+
+
+def _shell_word(arg: str) -> str:
+    """`arg` as one shell word; the export folder becomes "$EXPORT" inside double quotes."""
+    if _ROOT not in arg:
+        return shlex.quote(arg)
+    escaped = "".join("\\" + c if c in '"\\$`' else c for c in arg)
+    return '"' + escaped.replace(_ROOT, "$EXPORT") + '"'
+
+
+def _flag_lines(words: list[str]) -> list[str]:
+    """A flag and the values that follow it on one line."""
+    lines: list[list[str]] = []
+    for word in words:
+        if word.startswith("--") or not lines:
+            lines.append([word])
+        else:
+            lines[-1].append(word)
+    return [" ".join(line) for line in lines]
 
 
 def deployment(d: Deployment) -> dict:
