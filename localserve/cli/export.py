@@ -119,6 +119,9 @@ def _print_vllm(result) -> None:
     for line in result.features:
         click.echo(f"  {line}")
     click.echo(f"config:  {result.config_file}")
+    if result.deploy_files:
+        engines = dict.fromkeys(p.relative_to(result.out_dir).parts[1] for p in result.deploy_files)
+        click.echo(f"deploy:  {result.out_dir / 'deploy'}/  ({', '.join(engines)})")
     click.echo(f"serve:   {result.out_dir / 'launch.sh'}  (VLLM_PYTHON=/path/to/python ./launch.sh)")
     click.echo(f"lineage: {result.lineage_path}")
 
