@@ -19,7 +19,7 @@ Against the Ollama at --host, or, without one, the Ollama stand-in of the tests 
 on-disk store, chats answered by the stored GGUF in llama.cpp). The state (versions, router logs, captures)
 goes to WORK/state unless LOCALSERVE_STATE_DIR is set.
 
-    python scripts/continuous_demo.py [--work DIR] [--host URL] [--new-base google/gemma-3-270m]
+    python scripts/continuous_demo.py [--work DIR] [--host URL] [--new-base google/gemma-3-270m --new-base-family gemma]
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def _free_port() -> int:
 
 
 def run(work: Path, host: str, *, port: int | None = None, rounds: tuple[int, int] = (24, 100), users: int = 50,
-        new_base: str | None = None, log=print) -> dict:
+        new_base: str | None = None, new_base_family: str | None = None, log=print) -> dict:
     """The loop; returns what happened (versions, verdicts, timings) for whoever checks it."""
     from localserve import ExportSpec, export
     from localserve.cli.finetune import export_like
@@ -190,10 +190,11 @@ def run(work: Path, host: str, *, port: int | None = None, rounds: tuple[int, in
         lap("A/B v2/v3, rollback")
 
         if new_base:
-            log(f"$ localserve retrain demo --base {new_base} --suite examples/lifecycle/suite.yaml    # a new base")
+            family = f" --template-family {new_base_family}" if new_base_family else ""
+            log(f"$ localserve retrain demo --base {new_base}{family} --suite examples/lifecycle/suite.yaml")
             try:
-                moved = retrain(RetrainSpec("demo", data=(), base=new_base, suite=SUITE, out=work / "retrain-new-base"),
-                                place, export_like, store=store)
+                moved = retrain(RetrainSpec("demo", data=(), base=new_base, suite=SUITE, out=work / "retrain-new-base",
+                                            template_family=new_base_family), place, export_like, store=store)
                 outcome["new_base"] = moved.to_json()
                 log(f"  {moved.version} on {moved.training['base']['ref']}: {moved.training['steps']} steps, final "
                     f"loss {moved.training['final_loss']:.4f}")
@@ -218,6 +219,8 @@ def main() -> None:
     ap.add_argument("--host", help="a running Ollama (default: start the tests' Ollama stand-in)")
     ap.add_argument("--port", type=int, help="the router's port (default: a free one)")
     ap.add_argument("--new-base", help="also retrain v2's data on this base, e.g. google/gemma-3-270m")
+    ap.add_argument("--new-base-family", help="the chat family to render with on a new base that has no chat template "
+                                              "(gemma for google/gemma-3-270m, a pretrained base)")
     args = ap.parse_args()
     os.environ.setdefault("LOCALSERVE_STATE_DIR", str(args.work / "state"))
     os.environ["HF_HUB_OFFLINE"] = "1"
@@ -234,7 +237,7 @@ def main() -> None:
         host = standin.url
         print(f"(the Ollama stand-in of the tests at {host}, models in {args.work / 'ollama-models'})")
     try:
-        outcome = run(args.work, host, port=args.port, new_base=args.new_base)
+        outcome = run(args.work, host, port=args.port, new_base=args.new_base, new_base_family=args.new_base_family)
     finally:
         if standin is not None:
             standin.stop()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -213,3 +214,36 @@ def test_kill_9_during_training_leaves_nothing_that_looks_complete(tmp_path, tin
     again = invoke("--quiet", "finetune", data, "--base", tiny_base, "--recipe", recipe(tmp_path), "--out", out)
     assert again.exit_code == 0, again.output
     assert (out / "adapter_model.safetensors").is_file()
+
+
+@pytest.fixture
+def base_without_template(tmp_path, tiny_base) -> Path:
+    """The tiny base as a pretrained base ships: no chat template (its tokenizer has ChatML's turn tokens)."""
+    import shutil
+
+    base = tmp_path / "pretrained"
+    shutil.copytree(tiny_base, base)
+    (base / "chat_template.jinja").unlink()
+    return base
+
+
+def test_a_base_without_a_chat_template_trains_with_a_family_s_template_which_the_adapter_carries(
+        tmp_path, base_without_template, data):
+    from localserve.chat import get_family
+
+    record = train(tmp_path, base_without_template, data, "adapter", 0, "--template-family", "chatml")
+    assert record["chat_template_source"] == "family chatml"
+    assert (tmp_path / "adapter" / "chat_template.jinja").read_text() == get_family("chatml").jinja
+    result = invoke("finetune", data, "--base", base_without_template, "--template-family", "klingon",
+                    "--out", tmp_path / "other")
+    assert_one_line_error(result, "unknown chat template family 'klingon'", "chatml")
+    assert not (tmp_path / "other").exists()
+
+
+@pytest.mark.go
+@pytest.mark.skipif(shutil.which("go") is None, reason="Go is not installed")
+def test_a_base_without_a_chat_template_and_no_family_is_refused_naming_the_families_that_fit(
+        tmp_path, base_without_template, data):
+    result = invoke("finetune", data, "--base", base_without_template, "--out", tmp_path / "out")
+    assert_one_line_error(result, "has no chat template", "--template-family NAME (chatml, ")
+    assert not (tmp_path / "out").exists()

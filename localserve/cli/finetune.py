@@ -23,9 +23,12 @@ _json = click.option("--json", "as_json", is_flag=True, help="Print the result a
               help="The adapter folder to write (default: finetunes/<first DATA file's name>).")
 @click.option("--allow-stacked", is_flag=True,
               help="Allow a base that is itself one of our exports or a merge (a fine-tune stacked on a fine-tune).")
+@click.option("--template-family", metavar="NAME",
+              help="Render the conversations with this chat family's template (`localserve list-families`), which "
+                   "the adapter then carries: for a pretrained base without a chat template.")
 @_json
 def finetune_command(data: tuple[Path, ...], base: str, recipe_file: Path | None, like: str | None, out: Path | None,
-                     allow_stacked: bool, as_json: bool) -> None:
+                     allow_stacked: bool, template_family: str | None, as_json: bool) -> None:
     """LoRA fine-tune of BASE on chat JSONL DATA files (TRL's SFTTrainer + peft), loss on the assistant turns.
 
     Writes a PEFT adapter folder, trainer_state.json and training.json (datasets and base with their
@@ -44,7 +47,7 @@ def finetune_command(data: tuple[Path, ...], base: str, recipe_file: Path | None
     else:
         recipe, source = Recipe(), "defaults"
     result = finetune(FinetuneSpec(data=data, base=base, recipe=recipe, recipe_source=source, out=out,
-                                   allow_stacked=allow_stacked))
+                                   allow_stacked=allow_stacked, template_family=template_family))
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))
         return
@@ -73,13 +76,15 @@ def finetune_command(data: tuple[Path, ...], base: str, recipe_file: Path | None
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False),
               help="The work folder: adapter/ and export/ (default: retrains/NAME-<key of the inputs>).")
 @click.option("--allow-stacked", is_flag=True, help="Allow a base that is itself one of our exports or a merge.")
+@click.option("--template-family", metavar="NAME",
+              help="With --base: render with this chat family's template (for a new base without a chat template).")
 @click.option("--host", help="Ollama server URL (default: $OLLAMA_HOST or http://127.0.0.1:11434).")
 @click.option("--store", is_flag=False, flag_value="", default=None, metavar="[DIR]",
               help="Work on Ollama's model folder directly (default DIR: $OLLAMA_MODELS or ~/.ollama/models).")
 @_json
 def retrain_command(name: str, data: tuple[Path, ...], base: str | None, recipe_file: Path | None, suite: Path | None,
-                    promote: bool, ab: float | None, out: Path | None, allow_stacked: bool, host: str | None,
-                    store: str | None, as_json: bool) -> None:
+                    promote: bool, ab: float | None, out: Path | None, allow_stacked: bool,
+                    template_family: str | None, host: str | None, store: str | None, as_json: bool) -> None:
     """Retrain NAME: the live version's datasets plus --data, its recipe, from the base; exported as it was,
     registered as NAME:vN+1; with --suite, the gate against NAME:latest; with --ab P, into the running A/B.
 
@@ -91,7 +96,7 @@ def retrain_command(name: str, data: tuple[Path, ...], base: str | None, recipe_
 
     spec = RetrainSpec(name, data=data, base=base, recipe=load_recipe(recipe_file) if recipe_file else None,
                        recipe_source=str(recipe_file.resolve()) if recipe_file else None, suite=suite,
-                       promote=promote, ab=ab, out=out, allow_stacked=allow_stacked)
+                       promote=promote, ab=ab, out=out, allow_stacked=allow_stacked, template_family=template_family)
     result = retrain(spec, open_place(host, store), export_like)
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))

@@ -59,6 +59,7 @@ class FinetuneSpec:
     recipe_source: str = "defaults"  # a YAML file, "like NAME:vN", or "defaults"
     out: Path | None = None
     allow_stacked: bool = False
+    template_family: str | None = None  # render with this chat family's template (a base without one needs it)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data", tuple(Path(p) for p in self.data))
@@ -191,6 +192,31 @@ def base_ref(base: BaseModel) -> str:
     return base.ref if base.source in ("hf-cache", "embedded") and base.ref else str(base.path.resolve())
 
 
+def chat_template_for(tokenizer, base: BaseModel, family: str | None) -> str:
+    """Give `tokenizer` the chat template the conversations are rendered with: the base's own, or the
+    `family`'s published one (what a pretrained base without a template needs). Where it came from."""
+    if family is None:
+        if tokenizer.chat_template:
+            return "base"
+        from ..chat.detect import fitting_families
+        from ..chat.hf import NO_TEMPLATE, load_hf_chat
+
+        names = sorted(f.name for f in fitting_families(load_hf_chat(base.path, require_template=False)))
+        flag = f"--template-family {names[0]}" if len(names) == 1 else f"--template-family NAME ({', '.join(names)})"
+        raise InputError(f"the base {base.path} {NO_TEMPLATE}, so the conversations cannot be rendered as the model "
+                         "will be asked", f"pass {flag}: that chat family's template renders them and goes with the "
+                                          "adapter" if names else "add the chat template the model was trained with, "
+                                                                  "as chat_template.jinja")
+    from ..chat import get_family
+
+    fam = get_family(family)  # an unknown name lists the known ones
+    if fam.jinja is None:
+        raise InputError(f"the chat family {fam.name} has no published chat template to render the conversations with",
+                         "pass another --template-family")
+    tokenizer.chat_template = fam.jinja
+    return f"family {fam.name}"
+
+
 def recorded_training(version) -> dict | None:
     """The training record a version was registered with (its adapter's training.json), if any."""
     return (version.training or {}).get("finetune") or None
@@ -235,10 +261,7 @@ def finetune(spec: FinetuneSpec) -> FinetuneResult:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(base.path)
-    if not tokenizer.chat_template:
-        raise InputError(f"the base {base.path} has no chat template, so conversations cannot be rendered as it "
-                         "will be asked", "fine-tune a chat model, or put its template (chat_template.jinja) in its "
-                                          "folder")
+    template_source = chat_template_for(tokenizer, base, spec.template_family)
     lengths = conversation_lengths(tokenizer, conversations)
     kept = [c for c, n in zip(conversations, lengths) if n <= recipe.max_seq_length]
     if not kept:
@@ -256,7 +279,8 @@ def finetune(spec: FinetuneSpec) -> FinetuneResult:
 
     base_sha256 = sha256_tree(base.path)
     libraries = tool_versions(LIBRARIES)
-    key = content_key([d["sha256"] for d in datasets], base_sha256, recipe.to_json(), libraries)
+    key = content_key([d["sha256"] for d in datasets], base_sha256, recipe.to_json(), libraries,
+                      tokenizer.chat_template)
     existing = read_training_record(out)
     if existing is not None and existing.get("key") == key and (out / "adapter_model.safetensors").is_file():
         step(f"finetune: {out} is this fine-tune already (same data, base, recipe and libraries), skipped")
@@ -271,6 +295,7 @@ def finetune(spec: FinetuneSpec) -> FinetuneResult:
                  "sha256": base_sha256, "architecture": _architecture(base.path)},
         "recipe": recipe.to_json(), "recipe_source": spec.recipe_source, "seed": recipe.seed,
         "chat_template_sha256": hashlib.sha256(str(tokenizer.chat_template).encode()).hexdigest(),
+        "chat_template_source": template_source,
         "loss_on": "assistant turns (one prompt-completion example per turn, TRL completion_only_loss)",
         "examples": {"conversations": len(conversations), "left_out_too_long": len(conversations) - len(kept),
                      "assistant_turns": len(examples)},
@@ -282,6 +307,11 @@ def finetune(spec: FinetuneSpec) -> FinetuneResult:
          f" of batch {recipe.batch_size}, seed {recipe.seed}")
     with atomic_dir(out) as tmp:
         record.update(_train(base, tokenizer, examples, recipe, tmp))
+        if template_source != "base":
+            from ..models.chatfiles import set_chat_template
+
+            # the adapter carries the template it was trained with: its export renders (and proves) that one
+            set_chat_template(tmp, tokenizer.chat_template)
         record["wall_seconds"] = round(time.perf_counter() - wall, 3)
         record["finished_at"] = now()
         write_json(tmp / TRAINING_RECORD, record)

@@ -52,6 +52,7 @@ class RetrainSpec:
     ab: float | None = None  # percent of the users for the new version in the running A/B
     out: Path | None = None  # the work folder; default retrains/NAME-<key>
     allow_stacked: bool = False
+    template_family: str | None = None  # None: the live version's (same base), or the new base's own template
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data", tuple(Path(p) for p in self.data))
@@ -160,17 +161,24 @@ def retrain(spec: RetrainSpec, place, exporter: Exporter, *, store=None) -> Retr
         if not base:
             raise InputError(f"{live.ref} records no base model", "pass --base BASE")
         data = training_set(live, spec.data, spec.base is not None)
+        family = spec.template_family
+        recorded_source = str(trained.get("chat_template_source") or "")
+        if family is None and spec.base is None and recorded_source.startswith("family "):
+            family = recorded_source.removeprefix("family ")  # the live version's base has no template of its own
         exported_as = dict(live.record.spec or {})
         step(f"retrain {spec.name}: {live.ref} is live; {len(data)} dataset(s), base {base}"
              + (" (new)" if spec.base else "") + f", recipe {'given' if spec.recipe else 'of ' + live.ref}")
-        key = content_key([sha256_file(p) for p in data], base, recipe.to_json(),
+        key = content_key([sha256_file(p) for p in data], base, recipe.to_json(), family,
                           {k: v for k, v in exported_as.items() if k not in ("adapter", "out", "base", "data")})
         work = spec.out or Path("retrains") / f"{spec.name}-{key[:12]}"
         adapter_dir, export_dir = work / "adapter", work / "export"
+        finetune_spec = FinetuneSpec(data=tuple(data), base=base, recipe=recipe, out=adapter_dir,
+                                     recipe_source=spec.recipe_source or f"like {live.ref}",
+                                     allow_stacked=spec.allow_stacked, template_family=family)
         pipeline = Pipeline(work)
-        pipeline.stage("finetune", key, [adapter_dir / TRAINING_RECORD], lambda: _finetune_facts(finetune(FinetuneSpec(
-            data=tuple(data), base=base, recipe=recipe, recipe_source=spec.recipe_source or f"like {live.ref}",
-            out=adapter_dir, allow_stacked=spec.allow_stacked)).record), announce=f"retrain: fine-tuning into {adapter_dir}")
+        pipeline.stage("finetune", key, [adapter_dir / TRAINING_RECORD],
+                       lambda: _finetune_facts(finetune(finetune_spec).record),
+                       announce=f"retrain: fine-tuning into {adapter_dir}")
         pipeline.stage("export", key, [export_dir / "localserve.json"],
                        lambda: {"export_dir": str(exporter(adapter_dir, export_dir, exported_as, spec.base is not None))},
                        announce=f"retrain: exporting as {live.ref} was exported, into {export_dir}", needs=("finetune",))
