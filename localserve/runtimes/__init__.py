@@ -1,0 +1,1 @@
+"""Runtimes: where an export runs (Ollama, llama-server, LM Studio, Jan, vLLM), one module each."""
