@@ -146,7 +146,6 @@ def run(work: Path, host: str, *, port: int | None = None, rounds: tuple[int, in
                      place, export_like, store=store)
         log(f"  {v2.version} (parent {v2.parent}): {v2.training['steps']} steps, final loss "
             f"{v2.training['final_loss']:.4f}, {v2.training['train_seconds']:.0f} s of training")
-        log("  " + v2.table.replace("\n", "\n  "))
         log(f"  A/B: {', '.join(f'{v} {w:g}%' for v, w in v2.ab.items())}")
         outcome["v2"] = v2.to_json()
         lap("retrain v2 (finetune, export, gate)")
