@@ -65,7 +65,8 @@ class ServerPlace:
         r = register(export_dir, name=model, host=self.host, quant=quant, record=record)
         artifact = record.artifact(r.quant)
         recipe = {"gguf": artifact.file, "quant": r.quant, "blob": r.model_digest,
-                  "modelfile": record.modelfile or {}, "server_version": r.server_version}
+                  "modelfile": record.modelfile or {}, "server_version": r.server_version,
+                  "prompt_path": r.prompt_path}
         return Registered(r.name, r.manifest_digest, recipe, None)
 
     def manifest_digest(self, name: str) -> str | None:

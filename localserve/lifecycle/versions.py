@@ -21,7 +21,7 @@ from ..faults import REGISTRATION_RECORD, fault_point
 from ..fsutil import sha256_file
 from ..lineage import ExportRecord, read_record
 from ..progress import step
-from .places import Place
+from .places import Place, Registered
 from .store import Version, VersionStore
 
 LATEST = "latest"
@@ -69,9 +69,10 @@ def register_version(export_dir: Path, place: Place, *, store: VersionStore | No
                           "are immutable", "remove it there, or use another export name")
     artifact = record.artifact(quant)
     models = [version_tag, tag if tag and ":" in tag else f"{name}:{(tag or artifact.quant).lower()}"]
-    digest = existing
+    digest, prompt_path = existing, None
     if existing is None or existing not in known:
-        digest = _register_at(place, store, version, new, export_dir, record, version_tag, artifact.quant)
+        done = _register_at(place, store, version, new, export_dir, record, version_tag, artifact.quant)
+        digest, prompt_path = done.manifest_digest, done.recipe.get("prompt_path")
     for model in models[1:]:
         try:
             place.copy(version_tag, model)
@@ -83,14 +84,14 @@ def register_version(export_dir: Path, place: Place, *, store: VersionStore | No
     step(f"{export_dir} is {version.ref}" + ("" if new else " (already registered as such)") +
          f": {', '.join(models)} on {place.id}")
     registered = {"version": version.ref, "name": models[1], "models": models, "manifest_digest": digest,
-                  "place": place.id}
+                  "place": place.id, **({"prompt_path": prompt_path} if prompt_path else {})}
     write_record(export_dir, record.replace(registered={**(record.registered or {}), **registered}))
     return VersionRegistration(version, new, tuple(models), digest, place.id)
 
 
 def _register_at(place: Place, store: VersionStore, version: Version, new: bool, export_dir: Path,
-                 record: ExportRecord, version_tag: str, quant: str) -> str:
-    """Create `version_tag` at `place` and record it; its manifest digest. A failure leaves neither a
+                 record: ExportRecord, version_tag: str, quant: str) -> Registered:
+    """Create `version_tag` at `place` and record it. A failure leaves neither a
     registration row nor a `version_tag` that looks complete (nor the version, if this call made it);
     when what is left at the place cannot be checked, the begun registration stays noted, so that the
     next run replaces that `version_tag` instead of refusing it as someone else's."""
@@ -112,7 +113,7 @@ def _register_at(place: Place, store: VersionStore, version: Version, new: bool,
         raise
     fault_point(REGISTRATION_RECORD)
     store.add_registration(version, place.id, done.model, done.manifest_digest, done.recipe, done.manifest)
-    return done.manifest_digest
+    return done
 
 
 def _undo(place: Place, model: str) -> str | None:

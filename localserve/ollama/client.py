@@ -284,9 +284,9 @@ class OllamaServer:
                 if part.get("error"):
                     raise self._create_failed(name, part["error"])
                 last = part.get("status")
-                if on_status:
+                if on_status:  # an observer (e.g. of "using autodetected template X"); progress shows anyway
                     on_status(part)
-                elif part.get("total"):
+                if part.get("total"):
                     if shown is None or shown[0] != last:
                         shown = (last, bars.enter_context(bar(part["total"], f"ollama: {last}")))
                     shown[1].n = part.get("completed") or 0

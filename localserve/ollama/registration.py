@@ -11,6 +11,7 @@ from ..progress import step
 from .client import OllamaServer, ServerTooOld, parse_version
 from .layers import ModelRecipe, read_export
 from .names import parse_name
+from .prompt_path import path_in_use
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,9 @@ class RegisterResult:
     model_digest: str  # sha256 of the uploaded GGUF (0.31.2+ stores a rewritten copy, docs/ollama.md#gguf)
     uploaded: bool  # False when the server already had the GGUF blob
     manifest_digest: str | None  # the /api/tags digest after create
+    # The template the server builds this model's prompts with (ollama.prompt_path), as it says after create,
+    # and the built-in template it added when the export had none ("chatml"), if it did
+    prompt_path: dict | None = None
 
     def to_json(self) -> dict:
         return {**self.__dict__, "gguf": str(self.gguf)}
@@ -66,7 +70,24 @@ def register(output_dir: Path, name: str | None = None, host: str | None = None,
         digest = f"sha256:{artifact.sha256.lower()}" if artifact.sha256 else None
         blob = server.push_blob(gguf, digest)
         fault_point(SERVER_REGISTRATION)
-        form = server.create(model_name, artifact.file.split("/")[-1], blob.digest, info.recipe)
+        statuses: list[str] = []
+        form = server.create(model_name, artifact.file.split("/")[-1], blob.digest, info.recipe,
+                             on_status=lambda part: statuses.append(part.get("status") or ""))
         manifest_digest = server.manifest_digest(model_name)
+        prompt = served_prompt_path(server, model_name, version, statuses)
     return RegisterResult(model_name, server.host, version, form, artifact.quant, gguf, blob.digest,
-                          blob.uploaded, manifest_digest)
+                          blob.uploaded, manifest_digest, prompt)
+
+
+AUTODETECTED = "using autodetected template "  # create's status line when Ollama adds a built-in template
+
+
+def served_prompt_path(server: OllamaServer, model: str, version: str, statuses: list[str]) -> dict:
+    """Which template `server` builds `model`'s prompts with (docs/ollama.md#template-selection), as its
+    /api/show says, and the built-in template its create added from the GGUF's, if it did (says so)."""
+    path = path_in_use(server.show(model), parse_version(version))
+    builtin = next((s.removeprefix(AUTODETECTED) for s in statuses if s.startswith(AUTODETECTED)), None)
+    if builtin:
+        step(f"Ollama {version} recognised the GGUF's chat template as its built-in {builtin!r} and renders "
+             f"{model} with that Go template, not the GGUF's own")
+    return {**path.to_json(), "builtin_template": builtin}

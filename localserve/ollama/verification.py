@@ -3,7 +3,9 @@
 Three clients, the same short multi-turn conversation each: LangChain's `ChatOllama`, the official
 `ollama` client (both on Ollama's /api/chat), and the `openai` client on Ollama's /v1. A client
 passes when every reply is non-empty and ends because the model stopped (done_reason /
-finish_reason "stop"), not because it ran into the token limit.
+finish_reason "stop"), not because it ran into the token limit. The report also says which template
+the server built the prompts with: the model's Go TEMPLATE or the GGUF's own Jinja template
+(ollama.prompt_path, from the server's /api/show).
 
 With a JSON Schema (`--json-schema`), each client also asks for one answer constrained to it:
 Ollama's `format` carrying the schema object (ChatOllama, the ollama client) and `response_format`
@@ -21,8 +23,9 @@ from typing import Any, Callable, Iterator
 
 from ..errors import InputError, LocalserveError, OllamaError, UnknownName
 from ..progress import step
-from .client import OllamaServer
+from .client import OllamaServer, parse_version
 from .names import parse_name
+from .prompt_path import PromptPath, path_in_use
 
 CONVERSATION = (
     "Hello! In one short sentence, what is the capital of France?",
@@ -148,6 +151,8 @@ class VerifyReport:
     model: str
     host: str
     clients: tuple[ClientReport, ...] = field(default_factory=tuple)
+    prompt_path: PromptPath | None = None  # the template the server built the prompts with (its /api/show)
+    server_version: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -292,12 +297,13 @@ def verify(name: str, host: str | None = None, clients: tuple[str, ...] | None =
         if c not in CLIENTS:
             raise UnknownName("client", c, list(CLIENTS))
     with OllamaServer(host) as server:
-        server.version()  # unreachable: one clear error, before three clients fail the same way
+        version = server.version()  # unreachable: one clear error, before three clients fail the same way
         if server.manifest_digest(model) is None:
             raise OllamaError(f"model {model} is not on the Ollama server at {server.host}",
                               "register it first (`localserve register OUTPUT_DIR` or `localserve install BUNDLE`), "
                               "and check the name with `localserve ls`")
         resolved = server.host
+        prompt = path_in_use(server.show(model), parse_version(version))
     reports = []
     for c in chosen:
         step(f"verify {model} through {c}")
@@ -311,4 +317,4 @@ def verify(name: str, host: str | None = None, clients: tuple[str, ...] | None =
             raise
         except Exception as e:  # a client library's own error is a verification finding, not a crash
             reports.append(ClientReport(c, (), f"{type(e).__name__}: {' '.join(str(e).split())}"))
-    return VerifyReport(model, resolved, tuple(reports))
+    return VerifyReport(model, resolved, tuple(reports), prompt, version)
