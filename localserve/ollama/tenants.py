@@ -11,6 +11,11 @@ Which Ollama versions load a GGUF LoRA for which architecture (docs/ollama.md#ad
 `create` succeeds either way — the failure only shows when the model loads — so it is checked here,
 before anything is created.
 
+From v0.34.1 Ollama creates no model with an adapter at all (`LoRA adapters are no longer supported`:
+its CLI refuses a Modelfile with ADAPTER, its create API the `adapters` field; models created earlier
+still serve). That is refused here too, by the server's version before any upload, and by its answer
+when a server that reports an older version refuses anyway.
+
 Storage: the base is uploaded once (HEAD answers 200 for every later tenant) and every tenant's
 manifest points at the same model layer; only the adapter layer differs.
 """
@@ -20,6 +25,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ..errors import OllamaError
 from ..progress import step
 from .client import OllamaServer, ServerTooOld, parse_version
 from .layers import ModelRecipe
@@ -28,6 +34,28 @@ from .registration import require_template_support
 
 GO_ENGINE_FROM = (0, 7, 0)
 GO_ENGINE_REMOVED = (0, 30, 0)
+# Ollama PR 14969 (reported in generative-computing/mellea issue 1651; docs/ollama.md#adapters)
+ADAPTER_CREATE_REMOVED = (0, 34, 1)
+ADAPTERS_REFUSED = "lora adapters are no longer supported"  # the create error, lowercased
+# What to do instead; one place, so the runtimes that serve adapters join it as they come
+INSTEAD_OF_ADAPTER_MODELS = ("export each tenant merged into its own model (`localserve export ADAPTER`, one per "
+                             "tenant), or serve the adapters unmerged with vLLM (`localserve export ADAPTERS... "
+                             "--lora --target vllm`)")
+
+
+class AdapterModelsRefused(OllamaError):
+    """The Ollama server creates no model with a LoRA ADAPTER layer (0.34.1 and later)."""
+
+
+def refuse_adapter_models(version: str, host: str, answer: str | None = None) -> AdapterModelsRefused:
+    said = f" (it answered: {answer})" if answer else ""
+    return AdapterModelsRefused(f"Ollama {version} at {host} no longer creates models with a LoRA ADAPTER{said}; "
+                                "models created by Ollama before 0.34.1 still serve", INSTEAD_OF_ADAPTER_MODELS)
+
+
+def creates_adapter_models(version: str) -> bool:
+    """Whether Ollama `version` still creates models with an ADAPTER layer (before 0.34.1)."""
+    return parse_version(version) < ADAPTER_CREATE_REMOVED
 # fs/ggml/ggml.go OllamaEngineRequired at v0.24.0, as GGUF general.architecture values (docs/ollama.md#adapters;
 # the list as read ends in "…", so this is what is known, not everything).
 GO_ENGINE_ARCHITECTURES = frozenset({
@@ -114,6 +142,8 @@ def register_tenants(base_gguf: Path, base_sha256: str, tenants: list[Tenant], r
     base_gguf = Path(base_gguf)
     with OllamaServer(host) as server:
         version = server.version()
+        if not creates_adapter_models(version):
+            raise refuse_adapter_models(version, server.host)
         if not support.loads_on(version):
             raise ServerTooOld(f"Ollama {version} at {server.host} cannot load LoRA adapters on "
                                f"{support.architecture}: {support.message}",
@@ -129,8 +159,13 @@ def register_tenants(base_gguf: Path, base_sha256: str, tenants: list[Tenant], r
             # HEAD per tenant: the base is sent by the first and found by every later one.
             base = server.push_blob(base_gguf, base_digest)
             adapter = server.push_blob(t.adapter_gguf, f"sha256:{t.adapter_sha256.lower()}")
-            form = server.create(t.name, base_gguf.name, base.digest, recipe,
-                                 adapter=(t.adapter_gguf.name, adapter.digest))
+            try:
+                form = server.create(t.name, base_gguf.name, base.digest, recipe,
+                                     adapter=(t.adapter_gguf.name, adapter.digest))
+            except OllamaError as e:
+                if ADAPTERS_REFUSED in e.message.lower():  # a server newer than the version it reports
+                    raise refuse_adapter_models(version, server.host, e.message.rpartition(" failed: ")[2]) from None
+                raise
             done.append(TenantRegistration(parse_name(t.name).display, adapter.digest, adapter.uploaded,
                                            base.uploaded, server.manifest_digest(t.name)))
     return TenantsRegistered(server.host, version, form, base_digest, tuple(done))
