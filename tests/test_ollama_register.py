@@ -181,19 +181,27 @@ def test_create_validation(steer, fake_export):
     junk = b'{"not": "gguf"}'
     jd = "sha256:" + hashlib.sha256(junk).hexdigest()
     HTTP.post(steer.url + f"/api/blobs/{jd}", content=junk)
-    cases = [
+    refused = [  # what the request gets wrong: its status, before any progress
         ({"model": "v:1", "files": {"../m.gguf": blob.digest}}, "file path must be relative"),
         ({"model": "v:1", "files": {"/m.gguf": blob.digest}}, "file path must be relative"),
         ({"model": "v:1", "files": {"m.gguf": ""}}, "invalid digest format"),
-        ({"model": "v:1", "files": {"m.gguf": jd}}, "supplied file was not in GGUF format"),
         ({"model": "v:1", "modelfile": f"FROM @{blob.digest}"}, "neither 'from' or 'files' was specified"),
         ({"model": "bad name", "files": {"m.gguf": blob.digest}}, "invalid model name"),
+    ]
+    failed = [  # what reading the files finds: after "parsing GGUF", in the stream under 200 (seen on 0.33.0-rc2)
+        ({"model": "v:1", "files": {"m.gguf": jd}}, "supplied file was not in GGUF format"),
+        ({"model": "v:1", "files": {"m.gguf": "sha256:" + "0" * 64}}, "no such file or directory"),
         ({"model": "v:1", "files": {"m.gguf": blob.digest}, "template": "{{ .Prompt"}, "template error"),
     ]
     with steer.behaving(version="0.30.0"):
-        for body, message in cases:
+        for body, message in refused:
             r = HTTP.post(steer.url + "/api/create", json=body)
             assert r.status_code == 400 and message in r.json()["error"], (body, r.text)
+        for body, message in failed:
+            r = HTTP.post(steer.url + "/api/create", json=body)
+            lines = [json.loads(line) for line in r.text.splitlines()]
+            assert r.status_code == 200 and lines[0] == {"status": "parsing GGUF"}, (body, r.text)
+            assert message in lines[-1]["error"] and not any(p.get("status") == "success" for p in lines)
         assert HTTP.post(steer.url + "/api/create", content=b"").json()["error"] == "missing request body"
     with steer.behaving(version="0.5.4"):
         r = HTTP.post(steer.url + "/api/create", json={"model": "v:1", "files": {"m.gguf": blob.digest}})

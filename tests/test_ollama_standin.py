@@ -119,6 +119,32 @@ def test_a_bad_schema_through_v1_is_an_openai_error(steer, model):
         assert r.status_code == 500 and "invalid format" in r.json()["error"]["message"], (stream, r.text)
 
 
+UNCONVERTIBLE = {"type": "object", "properties": {"x": {"$ref": "#/nowhere"}}}  # a reference to nothing
+
+
+def test_a_schema_no_grammar_can_be_made_of_is_llama_servers_400_from_0_30(steer, model):
+    for stream in (False, True):  # llama-server refuses it before the first piece (seen on 0.33.0-rc2)
+        r = HTTP.post(steer.url + "/api/chat", timeout=120, json={
+            "model": model, "stream": stream, "format": UNCONVERTIBLE, "messages": [{"role": "user", "content": "x"}],
+            "options": {"num_predict": 2}})
+        inner = json.loads(r.json()["error"])["error"]  # llama-server's own OpenAI-style body, as Ollama's message
+        assert r.status_code == 400 and inner["type"] == "invalid_request_error", (stream, r.text)
+        assert "JSON schema conversion failed" in inner["message"]
+        r = HTTP.post(steer.url + "/v1/chat/completions", timeout=120, json={
+            "model": model, "stream": stream, "messages": [{"role": "user", "content": "x"}], "max_tokens": 2,
+            "response_format": {"type": "json_schema", "json_schema": {"name": "n", "schema": UNCONVERTIBLE}}})
+        assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error", (stream, r.text)
+        assert "JSON schema conversion failed" in r.json()["error"]["message"]
+
+
+def test_a_schema_no_grammar_can_be_made_of_was_ollamas_own_500_before_0_30(steer, model):
+    with steer.behaving(version="0.29.0"):
+        r = HTTP.post(steer.url + "/api/chat", timeout=120, json={
+            "model": model, "stream": False, "format": UNCONVERTIBLE, "messages": [{"role": "user", "content": "x"}],
+            "options": {"num_predict": 2}})
+    assert r.status_code == 500 and r.json() == {"error": "invalid JSON schema in format"}
+
+
 def test_show_copy_delete(steer, model):
     shown = HTTP.post(steer.url + "/api/show", json={"model": model}).json()
     assert shown["details"]["family"] == "llama" and shown["details"]["quantization_level"] == "Q4_1"
@@ -151,18 +177,31 @@ def test_empty_server_lists_null_openai_models(tmp_path):
         empty.stop()
 
 
+def test_without_a_go_template_create_adds_the_builtin_one_it_recognises(steer, tmp_path, smollm_gguf):
+    from ollama_standin.fixtures import CHATML, write_export
+
+    folder = write_export(tmp_path / "native", smollm_gguf, template=None)  # export --ollama-template native
+    for version in ("0.30.0", "0.33.0-rc2"):  # SmolLM2's template is "chatml" to Ollama (seen on 0.33.0-rc2)
+        with steer.behaving(version=version):
+            result = register(folder, name=f"native:{version}", host=steer.url)
+            shown = HTTP.post(steer.url + "/api/show", json={"model": result.name}).json()
+            assert shown["template"] == CHATML and result.prompt_path["builtin_template"] == "chatml"
+            assert result.prompt_path["path"] == "go_template"
+
+
 def test_without_a_go_template_v030_uses_the_ggufs_jinja_and_older_servers_pass_the_prompt_raw(
-        steer, tmp_path, smollm_gguf):
+        steer, tmp_path, tools_template_gguf):
     from ollama_standin.fixtures import write_export
 
-    folder = write_export(tmp_path / "native", smollm_gguf, template=None)
+    folder = write_export(tmp_path / "native", tools_template_gguf, template=None)
     with steer.behaving(version="0.30.0"):
-        name = register(folder, name="native:v1", host=steer.url).name
-        shown = HTTP.post(steer.url + "/api/show", json={"model": name}).json()
-        assert "{% for message in messages %}" in shown["template"]  # the GGUF's Jinja, not Go
+        result = register(folder, name="native:v1", host=steer.url)
+        shown = HTTP.post(steer.url + "/api/show", json={"model": result.name}).json()
+        assert "{%- if tools %}" in shown["template"]  # the GGUF's Jinja, not Go
+        assert result.prompt_path["path"] == "gguf_jinja" and result.prompt_path["builtin_template"] is None
         r = HTTP.post(steer.url + "/api/chat", json={  # it stops on its own after 11 tokens
-            "model": name, "stream": False, "messages": [{"role": "user", "content": "What is 2+2?"}],
+            "model": result.name, "stream": False, "messages": [{"role": "user", "content": "What is 2+2?"}],
             "options": {"num_predict": 64}}).json()
         assert r["message"]["content"].strip() and r["done_reason"] == "stop"
     with steer.behaving(version="0.29.0"):
-        assert HTTP.post(steer.url + "/api/show", json={"model": name}).json()["template"] == "{{ .Prompt }}"
+        assert HTTP.post(steer.url + "/api/show", json={"model": result.name}).json()["template"] == "{{ .Prompt }}"

