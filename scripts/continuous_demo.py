@@ -197,7 +197,6 @@ def run(work: Path, host: str, *, port: int | None = None, rounds: tuple[int, in
                 outcome["new_base"] = moved.to_json()
                 log(f"  {moved.version} on {moved.training['base']['ref']}: {moved.training['steps']} steps, final "
                     f"loss {moved.training['final_loss']:.4f}")
-                log("  " + moved.table.replace("\n", "\n  "))
             except PromotionRefused as e:
                 outcome["new_base"] = "refused"
                 log("  error: " + e.message.replace("\n", "\n  "))
