@@ -295,6 +295,25 @@ def test_ctrl_c_while_the_vllm_export_writes_its_shards_leaves_no_folder(tiny_ad
     assert (out / "localserve.json").is_file() and list((out / "model").glob("*.safetensors"))
 
 
+def test_ctrl_c_while_a_vllm_reexport_rewrites_its_shards_leaves_no_record_and_the_old_model(tiny_adapter, tmp_path):
+    out = tmp_path / "v"
+    first = invoke("--quiet", "export", tiny_adapter, "--target", "vllm", "--out", out)
+    assert first.exit_code == 0, first.output
+    shards = {p.name: p.read_bytes() for p in (out / "model").glob("*.safetensors")}
+    # another template family changes what the weights stage writes (the end-of-turn ids): it runs again
+    args = ("export", tiny_adapter, "--target", "vllm", "--out", out, "--template-family", "chatml", "--deploy", "lws")
+    job = Job(*args, hold=faults.SHARDS)
+    job.wait_for_line("as the shards are written")
+    job.stop()
+    assert not (out / "localserve.json").exists()  # the earlier record no longer describes the folder
+    assert {p.name: p.read_bytes() for p in (out / "model").glob("*.safetensors")} == shards  # untouched, whole
+    assert not list(out.glob(".model.*")) and not (out / "deploy").exists()
+    again = invoke("--quiet", *args)
+    assert again.exit_code == 0, again.output
+    record = json.loads((out / "localserve.json").read_text())
+    assert record["spec"]["template_family"] == "chatml" and list(record["deploy"]["engines"]) == ["lws"]
+
+
 def test_ctrl_c_during_a_merge_leaves_no_merged_folder(tiny_base, tmp_path):
     from mergefixtures import build_finetune
 
