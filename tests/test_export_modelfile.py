@@ -46,3 +46,11 @@ def test_native_template_mode_writes_no_template_and_says_which_servers_need_it(
     assert "TEMPLATE" not in result.modelfile_path.read_text()
     modelfile = json.loads(result.lineage_path.read_text())["modelfile"]
     assert modelfile["template"] is None and modelfile["ollama_template"] == "native"
+    prompt = json.loads(result.lineage_path.read_text())["ollama_prompt"]
+    assert prompt["path"] == "gguf_jinja" and prompt["before_0_30"] == "raw"
+    assert "built-in Go template" in prompt["why"]  # unless Ollama's create recognises the GGUF's template
+
+
+def test_the_record_says_which_template_ollama_builds_the_prompts_with_and_what_proves_it(tiny_export):
+    prompt = json.loads((tiny_export / "localserve.json").read_text())["ollama_prompt"]
+    assert prompt["path"] == prompt["before_0_30"] == "go_template" and "parity check" in prompt["proof"]

@@ -246,7 +246,8 @@ def _export(spec: ExportSpec) -> ExportResult:
         quality=({**quality.to_json(), "chart": "quality.png", "max_kl": spec.max_kl, "max_size": spec.max_size,
                   **({"chosen": quants[0], "over_size": over_size} if spec.auto_quant else {})}
                  if quality is not None else None),
-        stages=tuple(r.to_json() for r in pipe.records))
+        stages=tuple(r.to_json() for r in pipe.records),
+        sections={"ollama_prompt": _ollama_prompt(modelfile["template"], final(quants[0]), parity.ok)})
     lineage_path = write_record(out, record)
     step(f"wrote {len(artifacts)} GGUF ({human_bytes(sum(a.size for a in artifacts))}), Modelfile and "
          f"{lineage_path.name} to {out}")
@@ -281,7 +282,8 @@ def _write_modelfiles(spec: ExportSpec, setup, user_modelfile, artifacts: list[A
     template = setup.template if spec.ollama_template == "go" else None
     if template is None:
         step("--ollama-template native: the Modelfile has no TEMPLATE; Ollama >= 0.30 applies the GGUF's own chat "
-             "template, older servers would send prompts unformatted (registration refuses them)")
+             "template unless its create recognises it as one of its built-in templates (then that one, unchecked), "
+             "older servers would send prompts unformatted (registration refuses them)")
     for i, art in enumerate(artifacts):
         mf = ModelfileSpec(from_=f"./{art.file}", template=template, system=system, parameters=parameters,
                            messages=tuple(messages), license=tuple(licenses))
@@ -289,6 +291,20 @@ def _write_modelfiles(spec: ExportSpec, setup, user_modelfile, artifacts: list[A
     return {"path": "Modelfile", "template": template, "system": system, "parameters": parameters,
             "messages": [list(m) for m in messages], "license": list(licenses),
             "ollama_template": spec.ollama_template}
+
+
+def _ollama_prompt(template: str | None, gguf: Path, parity_ok: bool) -> dict:
+    """Which template Ollama >= 0.30 will build this export's prompts with, and what proves it
+    (docs/ollama.md#template-selection); registration and `verify` say what the server really took."""
+    from ..ollama.prompt_path import GO_TEMPLATE, expected_path, gguf_chat_template
+
+    jinja = gguf_chat_template(gguf)
+    path = expected_path(template, jinja)
+    proof = ("the parity check (chat.parity): the TEMPLATE renders what the model's own template does"
+             if path.path == GO_TEMPLATE and parity_ok else
+             "the GGUF carries the model's own chat template, which llama-server renders" if jinja else None)
+    return {**path.to_json(), "before_0_30": expected_path(template, jinja, version=(0, 29, 0)).path,
+            "proof": proof}
 
 
 def _measure(spec: ExportSpec, ggufs, merged):
