@@ -30,7 +30,7 @@ CONFIGS = {
 def test_golden_serve_files(case):
     # sizes as a 3 GiB model would give them; adapters from the cloud prefix Ray Serve LLM reads
     deployment = deploy.Deployment(CONFIGS[case], 3 << 30, 4 << 30, "s3://models/adapters")
-    files = {**render(CONFIGS[case]), **deploy.render(tuple(deploy.ENGINES), deployment)}
+    files = {**render(CONFIGS[case], deployment), **deploy.render(tuple(deploy.ENGINES), deployment)}
     folder = GOLDEN / case
     if os.environ.get("LOCALSERVE_UPDATE_GOLDEN"):
         for name, text in files.items():

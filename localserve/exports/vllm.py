@@ -340,7 +340,7 @@ def _run_stages(spec: VllmExportSpec, plan: _Plan, out: Path, draft: list[Path])
     export_bytes = sum(p.stat().st_size for d in (model, out / ADAPTERS_DIR, out / DRAFT_DIR) if d.is_dir()
                        for p in d.rglob("*") if p.is_file())
     deployment = deploy.Deployment(plan.serve, model_bytes, export_bytes, spec.lora_storage)
-    rendered = {**serve.render(plan.serve), **deploy.render(spec.deploy, deployment)}
+    rendered = {**serve.render(plan.serve, deployment), **deploy.render(spec.deploy, deployment)}
     pipe.stage("serve", content_key("vllm serve", rendered), [out / p for p in rendered],
                lambda: _write_serve_files(rendered, out), "writing the serve files"
                + (f" and deploy/ for {', '.join(spec.deploy)}" if spec.deploy else ""))

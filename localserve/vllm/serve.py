@@ -141,19 +141,24 @@ def _yaml_scalar(value: object) -> str:
     return json.dumps(str(value))  # a JSON string is a valid YAML double-quoted scalar
 
 
-def render(config: ServeConfig) -> dict[str, str]:
-    """Relative file name -> text of every serve file for `config`."""
+def render(config: ServeConfig, deployment=None) -> dict[str, str]:
+    """Relative file name -> text of every serve file for `config`. Across nodes, k8s/ holds the
+    LeaderWorkerSet of `--deploy lws` (deploy/lws.py), sized by `deployment` (a deploy.Deployment) when given."""
     env = _environment()
     context = {"c": config, "options": config.options(), "env": config.environment, "mount": MOUNT,
                "image": IMAGE, "ray_port": RAY_PORT, "config_file": CONFIG_FILE, "slug": _slug(config.name)}
     files = {CONFIG_FILE: "config.yaml.j2", LAUNCH_FILE: "launch.sh.j2"}
-    if config.multi_node:
-        files[f"{K8S_DIR}/leaderworkerset.yaml"] = "k8s-ray.yaml.j2"
-    else:
+    if not config.multi_node:
         files[COMPOSE_FILE] = "docker-compose.yml.j2"
         files[f"{K8S_DIR}/deployment.yaml"] = "k8s-deployment.yaml.j2"
     files[f"{K8S_DIR}/service.yaml"] = "k8s-service.yaml.j2"
-    return {name: env.get_template(template).render(**context) for name, template in files.items()}
+    rendered = {name: env.get_template(template).render(**context) for name, template in files.items()}
+    if config.multi_node:
+        from .deploy import lws
+        from .deploy.base import Deployment
+
+        rendered[f"{K8S_DIR}/leaderworkerset.yaml"] = lws.render(deployment or Deployment(config, 0, 0))[lws.FILES[0]]
+    return rendered
 
 
 def write(config: ServeConfig, out: Path) -> list[Path]:

@@ -94,23 +94,31 @@ class Deployment:
         """(served name, folder relative to the export folder) of every LoRA adapter."""
         return tuple((name, path.removeprefix("./")) for name, path in self.serve.lora_modules)
 
+    @property
+    def sized(self) -> bool:
+        """Whether the model's size is known (the serve files alone render without it)."""
+        return self.weight_bytes > 0
+
     def resources(self, gpus: int | None = None) -> dict:
-        """A container's requests and limits (Kubernetes quantities)."""
+        """A container's requests and limits (Kubernetes quantities); memory only when sized."""
         gpus = self.gpus_per_pod if gpus is None else gpus
-        requests = {"cpu": str(self.cpus_per_pod), "memory": self.memory_per_pod}
-        limits = {"memory": self.memory_per_pod}
+        requests = {"cpu": str(self.cpus_per_pod)}
+        limits = {}
+        if self.sized:
+            requests["memory"] = limits["memory"] = self.memory_per_pod
         if gpus:
             requests["nvidia.com/gpu"] = str(gpus)
             limits["nvidia.com/gpu"] = str(gpus)
-        return {"requests": requests, "limits": limits}
+        return {"requests": requests, **({"limits": limits} if limits else {})}
 
     def header(self, engine: str, *lines: str) -> str:
         """The comment every rendered file starts with: what it is, the layout, the features."""
         layout = (f"tensor parallel {self.tp} x pipeline parallel {self.pp} on {self.nodes} node(s) of "
                   f"{self.serve.gpus_per_node} GPU(s)")
-        text = [f"{engine}: vLLM serving {self.name} (written by localserve `export --target vllm --deploy`).",
-                f"Layout: {layout}; host memory per pod {self.memory_per_pod} (the weights it loads + "
-                f"{RUNTIME_HOST_BYTES // GIB} GiB runtime, assumed).",
+        memory = (f"; host memory per pod {self.memory_per_pod} (the weights it loads + "
+                  f"{RUNTIME_HOST_BYTES // GIB} GiB runtime, assumed)" if self.sized else "")
+        text = [f"{engine}: vLLM serving {self.name} (written by localserve `export --target vllm`).",
+                f"Layout: {layout}{memory}.",
                 *lines, f"Serving features: {'; '.join(self.serve.features)}."]
         return "".join(f"# {line}\n" if line else "#\n" for line in text)
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# SGLang: vLLM serving big (written by localserve `export --target vllm --deploy`).
+# SGLang: vLLM serving big (written by localserve `export --target vllm`).
 # Layout: tensor parallel 8 x pipeline parallel 2 on 2 node(s) of 8 GPU(s); host memory per pod 6Gi (the weights it loads + 4 GiB runtime, assumed).
 # Run from anywhere: the export folder is this file's grandparent. SGLANG_PYTHON selects the Python that has SGLang (default: python3).
 # Serving features: prefix caching: on; speculative decoding: off; structured outputs (response_format json_schema): auto backend.
