@@ -177,3 +177,39 @@ def test_an_edited_template_is_read_again(tmp_path):
     cfg = json.loads((DATA / "Phi-3.5-mini-instruct" / "tokenizer_config.json").read_text())
     (d / "tokenizer_config.json").write_text(json.dumps(cfg) + "\n" * 3)
     assert resolve_chat(d).family == "phi3"
+
+
+def test_each_family_s_chat_template_is_its_models_published_one_byte_for_byte():
+    published: dict[str, set[str]] = {}
+    for model, info in INDEX.items():
+        text = json.loads((DATA / model / "tokenizer_config.json").read_text())["chat_template"]
+        published.setdefault(info["family"], set()).add(text)
+    for fam in families().values():
+        if fam.name != "chatml":
+            assert fam.jinja in published[fam.name], fam.name
+    # ChatML's is the plain one: SmolLM2's would give every model SmolLM2's default system prompt. With a
+    # system message of their own, the two render alike.
+    from localserve.chat.hf import load_hf_chat
+
+    smollm2 = load_hf_chat(DATA / "SmolLM2-135M-Instruct")
+    plain = smollm2.with_template(get_family("chatml").jinja)
+    for case in BASE_CASES:
+        if case.messages[0]["role"] == "system":
+            assert plain.render(case.messages) == smollm2.render(case.messages)
+    assert plain.render(BASE_CASES[1].messages) != smollm2.render(BASE_CASES[1].messages)
+
+
+@pytest.mark.go
+@needs_go
+@pytest.mark.parametrize("model", sorted(INDEX))
+def test_a_model_of_each_family_without_its_template_is_proven_with_the_family_s(model, tmp_path):
+    d = tmp_path / model
+    shutil.copytree(DATA / model, d)
+    config = json.loads((d / "tokenizer_config.json").read_text())
+    del config["chat_template"]
+    (d / "tokenizer_config.json").write_text(json.dumps(config))
+    family = INDEX[model]["family"]
+    setup = resolve_chat(d, family=family)
+    assert (setup.template_source, setup.chat_template) == ("family", get_family(family).jinja)
+    report = check_parity(d, setup)
+    assert report.ok, report.summary()
