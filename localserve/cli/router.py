@@ -11,6 +11,26 @@ import click
 _json = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 
 
+def _traffic_source(command):
+    """The options that read the arms' traffic from what the engines publish instead of the router's log."""
+    for option in reversed((
+            click.option("--metrics", multiple=True, metavar="URL|FILE",
+                         help="Read the arms' traffic from vLLM's /metrics at URL (repeat it for every server; "
+                              "replicas add up) or from a saved scrape, instead of the router's log."),
+            click.option("--since-scrape", multiple=True, metavar="FILE",
+                         help="With --metrics: only the traffic since this scrape (saved with "
+                              "`curl URL/metrics > FILE`; one per server)."),
+            click.option("--spend-logs", type=click.Path(path_type=Path, dir_okay=False),
+                         help="Read the arms' traffic from LiteLLM's spend logs exported to FILE (JSON or JSON "
+                              "Lines) instead of the router's log."),
+            click.option("--arm", "arm_names", multiple=True, metavar="NAME:vN=MODEL",
+                         help="With --metrics or --spend-logs: the model name an arm has there (default: its "
+                              "model on its OpenAI-compatible server, else NAME-vN as a vLLM export is named; in "
+                              "spend logs a model_id equal to NAME:vN, as `ab set --render` writes it)."))):
+        command = option(command)
+    return command
+
+
 @click.group("ab")
 def ab_group() -> None:
     """A/B test versions on live traffic: a sticky weighted router, its report, and the verdict."""
@@ -179,16 +199,26 @@ def ab_report(name: str, since: str | None, chart: Path | None, as_json: bool) -
 @click.option("--timeout", "timeout_s", type=click.FloatRange(min=0), default=None,
               help="With --auto: give up after this many seconds.")
 @click.option("--dry-run", is_flag=True, help="Show the verdict; promote nothing, change no weight.")
+@_traffic_source
+@click.option("--over", metavar="DURATION",
+              help="With --metrics: scrape, wait DURATION (e.g. 10m), scrape again, and judge the traffic between.")
 @_json
 def ab_decide(name: str, success: str, min_requests: int, candidate: str | None, suite: Path | None,
-              every: int | None, timeout_s: float | None, dry_run: bool, as_json: bool) -> None:
+              every: int | None, timeout_s: float | None, dry_run: bool, metrics: tuple[str, ...],
+              since_scrape: tuple[str, ...], spend_logs: Path | None, arm_names: tuple[str, ...], over: str | None,
+              as_json: bool) -> None:
     """Judge the candidate: when CONDITION holds with enough requests, promote it (NAME:latest, through
-    the gate) and send it all traffic; when it fails, roll it back to weight 0. Recorded on the version."""
+    the gate) and send it all traffic; when it fails, roll it back to weight 0. Recorded on the version.
+    The traffic is the router's log, or what vLLM (--metrics) or LiteLLM (--spend-logs) published."""
     from ..lifecycle.suites import load_suite
     from ..router.decide import decide, decide_auto
+    from ..router.drift import parse_duration
+    from ..router.sources import make_source
 
+    source = make_source(metrics=metrics, since_scrape=since_scrape, spend_logs=spend_logs, arm_names=arm_names,
+                         over_s=parse_duration(over) if over else None)
     loaded = load_suite(suite) if suite else None
-    kw = dict(candidate=candidate, min_requests=min_requests, suite=loaded, apply=not dry_run)
+    kw = dict(candidate=candidate, min_requests=min_requests, suite=loaded, apply=not dry_run, source=source)
 
     def show(v) -> None:
         if as_json:
@@ -197,6 +227,8 @@ def ab_decide(name: str, success: str, min_requests: int, candidate: str | None,
         head = {"promote": f"promote {v.candidate}", "rollback": f"roll back {v.candidate}",
                 "wait": f"wait ({v.candidate} against {v.control})"}[v.action]
         click.echo(f"{v.experiment}: {head}" + (" [dry run]" if dry_run and v.action != "wait" else ""))
+        if source is not None:
+            click.echo(f"  measured from {v.report.source}")
         for reason in v.reasons:
             click.echo(f"  {reason}")
         for done in v.applied:

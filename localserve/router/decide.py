@@ -276,16 +276,31 @@ def judge(report: Report, candidate: str, condition: str, min_requests: int) -> 
                    report)
 
 
+def condition_metrics(clauses: tuple[Clause, ...]) -> list[str]:
+    """Every metric a condition reads, on either arm."""
+    def names(node: tuple):
+        if node[0] in ("control", "metric"):
+            yield node[1]
+        elif node[0] != "num":
+            for child in node[1:]:
+                yield from names(child)
+
+    return [m for c in clauses for m in (c.metric, *names(c.expression))]
+
+
 def decide(name: str, condition: str, *, candidate: str | None = None, min_requests: int = 100, suite=None,
-           apply: bool = True, store=None, since: float | None = None) -> Verdict:
-    """Judge experiment `name` and, with `apply`, act: promote (through the gate) or roll back."""
+           apply: bool = True, store=None, since: float | None = None, source=None) -> Verdict:
+    """Judge experiment `name` and, with `apply`, act: promote (through the gate) or roll back.
+
+    `source` (router.sources): where the arms' traffic is read; default the local router's log."""
     from . import experiment as ex
-    from .stats import report as build
+    from .sources import RouterLog, check_metrics
 
     exp = ex.load(ex.check_name(name))
-    parse_condition(condition)  # a bad condition is refused before anything is read
+    source = source or RouterLog()
+    check_metrics(condition_metrics(parse_condition(condition)), source)  # refused before anything is read
     chosen = choose_candidate(exp, candidate)
-    report, _rows = build(exp.name, since=since)
+    report = source.report(exp, since=since)
     verdict = judge(report, chosen, condition, min_requests)
     if apply and verdict.action != "wait":
         act(exp, verdict, suite=suite, store=store)
@@ -342,6 +357,9 @@ def decide_auto(name: str, condition: str, *, every: int, on_verdict: Callable[[
 
     if every < 1:
         raise InputError("--auto needs a number of requests >= 1", "e.g. --auto 50")
+    if kw.get("source") is not None:
+        raise InputError("--auto counts the requests of the local router; vLLM's metrics and LiteLLM's spend "
+                         "logs are read when ab decide runs", "run ab decide from a cron job instead of --auto")
     exp = ex.load(ex.check_name(name))
     parse_condition(condition)
     choose_candidate(exp, kw.get("candidate"))

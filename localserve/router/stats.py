@@ -62,7 +62,7 @@ class ArmStats:
 @dataclass(frozen=True)
 class Test:
     metric: str
-    test: str  # fisher | mannwhitneyu
+    test: str  # fisher | mannwhitneyu | mannwhitneyu_binned (on histogram buckets, router.sources)
     p_value: float | None  # None: not enough data on one side
     candidate: float | None
     control: float | None
@@ -79,6 +79,7 @@ class Report:
     control: str
     arms: tuple[ArmStats, ...]
     tests: dict[str, tuple[Test, ...]] = field(default_factory=dict)  # candidate -> tests against the control
+    source: str = "the router's log"  # where the numbers come from (router.sources)
 
     def arm(self, version: str) -> ArmStats:
         return next(a for a in self.arms if a.version == version)
@@ -86,7 +87,7 @@ class Report:
     def to_json(self) -> dict:
         return {"experiment": self.experiment, "since": self.since, "until": self.until, "control": self.control,
                 "arms": [a.to_json() for a in self.arms],
-                "tests": {c: [t.to_json() for t in ts] for c, ts in self.tests.items()}}
+                "tests": {c: [t.to_json() for t in ts] for c, ts in self.tests.items()}, "source": self.source}
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -209,10 +210,15 @@ def _fmt(value: float | None, kind: str) -> str:
     return f"{value:.2f}"
 
 
+TEST_NAMES = {"fisher": "Fisher exact", "mannwhitneyu": "Mann-Whitney U",
+              "mannwhitneyu_binned": "Mann-Whitney U on buckets"}
+
+
 def format_report(r: Report) -> str:
     cols = [("arm", 14), ("weight", 7), ("requests", 9), ("errors", 8), ("p50 lat", 9), ("p95 lat", 9),
             ("p50 ttft", 9), ("p95 ttft", 9), ("tok/s", 7), ("runaway", 8), ("empty", 7), ("feedback", 12)]
-    lines = [f"{r.experiment}: {sum(a.requests for a in r.arms)} requests, control {r.control}",
+    lines = [f"{r.experiment}: {sum(a.requests for a in r.arms)} requests, control {r.control}"
+             + ("" if r.source == Report.source else f" (from {r.source})"),
              "  ".join(f"{h:<{w}}" for h, w in cols).rstrip()]
     total = sum(a.weight or 0 for a in r.arms)
     for a in r.arms:
@@ -225,7 +231,7 @@ def format_report(r: Report) -> str:
         lines.append(f"{candidate} against {r.control}:")
         for t in tests:
             kind = "rate" if t.metric.endswith("_rate") else "s" if "lat" in t.metric or "ttft" in t.metric else ""
-            name = "Fisher exact" if t.test == "fisher" else "Mann-Whitney U"
+            name = TEST_NAMES[t.test]
             lines.append(f"  {t.metric:<13} {_fmt(t.candidate, kind):>9} vs {_fmt(t.control, kind):>9}   "
                          f"{name} p = {_fmt(t.p_value, 'p')}")
     return "\n".join(lines)

@@ -78,6 +78,14 @@ class VllmClient:
             raise VllmError(f"{self.host}/v1/models did not answer like vLLM: {text[:120]!r}",
                             "check that --host points at a vLLM server and that it is healthy") from None
 
+    def metrics_text(self) -> str:
+        """The server's /metrics: Prometheus' text exposition format."""
+        status, text = self._request("GET", "/metrics", what="its metrics")
+        if status != 200:
+            raise VllmError(f"GET {self.host}/metrics answered {status}: {_message(text)}",
+                            "pass the server's root URL (/metrics is added)")
+        return text
+
     def load(self, name: str, path: str | Path) -> None:
         """Load the adapter folder `path` (as the server sees it) under `name`."""
         what = f"loading adapter {name!r} from {path}"
