@@ -22,7 +22,7 @@ def model(steer, fake_export) -> str:
 def test_generate_renders_the_template_and_stops_on_the_stop_list(steer, model):
     # the answer stops after 7 tokens: a bound far above that keeps "stop" meaning the model stopped
     r = HTTP.post(steer.url + "/api/generate", timeout=120, json={
-        "model": model, "prompt": "What is the capital of France?", "stream": False, "options": {"num_predict": 64}})
+        "model": model, "prompt": "What is the capital of France?", "stream": False, "options": {"num_predict": 64, "temperature": 0}})
     body = r.json()
     assert r.status_code == 200 and body["done"] is True and body["done_reason"] == "stop"
     assert body["response"].strip() and "<|im_end|>" not in body["response"]
@@ -65,11 +65,11 @@ def test_format_holds_the_answer_to_a_json_schema_on_every_route(steer, model):
     room = 64  # the object takes 8 tokens, its city 24 characters at most: far above, "stop" is the model's own
     chat = HTTP.post(steer.url + "/api/chat", timeout=120, json={
         "model": model, "stream": False, "format": CITY, "messages": [{"role": "user", "content": question}],
-        "options": {"num_predict": room}}).json()
+        "options": {"num_predict": room, "temperature": 0}}).json()
     generate = HTTP.post(steer.url + "/api/generate", timeout=120, json={
-        "model": model, "stream": False, "format": CITY, "prompt": question, "options": {"num_predict": room}}).json()
+        "model": model, "stream": False, "format": CITY, "prompt": question, "options": {"num_predict": room, "temperature": 0}}).json()
     openai = HTTP.post(steer.url + "/v1/chat/completions", timeout=120, json={
-        "model": model, "messages": [{"role": "user", "content": question}], "max_tokens": room,
+        "model": model, "messages": [{"role": "user", "content": question}], "max_tokens": room, "temperature": 0,
         "response_format": {"type": "json_schema", "json_schema": {"name": "city", "schema": CITY}}}).json()
     texts = [chat["message"]["content"], generate["response"], openai["choices"][0]["message"]["content"]]
     for text in texts:
@@ -77,15 +77,16 @@ def test_format_holds_the_answer_to_a_json_schema_on_every_route(steer, model):
     assert chat["done_reason"] == "stop" and texts[0] == texts[2]  # /v1 is /api/chat with the schema as format
     free = HTTP.post(steer.url + "/api/chat", timeout=120, json={
         "model": model, "stream": False, "messages": [{"role": "user", "content": question}],
-        "options": {"num_predict": 48}}).json()
+        "options": {"num_predict": 48, "temperature": 0}}).json()
     assert free["message"]["content"] != texts[0]  # without format the model answers in prose
 
 
 def test_format_json_is_any_json_object(steer, model):
     question = 'Reply with {"colour": ...} for the colour of the sky.'
     texts = []
-    for body in ({"format": "json", "options": {"num_predict": 64}},
-                 {"response_format": {"type": "json_object"}, "max_tokens": 64}):
+    # temperature 0: a real Ollama samples (0.8 by default, 1.0 on /v1 when omitted); the stand-in is greedy
+    for body in ({"format": "json", "options": {"num_predict": 64, "temperature": 0}},
+                 {"response_format": {"type": "json_object"}, "max_tokens": 64, "temperature": 0}):
         route = "/api/chat" if "format" in body else "/v1/chat/completions"
         answer = HTTP.post(steer.url + route, timeout=120, json={
             "model": model, "stream": False, "messages": [{"role": "user", "content": question}], **body}).json()
@@ -156,6 +157,29 @@ def test_show_copy_delete(steer, model):
     assert HTTP.request("DELETE", steer.url + "/api/delete", json={"model": "copy-of:v1"}).status_code == 200
     r = HTTP.request("DELETE", steer.url + "/api/delete", json={"model": "copy-of:v1"})
     assert r.status_code == 404
+
+
+def test_create_adds_the_recognised_templates_stop_list_under_the_requests_parameters(steer, smollm_gguf):
+    """Ollama recognises SmolLM2's chat template as its built-in "chatml" at every create from that GGUF, also one
+    that brings its own TEMPLATE: chatml's stop list joins the parameters unless the request sends `stop`
+    (seen on the real 0.33.0-rc2, docs/ollama.md#template-selection)."""
+    from localserve.fsutil import sha256_file
+
+    blob = "sha256:" + sha256_file(smollm_gguf)
+    if HTTP.head(f"{steer.url}/api/blobs/{blob}").status_code == 404:
+        assert HTTP.post(f"{steer.url}/api/blobs/{blob}", content=smollm_gguf.read_bytes(), timeout=120).status_code == 201
+
+    def stops(parameters: dict) -> list[str]:
+        created = HTTP.post(steer.url + "/api/create", timeout=120, json={
+            "model": "stops:v1", "files": {"smollm.gguf": blob}, "template": "{{ .Prompt }}", "parameters": parameters,
+            "stream": False})
+        assert created.status_code == 200, created.text
+        shown = HTTP.post(steer.url + "/api/show", json={"model": "stops:v1"}).json()
+        return [line.split(None, 1)[1] for line in shown["parameters"].splitlines() if line.startswith("stop")]
+
+    assert stops({"num_ctx": 2048}) == ['"<|im_start|>"', '"<|im_end|>"']
+    assert stops({"num_ctx": 2048, "stop": ["</s>"]}) == ['"</s>"']
+    assert HTTP.request("DELETE", steer.url + "/api/delete", json={"model": "stops:v1"}).status_code == 200
 
 
 def test_create_from_a_missing_model_is_a_pull_attempt(steer):

