@@ -280,7 +280,8 @@ def test_a_bad_spec_is_one_line_with_the_valid_forms(spec, says):
         open_target(spec)
     assert says in str(e.value) and "\n" not in str(e.value)
     if "lacks" not in says and "names no model" not in says:
-        assert "ollama:NAME, openai:URL#MODEL, store:DIR#NAME:TAG, a .gguf file, an export folder" in str(e.value)
+        assert ("ollama:NAME, openai:URL#MODEL, llama-server:URL[#MODEL], lmstudio:URL#MODEL, jan:URL#MODEL, "
+                "store:DIR#NAME:TAG, a .gguf file, an export folder") in str(e.value)
 
 
 def test_a_folder_or_file_that_is_no_model_lists_the_forms(tmp_path, tiny_export):

@@ -5,21 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-
-@dataclass(frozen=True)
-class Answer:
-    """One target's reply to one case."""
-
-    text: str
-    latency_s: float  # request to last token
-    ttft_s: float | None = None  # request to first token, where the engine streams
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    finish_reason: str | None = None  # "stop", "length", ...
-    error: str | None = None  # the engine failed on this case (the text is then empty)
-
-    def to_json(self) -> dict:
-        return asdict(self)
+from ..runtimes.chat import Answer  # noqa: F401  (one answer type for every engine; it lives with them)
 
 
 @dataclass(frozen=True)
