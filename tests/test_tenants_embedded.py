@@ -71,3 +71,65 @@ def test_registered_tenants_share_the_base_and_answer_in_chat(fact_tenants, stee
         said = r.json()["message"]["content"]
         print(f"\nOllama stand-in {t['name']}: {said!r}")
         assert p["expected"].lower() in said.lower()
+
+
+# --- `localserve serve`: the three tenants hot-swapped per request on one llama-server ---------------------
+
+@pytest.fixture(scope="module")
+def served_tenants(fact_tenants):
+    """ONE llama-server with the base and the three LoRAs loaded once, behind localserve's front."""
+    import llamaserver
+    from localserve.runtimes.llama_server import serve
+
+    with serve([fact_tenants.out_dir], port=0, binary=llamaserver.binary()) as serving:
+        yield serving
+
+
+def _ask(url: str, model: str, question: str, max_tokens: int = 32):
+    import httpx
+
+    return httpx.post(f"{url}/v1/chat/completions", timeout=300, json={
+        "model": model, "max_tokens": max_tokens, "temperature": 0,
+        "messages": [{"role": "user", "content": question}]})
+
+
+def test_served_tenants_answer_their_own_probes_interleaved_from_one_server(served_tenants, fact_tenants):
+    import httpx
+
+    listed = [m["id"] for m in httpx.get(f"{served_tenants.url}/v1/models").json()["data"]]
+    assert listed == [fact_tenants.name, *ADAPTERS]
+    # round robin, twice: every request switches the adapter the previous one used
+    for tenant in [*ADAPTERS, *ADAPTERS]:
+        p = probe(tenant)
+        r = _ask(served_tenants.url, tenant, p["question"])
+        assert r.status_code == 200, r.text
+        said = r.json()["choices"][0]["message"]["content"]
+        print(f"\nserve {tenant}: {said!r}")
+        assert p["expected"].lower() in said.lower()
+        assert r.json()["choices"][0]["finish_reason"] == "stop"
+    # and all three at once: each request carries its own scales, whatever the others in flight use
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(len(ADAPTERS)) as pool:
+        answers = list(pool.map(lambda t: _ask(served_tenants.url, t, probe(t)["question"]), ADAPTERS))
+    for tenant, r in zip(ADAPTERS, answers):
+        said = r.json()["choices"][0]["message"]["content"]
+        print(f"\nserve {tenant}, concurrent: {said!r}")
+        assert probe(tenant)["expected"].lower() in said.lower()
+
+
+def test_served_base_answers_without_any_tenants_fact(served_tenants, fact_tenants):
+    for tenant in ADAPTERS:
+        p = probe(tenant)
+        r = _ask(served_tenants.url, fact_tenants.name, p["question"])
+        assert r.status_code == 200, r.text
+        said = r.json()["choices"][0]["message"]["content"]
+        print(f"\nserve base asked {tenant}'s question: {said!r}")
+        assert p["expected"].lower() not in said.lower()
+
+
+def test_served_unknown_tenant_is_a_clear_error(served_tenants, fact_tenants):
+    r = _ask(served_tenants.url, "stranger", "hello", max_tokens=4)
+    assert r.status_code == 404
+    message = r.json()["error"]["message"]
+    assert message.startswith("no model named 'stranger'") and all(t in message for t in ADAPTERS)

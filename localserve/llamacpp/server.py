@@ -150,7 +150,8 @@ def running(models: Sequence[ServerModel], *, binary: Path | None = None, port: 
     else:
         preset = scratch / "models.ini"
         preset.write_text(preset_ini(models), encoding="utf-8")
-        args = [*common, "--models-preset", str(preset), "--no-models-autoload"]
+        # every model loads at start-up, and the router refuses more than --models-max of them (default 4)
+        args = [*common, "--models-preset", str(preset), "--no-models-autoload", "--models-max", str(len(models))]
     command = [str(binary), *args, *map(str, extra_args)]
     with open(log, "w") as out:
         # its own process group: router mode starts a child server per model, stopped with it
