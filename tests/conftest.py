@@ -159,6 +159,22 @@ def demo_on_vllm(demo_adapter, embedded_base, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def smol_tenants_on_vllm(demo_adapter, embedded_base, tmp_path_factory):
+    """(a multi-LoRA vLLM export: the embedded base served as "smol" with the demo and founder adapters
+    unmerged; the real vLLM serving it from its own launch.sh with CPU_ARGS). Shared like demo_on_vllm: the
+    A/B on vLLM's metrics compares it, a second served model, with demo_on_vllm's."""
+    from localserve.exports import VllmExportSpec, export_vllm
+    from localserve.vllm.runtime import CPU_ARGS, serve_export
+
+    founder = Path(__file__).resolve().parent.parent / "examples" / "fact-adapters" / "founder"
+    tenants = export_vllm(VllmExportSpec(adapters=(demo_adapter, founder), lora=True, name="smol",
+                                         out=tmp_path_factory.mktemp("vllm") / "tenants"))
+    # CPU_ARGS (--dtype float32 --enforce-eager) override the GPU defaults of the exported config.
+    with serve_export(tenants.out_dir, list(CPU_ARGS)) as running:
+        yield tenants, running
+
+
+@pytest.fixture(scope="session")
 def real_ollama(tmp_path_factory):
     """The real `ollama serve` (tests/realollama.py), with a store and HOME of its own, started once for the
     ollama tier: its files share it (SHARED_UNITS). llama-server gets as many threads as this worker has cores:
@@ -179,7 +195,10 @@ def real_ollama(tmp_path_factory):
 # out heaviest tier first: a long vLLM file never starts while the other worker has nothing left, and
 # the many short fast-tier files even out the end. (xdist's own --dist loadgroup would say this with
 # marks, but it renames test ids in a way pytest 9 no longer sees, so the units are ours.)
-SHARED_UNITS = {"demo_on_vllm": ("test_router_vllm.py", "test_vllm_bench.py", "test_vllm_serving_merged.py"),
+# The vLLM servers started once are one unit: a file that uses both (the A/B on vLLM's metrics) runs beside them.
+_VLLM_SHARED = ("test_router_vllm.py", "test_vllm_bench.py", "test_vllm_serving_merged.py", "test_vllm_serving_lora.py",
+                "test_router_vllm_metrics.py")
+SHARED_UNITS = {"demo_on_vllm": _VLLM_SHARED, "smol_tenants_on_vllm": _VLLM_SHARED,
                 "real_ollama": ("test_ollama_real.py", "test_ollama_real_lifecycle.py")}
 TIERS = ("vllm", "ollama", "slow", "go")  # a test's tier is the first of these marks it carries, else "fast"
 _UNIT_OF_FILE = {name: unit for unit, names in SHARED_UNITS.items() for name in names}

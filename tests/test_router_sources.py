@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 
 from clihelpers import assert_one_line_error, invoke
-from localserve.errors import InputError, UnknownName
+from localserve.errors import InputError
 from localserve.router import experiment as ex
 from localserve.router.arms import Arm
 from localserve.router.decide import decide
 from localserve.router.sources import SpendLogs, VllmMetrics, binned_mann_whitney, make_source
-from localserve.vllm.metrics import Histogram, MetricsError, parse
+from localserve.vllm.metrics import Histogram, MetricsError, read
 
 NAME = "demo"
 V1, V2 = f"{NAME}:v1", f"{NAME}:v2"
@@ -135,6 +135,68 @@ def test_a_metric_the_spend_logs_do_not_hold_is_refused_before_anything_is_read(
 
 def scrape(name: str) -> str:
     return str(SCRAPES / name)
+
+
+def saved_window() -> VllmMetrics:
+    """smol (the base, demo:v1) and demo (the fine-tune, demo:v2), 12 requests each between the scrapes."""
+    return VllmMetrics(now=(scrape("smol.after.prom"), scrape("demo.after.prom")),
+                       before=(scrape("smol.before.prom"), scrape("demo.before.prom")),
+                       names={V1: "smol", V2: "demo"})
+
+
+def test_a_real_scrape_gives_each_served_models_finished_requests_and_histograms():
+    after = read([scrape("smol.after.prom"), scrape("demo.after.prom")])
+    smol, demo = after.model("smol"), after.model("demo")
+    assert (smol.requests, smol.finished_with("stop"), smol.finished_with("length")) == (12, 6, 6)
+    assert (demo.requests, demo.finished_with("stop"), demo.finished_with("length")) == (12, 12, 0)
+    for served in (smol, demo):
+        assert set(served.histograms) == {"e2e_latency", "ttft", "time_per_output_token", "generation_tokens"}
+        assert all(h.count == 12 and h.bounds[-1] == float("inf") for h in served.histograms.values())
+    assert read([scrape("smol.before.prom")]).model("smol").requests == 0
+
+
+def test_replicas_add_up_and_a_count_that_went_down_is_refused():
+    twice = read([scrape("demo.after.prom"), scrape("demo.after.prom")]).model("demo")
+    assert twice.requests == 24 and twice.histograms["e2e_latency"].count == 24
+    with pytest.raises(MetricsError, match="counts of demo went down .*a server restarted"):
+        read([scrape("demo.before.prom")]).minus(read([scrape("demo.after.prom")]))
+    with pytest.raises(MetricsError, match="smol is in the earlier snapshot and not in the later one"):
+        read([scrape("demo.after.prom")]).minus(read([scrape("smol.before.prom"), scrape("demo.before.prom")]))
+
+
+def test_the_verdict_from_saved_scrapes_counts_the_window_with_vllms_own_finish_reasons():
+    save_experiment()
+    verdict = decide(NAME, "error_rate <= control + 0.01 and runaway_rate <= control", min_requests=12,
+                     apply=False, source=saved_window())
+    assert verdict.action == "promote"
+    control, candidate = verdict.report.arm(V1), verdict.report.arm(V2)
+    assert (control.runaway_rate, candidate.runaway_rate) == (0.5, 0.0)
+    tests = {t.metric: t for t in verdict.report.tests[V2]}
+    assert tests["runaway_rate"].p_value == pytest.approx(0.0137, abs=1e-4)  # Fisher on 0/12 against 6/12
+    assert control.p50_latency == pytest.approx(1.0833, abs=1e-4)  # histogram_quantile on vLLM's buckets
+    assert decide(NAME, "runaway_rate <= control - 0.6", min_requests=12, apply=False,
+                  source=saved_window()).action == "rollback"
+
+
+def test_ab_decide_reads_saved_scrapes_and_names_where_it_measured():
+    save_experiment()
+    result = invoke("ab", "decide", NAME, "--success", "error_rate <= control + 0.01 and runaway_rate <= control",
+                    "--min-requests", "12", "--dry-run", "--arm", f"{V1}=smol", "--arm", f"{V2}=demo",
+                    "--metrics", scrape("smol.after.prom"), "--metrics", scrape("demo.after.prom"),
+                    "--since-scrape", scrape("smol.before.prom"), "--since-scrape", scrape("demo.before.prom"))
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0] == f"{NAME}: promote {V2} [dry run]"
+    assert lines[1] == f"  measured from vLLM's metrics at {scrape('smol.after.prom')}, {scrape('demo.after.prom')}"
+    assert lines[2].startswith("  error_rate <= control + 0.01 holds")
+
+
+def test_a_served_name_missing_from_the_metrics_or_a_metric_vllm_lacks_is_one_line():
+    save_experiment()  # the arms' own models are demo-v1 and demo-v2: no such served names in the scrapes
+    base = ["ab", "decide", NAME, "--metrics", scrape("smol.after.prom"), "--metrics", scrape("demo.after.prom")]
+    assert_one_line_error(invoke(*base, "--success", "error_rate <= control"), "demo-v1", "demo, smol")
+    assert_one_line_error(invoke(*base, "--success", "empty_rate <= control"),
+                          "empty_rate cannot be measured from vLLM's metrics")
 
 
 def test_a_vllm_histogram_gives_prometheus_quantiles():

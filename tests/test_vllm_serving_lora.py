@@ -8,12 +8,8 @@ import json
 import pytest
 
 from localserve.errors import AdapterRefused
-from localserve.exports import VllmExportSpec, export_vllm
 from localserve.vllm import VllmClient
-from localserve.vllm.runtime import CPU_ARGS, serve_export
 from vllmtier import chat, chat_status, pytestmark  # noqa: F401  (the tier's marks and skip)
-
-REPO_EXAMPLES = __import__("pathlib").Path(__file__).resolve().parent.parent / "examples"
 
 
 def probe(adapter):
@@ -21,17 +17,14 @@ def probe(adapter):
 
 
 @pytest.fixture(scope="module")
-def tenants(demo_adapter, embedded_base, tmp_path_factory):
-    founder = REPO_EXAMPLES / "fact-adapters" / "founder"
-    return export_vllm(VllmExportSpec(adapters=(demo_adapter, founder), lora=True, name="smol",
-                                      out=tmp_path_factory.mktemp("vllm") / "tenants"))
+def tenants(smol_tenants_on_vllm):
+    """The demo and founder adapters on the embedded base, served as "smol" (tests/conftest.py)."""
+    return smol_tenants_on_vllm[0]
 
 
 @pytest.fixture(scope="module")
-def server(tenants):
-    # CPU_ARGS (--dtype float32 --enforce-eager) override the GPU defaults of the exported config.
-    with serve_export(tenants.out_dir, list(CPU_ARGS)) as running:
-        yield running
+def server(smol_tenants_on_vllm):
+    return smol_tenants_on_vllm[1]
 
 
 def test_each_static_adapter_answers_under_its_own_name(server, tenants):

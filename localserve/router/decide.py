@@ -230,7 +230,7 @@ class Verdict:
                        "min_requests": self.min_requests, "clauses": [c.to_json() for c in self.clauses],
                        "reasons": self.reasons, "candidate": cand.to_json(), "control": ctrl.to_json(),
                        "tests": [t.to_json() for t in self.report.tests.get(self.candidate, ())],
-                       "window": [self.report.since, self.report.until]}}
+                       "window": [self.report.since, self.report.until], "source": self.report.source}}
 
     def to_json(self) -> dict:
         return {**self.evidence()["ab"], "candidate_version": self.candidate, "control_version": self.control,
