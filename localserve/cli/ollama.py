@@ -185,15 +185,44 @@ def bundle_command(output_dir: Path | None, out: Path, from_store: str | None, s
 
 
 @click.command("install")
-@click.argument("bundle", type=click.Path(path_type=Path, dir_okay=False))
-@click.option("--name", help="NAME:TAG to create (default: <bundle name>:<quant>).")
-@click.option("--quant", help="Which quant in the bundle (default: the first listed).")
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("--runtime", type=click.Choice(["ollama", "lmstudio", "jan"]), default="ollama", show_default=True,
+              help="Where to install: Ollama (SOURCE a bundle), or LM Studio / Jan (SOURCE an export folder: its GGUF "
+                   "is placed where the app looks, hard-linked when it can be).")
+@click.option("--dir", "folder", type=click.Path(path_type=Path, file_okay=False),
+              help="With --runtime lmstudio: LM Studio's models folder (default: its settings' downloadsFolder, else "
+                   "~/.lmstudio/models); jan: Jan's data folder (default: ~/.local/share/Jan/data).")
+@click.option("--name", help="NAME:TAG to create (default: <bundle name>:<quant>); for LM Studio the model folder, "
+                             "for Jan the model id.")
+@click.option("--quant", help="Which quant in the bundle or export (default: the first listed).")
 @_host
 @_store
-def install_command(bundle: Path, name: str | None, quant: str | None, host: str | None, store: str | None) -> None:
-    """Verify BUNDLE's checksums, then register it with the local Ollama, or write it into --store."""
+def install_command(source: Path, runtime: str, folder: Path | None, name: str | None, quant: str | None,
+                    host: str | None, store: str | None) -> None:
+    """Install SOURCE: a bundle into Ollama (verifying its checksums; through a running Ollama, or written into
+    --store), or an export folder into LM Studio or Jan (--runtime)."""
+    if runtime != "ollama":
+        from ..runtimes.apps import install
+
+        if host or store is not None:
+            raise InputError(f"--{'host' if host else 'store'} names an Ollama, and --runtime is {runtime}",
+                             f"drop it, or pass --dir for {runtime}'s folder")
+        r = install(runtime, source, folder, name=name, quant=quant)
+        click.echo(f"installed {r.model} for {runtime}: {r.gguf} ({r.how})")
+        if r.config is not None:
+            click.echo(f"  {r.config}")
+        for note in r.notes:
+            click.echo(f"  {note}")
+        return
     from ..ollama.bundle import install_bundle
 
+    bundle = source
+    if folder is not None:
+        raise InputError("--dir is LM Studio's or Jan's folder", "for Ollama pass --store DIR")
+    if bundle.is_dir():
+        raise InputError(f"{bundle} is a folder; Ollama installs a bundle file",
+                         f"make one with `localserve bundle {bundle} -o model.tar`, or register the export: "
+                         f"`localserve register {bundle}`")
     if host and store is not None:
         raise InputError("--host and --store name two different places", "pass one of them")
     r = install_bundle(bundle, name=name, host=host, store_root=store or None, use_store=store is not None,
@@ -220,11 +249,16 @@ def verify_command(name: str, host: str | None, clients: tuple[str, ...], json_s
     schema = read_json_schema(json_schema) if json_schema is not None else None
     report = verify(name, host=host, clients=clients or None, json_schema=schema)
     if as_json:
-        click.echo(json.dumps({"model": report.model, "host": report.host, "ok": report.ok, "clients": [
-            {"client": c.client, "ok": c.ok, "problem": c.problem, "ttft_s": c.ttft_s, "tokens_per_s": c.tokens_per_s,
-             "turns": [t.__dict__ for t in c.turns],
-             "json_answer": c.structured.__dict__ if c.structured else None} for c in report.clients]}, indent=2))
+        clients = [{"client": c.client, "ok": c.ok, "problem": c.problem, "ttft_s": c.ttft_s,
+                    "tokens_per_s": c.tokens_per_s, "turns": [t.__dict__ for t in c.turns],
+                    "json_answer": c.structured.__dict__ if c.structured else None} for c in report.clients]
+        click.echo(json.dumps({"model": report.model, "host": report.host, "ok": report.ok,
+                               "server_version": report.server_version,
+                               "prompt_path": report.prompt_path.to_json() if report.prompt_path else None,
+                               "clients": clients}, indent=2))
     else:
+        if report.prompt_path is not None:
+            click.echo(f"prompt: {report.prompt_path.description} (Ollama {report.server_version})")
         for c in report.clients:
             mark = "ok  " if c.ok else "FAIL"
             click.echo(f"{mark} {c.client:<10} first token {c.ttft_s:.2f}s  {c.tokens_per_s:.1f} tokens/s"
