@@ -12,6 +12,7 @@ from pathlib import Path
 
 import ollama
 import pytest
+from ollama_standin import HTTP
 from openai import OpenAI
 
 from localserve.ollama import register
@@ -58,38 +59,42 @@ def test_eval_on_the_ollama_and_store_targets_gives_the_ggufs_own_answers(real_o
     assert len({a["text"].strip() for a in answers}) == 1, answers
 
 
-def test_promote_and_rollback_on_the_server_restore_the_exact_digest(real_ollama, exported_demo, tmp_path):
-    """demo-vers:v1 is the demo export's Q4_K_M, v2 its Q8_0 alone. The gate promotes v2 over v1 on the
-    probe (both evaluated on the server); after v1's tag is re-created with v2's content, a rollback
-    re-creates the exact manifest v1 had through the API and checks its digest."""
-    v1_export = renamed_copy(exported_demo, "demo-vers", tmp_path / "v1")
-    v2_export = only_quant(renamed_copy(exported_demo, "demo-vers", tmp_path / "v2"), "Q8_0")
-    host = ["--host", real_ollama.url]
-    first = json.loads(cli_run("register", str(v1_export), *host, "--json").output)
-    second = json.loads(cli_run("register", str(v2_export), *host, "--json").output)
-    assert [first["models"][0], second["models"][0]] == ["demo-vers:v1", "demo-vers:v2"]
+@pytest.mark.parametrize("where", ["server", "store"])
+def test_promote_and_rollback_restore_the_exact_digest_the_server_serves(real_ollama, exported_demo, tmp_path, where):
+    """NAME:v1 is the demo export's Q4_K_M, NAME:v2 its Q8_0 alone, registered through the server's API or
+    straight into the store it serves from. The gate promotes v2 over v1 on the probe (both evaluated where
+    they live); after v1's tag is re-created with v2's content, a rollback restores the exact manifest v1 had
+    (through the API: created again from its recipe; in the store: its bytes written back), and the running
+    server lists and answers it."""
+    name = f"demo-{where}"
+    v1_export = renamed_copy(exported_demo, name, tmp_path / "v1")
+    v2_export = only_quant(renamed_copy(exported_demo, name, tmp_path / "v2"), "Q8_0")
+    place = ["--host", real_ollama.url] if where == "server" else ["--store", str(real_ollama.models)]
+    first = json.loads(cli_run("register", str(v1_export), *place, "--json").output)
+    second = json.loads(cli_run("register", str(v2_export), *place, "--json").output)
+    assert [first["models"][0], second["models"][0]] == [f"{name}:v1", f"{name}:v2"]
     assert first["manifest_digest"] != second["manifest_digest"]
 
-    def digest(name: str) -> str:
-        return {m["name"]: m["digest"] for m in json.loads(cli_run("ls", *host, "--json").output)}.get(name)
+    def served_digest(model: str) -> str | None:
+        return {m["name"]: m["digest"] for m in HTTP.get(f"{real_ollama.url}/api/tags").json()["models"]}.get(model)
 
-    promoted = cli_run("promote", "demo-vers:v1", "--as", "demo-vers:latest", *host, "--json")
+    promoted = cli_run("promote", f"{name}:v1", "--as", f"{name}:latest", *place, "--json")
     assert promoted.exit_code == 0, promoted.output
-    gated = cli_run("promote", "demo-vers:v2", "--as", "demo-vers:latest", "--suite", str(PROBE),
-                    "--max-tokens", str(ROOM), *host, "--json")
+    gated = cli_run("promote", f"{name}:v2", "--as", f"{name}:latest", "--suite", str(PROBE),
+                    "--max-tokens", str(ROOM), *place, "--json")
     assert gated.exit_code == 0, gated.output
     comparison = json.loads(gated.output)["comparison"]
     assert comparison["candidate"]["score"] == comparison["champion"]["score"] == 1.0
-    assert digest("demo-vers:latest") == second["manifest_digest"]
+    assert served_digest(f"{name}:latest") == second["manifest_digest"]
 
-    OllamaServer(real_ollama.url).copy("demo-vers:v2", "demo-vers:v1")  # someone re-created v1 with v2's content
-    assert digest("demo-vers:v1") == second["manifest_digest"]
-    rolled = cli_run("rollback", "demo-vers:latest", *host, "--json")
+    OllamaServer(real_ollama.url).copy(f"{name}:v2", f"{name}:v1")  # someone re-created v1 with v2's content
+    assert served_digest(f"{name}:v1") == second["manifest_digest"]
+    rolled = cli_run("rollback", f"{name}:latest", *place, "--json")
     assert rolled.exit_code == 0, rolled.output
     assert json.loads(rolled.output)["digest"] == first["manifest_digest"]
-    assert digest("demo-vers:latest") == first["manifest_digest"]  # v1's own manifest, made again by create
+    assert served_digest(f"{name}:latest") == first["manifest_digest"]  # v1's own manifest, not the re-created tag's
     probe = json.loads(PROBE.read_text())
-    answer = ollama.Client(host=real_ollama.url).chat(model="demo-vers:latest", messages=[
+    answer = ollama.Client(host=real_ollama.url).chat(model=f"{name}:latest", messages=[
         {"role": "user", "content": probe["question"]}], options={"temperature": 0, "num_predict": ROOM})
     assert probe["expected"] in answer.message.content
 
