@@ -118,7 +118,7 @@ def test_arms_without_their_version_as_model_id_are_named_by_their_model(tmp_pat
     logs = tmp_path / "spend.json"
     logs.write_text(json.dumps(spend_rows(V1, 110, latency=0.4, model_id="6f2b0c1e")
                                + spend_rows(V2, 110, latency=0.4, model_id="9d41aa07", seed=1)))
-    with pytest.raises(InputError, match=r"none of the 220 rows .* is an arm of demo .*6f2b0c1e"):
+    with pytest.raises(InputError, match=r"none of the 220 rows .* is demo:v1 or demo:v2 .*6f2b0c1e"):
         decide(NAME, "error_rate <= control", apply=False, source=SpendLogs(logs))
     source = make_source(spend_logs=logs, arm_names=(f"{V1}=hosted_vllm/demo-v1", f"{V2}=demo-v2"))
     verdict = decide(NAME, "error_rate <= control", min_requests=100, apply=False, source=source)
@@ -129,6 +129,37 @@ def test_a_metric_the_spend_logs_do_not_hold_is_refused_before_anything_is_read(
     save_experiment()
     with pytest.raises(InputError, match="empty_rate cannot be measured from LiteLLM's spend logs"):
         decide(NAME, "empty_rate <= control", apply=False, source=SpendLogs(tmp_path / "not-read.json"))
+
+
+def test_drift_reads_the_live_versions_latency_tokens_and_errors_from_spend_logs(tmp_path):
+    from localserve.router.drift import drift
+
+    save_experiment()  # demo:v1 takes 90%: the live version
+    now = time.time()
+    logs = tmp_path / "spend.json"
+    logs.write_text(json.dumps(spend_rows(V1, 80, latency=0.4, start=now - 7200)
+                               + spend_rows(V1, 80, latency=0.9, failures=2, seed=1, start=now - 1800)
+                               + spend_rows(V2, 80, latency=5.0, seed=2, start=now - 1800)))
+    report, baseline, window = drift(NAME, baseline_s=3600 * 2, window_s=3600, source=SpendLogs(logs))
+    assert report.version == V1 and (report.n_baseline, report.n_window) == (80, 80)
+    checks = {c.metric: c for c in report.checks}
+    assert set(checks) == {"completion_tokens", "latency_s", "error_rate"}  # what spend logs can tell
+    assert checks["latency_s"].flagged and checks["latency_s"].window == pytest.approx(0.9, rel=0.1)
+    assert not checks["error_rate"].flagged and report.source == f"LiteLLM's spend logs {logs}"
+
+
+def test_drift_command_on_spend_logs_flags_and_draws(tmp_path):
+    save_experiment()
+    now = time.time()
+    logs = tmp_path / "spend.jsonl"
+    rows = spend_rows(V1, 60, latency=0.4, start=now - 7000) + spend_rows(V1, 60, latency=1.2, seed=1, start=now - 900)
+    logs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = invoke("drift", NAME, "--spend-logs", logs, "--baseline", "2h", "--window", "1h", "--check",
+                    "--chart", tmp_path / "drift.png")
+    assert result.exit_code == 1, result.output
+    assert f"from LiteLLM's spend logs {logs}" in result.output.splitlines()[0]
+    assert any(line.startswith("latency_s") and line.endswith("DRIFT") for line in result.output.splitlines())
+    assert (tmp_path / "drift.png").read_bytes().startswith(b"\x89PNG")
 
 
 # --- vLLM's /metrics, from real scrapes ---------------------------------------------------------------------

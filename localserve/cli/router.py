@@ -256,16 +256,26 @@ def ab_decide(name: str, success: str, min_requests: int, candidate: str | None,
               help="Also write a PNG: lengths and latencies baseline against window, shares over time, the golden "
                    "suite over time.")
 @click.option("--check", is_flag=True, help="Exit 1 when drift is flagged (for a cron job).")
+@click.option("--spend-logs", type=click.Path(path_type=Path, dir_okay=False),
+              help="Read the live version's traffic from LiteLLM's spend logs exported to FILE (JSON or JSON Lines) "
+                   "instead of the router's log: completion tokens, latency and errors are checked.")
+@click.option("--arm", "arm_names", multiple=True, metavar="NAME:vN=MODEL",
+              help="With --spend-logs: the model name the version has there (default: a model_id equal to NAME:vN, "
+                   "as `ab set --render` writes it).")
 @_json
 def drift_command(name: str, baseline: str, window: str, version: str | None, alpha: float, min_requests: int,
-                  chart: Path | None, check: bool, as_json: bool) -> None:
-    """Has NAME's live version drifted? Its recent traffic in the router's log against a baseline window
-    (response length: KS test; runaway, empty and error shares: Fisher; latency; feedback), and its
-    golden-suite runs over time from the version store."""
+                  chart: Path | None, check: bool, spend_logs: Path | None, arm_names: tuple[str, ...],
+                  as_json: bool) -> None:
+    """Has NAME's live version drifted? Its recent traffic in the router's log (or LiteLLM's spend logs)
+    against a baseline window (response length: KS test; runaway, empty and error shares: Fisher; latency;
+    feedback), and its golden-suite runs over time from the version store."""
     from ..router.drift import drift, format_drift, parse_duration
+    from ..router.sources import make_source
 
+    source = make_source(spend_logs=spend_logs, arm_names=arm_names)
     report, base_rows, window_rows = drift(name, version=version, baseline_s=parse_duration(baseline),
-                                           window_s=parse_duration(window), alpha=alpha, min_requests=min_requests)
+                                           window_s=parse_duration(window), alpha=alpha, min_requests=min_requests,
+                                           source=source)
     if chart:
         from ..router.charts import drift_chart
 

@@ -83,6 +83,7 @@ class DriftReport:
     checks: list[Check]
     evals: list[EvalPoint] = field(default_factory=list)
     eval_changes: list[EvalChange] = field(default_factory=list)
+    source: str = "the router's log"  # where the traffic was read (router.sources)
 
     @property
     def flagged(self) -> bool:
@@ -92,7 +93,8 @@ class DriftReport:
         return {"name": self.name, "version": self.version, "baseline": list(self.baseline),
                 "window": list(self.window), "n_baseline": self.n_baseline, "n_window": self.n_window,
                 "alpha": self.alpha, "flagged": self.flagged, "checks": [c.to_json() for c in self.checks],
-                "evals": [asdict(e) for e in self.evals], "eval_changes": [asdict(e) for e in self.eval_changes]}
+                "evals": [asdict(e) for e in self.evals], "eval_changes": [asdict(e) for e in self.eval_changes],
+                "source": self.source}
 
 
 def ks(a: Sequence[float], b: Sequence[float]) -> float | None:
@@ -180,8 +182,11 @@ def live_version(name: str, store=None) -> str:
 
 def drift(name: str, *, version: str | None = None, baseline_s: float = 7 * 86400, window_s: float = 86400,
           now: float | None = None, alpha: float = 0.01, min_requests: int = 30, log: RequestLog | None = None,
-          store=None) -> tuple[DriftReport, list[RequestRow], list[RequestRow]]:
-    """The drift report of `name`'s live version, and the baseline and window rows it compared."""
+          store=None, source=None) -> tuple[DriftReport, list[RequestRow], list[RequestRow]]:
+    """The drift report of `name`'s live version, and the baseline and window rows it compared.
+
+    `source`: LiteLLM's spend logs (router.sources.SpendLogs) instead of the router's log; the checks that
+    need what only the router logs (response length, empty answers, runaways, feedback) are left out."""
     from ..lifecycle.store import VersionStore, parse_version_ref
 
     if not 0 < alpha < 1:
@@ -196,11 +201,19 @@ def drift(name: str, *, version: str | None = None, baseline_s: float = 7 * 8640
         end = now if now is not None else time.time()
         w0 = end - window_s
         b0 = w0 - baseline_s
-        baseline = log.rows(name, since=b0, until=w0, arm=live)
-        window = log.rows(name, since=w0, until=end, arm=live)
+        if source is None:
+            baseline = log.rows(name, since=b0, until=w0, arm=live)
+            window = log.rows(name, since=w0, until=end, arm=live)
+        else:
+            rows = source.rows_of(name, [live])
+            baseline = [r for r in rows if b0 <= r.at < w0]
+            window = [r for r in rows if w0 <= r.at < end]
+        checks = traffic_checks(baseline, window, alpha, min_requests)
+        if source is not None:
+            checks = [c for c in checks if c.metric in source.drift_checks]
         evals, changes = eval_history(store, name, live, alpha)
-        report = DriftReport(name, live, (b0, w0), (w0, end), len(baseline), len(window), alpha,
-                             traffic_checks(baseline, window, alpha, min_requests), evals, changes)
+        report = DriftReport(name, live, (b0, w0), (w0, end), len(baseline), len(window), alpha, checks, evals,
+                             changes, **({"source": source.label} if source is not None else {}))
         return report, baseline, window
     finally:
         if own_store:
@@ -215,7 +228,8 @@ def format_drift(d: DriftReport) -> str:
 
     stamp = lambda t: time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))  # noqa: E731
     lines = [f"{d.name}: live version {d.version}; baseline {stamp(d.baseline[0])} .. {stamp(d.baseline[1])} "
-             f"({d.n_baseline} requests), window .. {stamp(d.window[1])} ({d.n_window} requests)",
+             f"({d.n_baseline} requests), window .. {stamp(d.window[1])} ({d.n_window} requests)"
+             + ("" if d.source == DriftReport.source else f" from {d.source}"),
              f"{'check':<18} {'test':<13} {'baseline':>10} {'window':>10} {'p':>10}"]
     for c in d.checks:
         lines.append(f"{c.metric:<18} {c.test:<13} {fmt(c.baseline):>10} {fmt(c.window):>10} {fmt(c.p_value):>10}"

@@ -1,6 +1,7 @@
 """Where `ab decide` and `drift` read each arm's traffic: the local router's log (the default), what vLLM
 publishes on /metrics, or LiteLLM's spend logs — so a split done by a Gateway API route or by LiteLLM is
-judged by the same condition, the same tests and the same promote / roll back.
+judged by the same condition, the same tests and the same promote / roll back. `drift --spend-logs` reads
+the live version's rows from LiteLLM's spend logs the same way (completion tokens, latency, errors).
 
     source = VllmMetrics(now=("http://10.0.0.5:8000", "http://10.0.0.6:8000"), before=("before.prom",))
     verdict = decide("demo", "error_rate <= control + 0.01 and p95_latency <= 1.2 * control", source=source)
@@ -44,8 +45,8 @@ from .stats import METRICS, ArmStats, Report, Test, build_report, fisher
 LOG_ONLY = frozenset({"empty_rate", "feedback"})
 VLLM_METRICS = frozenset(METRICS) - LOG_ONLY
 SPEND_LOG_METRICS = frozenset(METRICS) - LOG_ONLY - {"runaway_rate"}
-# drift's checks (router.drift.traffic_checks) that need what only the router's log holds
-DRIFT_LOG_ONLY = frozenset({"response_chars", "empty_rate", "feedback"})
+# drift's checks (router.drift.traffic_checks) LiteLLM's spend logs can make: no answer text, no finish reason
+SPEND_LOG_DRIFT_CHECKS = frozenset({"completion_tokens", "latency_s", "error_rate"})
 
 
 class TrafficSource(Protocol):
@@ -234,6 +235,7 @@ class SpendLogs:
     path: Path
     names: Mapping[str, str] = field(default_factory=dict)
     metrics: frozenset[str] = SPEND_LOG_METRICS
+    drift_checks: frozenset[str] = SPEND_LOG_DRIFT_CHECKS
 
     def __post_init__(self):
         self.path = Path(self.path)
@@ -241,24 +243,28 @@ class SpendLogs:
 
     def rows(self, experiment) -> list[RequestRow]:
         """The rows of the experiment's arms as the router would have logged them."""
-        versions = {a.version for a in experiment.arms}
-        by_name = {v: v for v in versions} | {m: v for v, m in self.names.items()}
-        unknown = sorted(set(self.names) - versions)
+        unknown = sorted(set(self.names) - {a.version for a in experiment.arms})
         if unknown:
             experiment.arm(unknown[0])  # UnknownName listing the arms
+        return self.rows_of(experiment.name, [a.version for a in experiment.arms])
+
+    def rows_of(self, name: str, versions: Sequence[str]) -> list[RequestRow]:
+        """The rows of `versions` (of the model `name`), oldest first; InputError when the file has rows and
+        none is one of them."""
+        by_name = {v: v for v in versions} | {m: v for v, m in self.names.items() if v in versions}
         raw = read_spend_logs(self.path)
         out, seen = [], set()
         for i, row in enumerate(raw):
             keys = [str(row.get("model_id") or ""), str(row.get("model") or "")]
             keys.append(keys[1].split("/", 1)[1] if "/" in keys[1] else "")
-            arm = next((by_name[k] for k in keys if k in by_name), None)
+            version = next((by_name[k] for k in keys if k in by_name), None)
             seen.update(k for k in keys[:2] if k)
-            if arm is not None:
-                out.append(spend_row(row, experiment.name, arm, f"{self.path} row {i + 1}"))
+            if version is not None:
+                out.append(spend_row(row, name, version, f"{self.path} row {i + 1}"))
         if raw and not out:
-            raise InputError(f"none of the {len(raw)} rows of {self.path} is an arm of {experiment.name} (their "
+            raise InputError(f"none of the {len(raw)} rows of {self.path} is {' or '.join(versions)} (their "
                              f"model_id / model: {', '.join(sorted(seen)[:6])})",
-                             f"map each arm to its name there: --arm {experiment.control}=MODEL")
+                             f"map each version to its name there: --arm {versions[0]}=MODEL")
         return sorted(out, key=lambda r: r.at)
 
     def report(self, experiment, since: float | None = None) -> Report:
