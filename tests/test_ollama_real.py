@@ -28,6 +28,7 @@ from test_ollama_register import (test_blob_digest_rules, test_host_header_that_
                                   test_server_available_sees_the_standin_and_not_a_closed_port)
 from test_ollama_standin import (test_a_bad_schema_through_v1_is_an_openai_error,  # noqa: F401
                                  test_create_adds_the_recognised_templates_stop_list_under_the_requests_parameters,
+                                 test_generate_builds_the_prompt_chat_builds_and_show_has_the_license,
                                  test_a_format_that_is_neither_json_nor_a_schema_fails_the_completion,
                                  test_a_schema_no_grammar_can_be_made_of_is_llama_servers_400_from_0_30,
                                  test_format_holds_the_answer_to_a_json_schema_on_every_route,

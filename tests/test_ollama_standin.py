@@ -182,6 +182,27 @@ def test_create_adds_the_recognised_templates_stop_list_under_the_requests_param
     assert HTTP.request("DELETE", steer.url + "/api/delete", json={"model": "stops:v1"}).status_code == 200
 
 
+def test_generate_builds_the_prompt_chat_builds_and_show_has_the_license(steer, smollm_gguf, tmp_path):
+    """/api/generate puts the model's SYSTEM and MESSAGE history before the prompt, as /api/chat does (the same
+    greedy answer); /api/show gives the LICENSE and the parameter count Ollama computes (seen on 0.33.0-rc2)."""
+    from ollama_standin.fixtures import write_export
+
+    folder = write_export(tmp_path / "history", smollm_gguf, name="history", system="You answer in French.",
+                          messages=[{"role": "user", "content": "Hello!"}, {"role": "assistant", "content": "Bonjour !"}],
+                          license="MIT")
+    model = register(folder, name="history:v1", host=steer.url).name
+    greedy = {"num_predict": 12, "temperature": 0}
+    question = "What is the capital of Italy?"
+    chat = HTTP.post(steer.url + "/api/chat", timeout=120, json={
+        "model": model, "stream": False, "messages": [{"role": "user", "content": question}], "options": greedy}).json()
+    generate = HTTP.post(steer.url + "/api/generate", timeout=120, json={
+        "model": model, "stream": False, "prompt": question, "options": greedy}).json()
+    assert generate["response"] == chat["message"]["content"]
+    shown = HTTP.post(steer.url + "/api/show", json={"model": model}).json()
+    assert shown["license"] == "MIT" and shown["model_info"]["general.parameter_count"] == 134515008
+    assert HTTP.request("DELETE", steer.url + "/api/delete", json={"model": model}).status_code == 200
+
+
 def test_create_from_a_missing_model_is_a_pull_attempt(steer):
     with steer.behaving(version="0.30.0"):
         r = HTTP.post(steer.url + "/api/create", json={"model": "x:v1", "from": "llama3"})

@@ -108,7 +108,10 @@ def go_json(value: Any, sort: bool = True) -> bytes:
 
 
 def now_rfc3339(ts: float | None = None) -> str:
-    return datetime.fromtimestamp(ts if ts is not None else time.time(), timezone.utc).isoformat()
+    """Go's RFC3339Nano in UTC, as Ollama writes times: 2026-12-08T01:49:56.093096099Z (nanoseconds kept at
+    nine digits, so the texts sort as the times do)."""
+    ns = time.time_ns() if ts is None else int(ts * 1e9)
+    return datetime.fromtimestamp(ns // 10**9, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S") + f".{ns % 10**9:09d}Z"
 
 
 class ApiError(Exception):
@@ -254,6 +257,7 @@ def gguf_facts(path: Path) -> dict[str, Any]:
 
 def _gguf_facts(path: Path) -> dict[str, Any]:
     import gguf
+    import numpy as np
 
     r = gguf.GGUFReader(str(path), "r")
     kv: dict[str, Any] = {}
@@ -267,6 +271,8 @@ def _gguf_facts(path: Path) -> dict[str, Any]:
             v = f.contents()
         except Exception:
             continue
+        if f.types == [gguf.GGUFValueType.FLOAT32]:
+            v = float(str(np.float32(v)))  # Go prints a float32 in its shortest form: 1e-05, not 9.99999974e-06
         kv[k] = v
     ft_field = r.fields.get("general.file_type")
     ft = kv.get("general.file_type")
@@ -471,7 +477,7 @@ class Standin:
             raise ApiError(missing_status, f"model '{name_s}' not found")
         m = json.loads(path.read_bytes())
         out: dict[str, Any] = {"name": name, "manifest": m, "path": path, "template": None, "system": None,
-                               "params": {}, "messages": [], "model": None, "adapters": []}
+                               "params": {}, "messages": [], "model": None, "adapters": [], "licenses": []}
         for layer in m["layers"]:
             blob = self.store.blob(layer["digest"])
             mt = layer["mediaType"]
@@ -491,6 +497,8 @@ class Standin:
                 out["params"] = json.loads(blob.read_bytes())
             elif mt == M_MESSAGES:
                 out["messages"] = json.loads(blob.read_bytes())
+            elif mt == M_LICENSE:
+                out["licenses"].append(blob.read_text())
         cfg = self.store.blob(m["config"]["digest"])
         out["config"] = json.loads(cfg.read_bytes()) if cfg.exists() else {}
         return out
@@ -828,11 +836,12 @@ class _Handler(BaseHTTPRequestHandler):
         self._json(200, {"models": entries})
 
     def openai_models(self) -> None:
-        data = []
+        rows = []
         for n, p in self.owner.store.manifests():
             if self.owner.tag_entry(n, p):
-                data.append({"id": n.short(), "object": "model", "created": int(p.stat().st_mtime),
-                             "owned_by": n.ns})
+                rows.append((p.stat().st_mtime_ns, {"id": n.short(), "object": "model",
+                                                     "created": int(p.stat().st_mtime), "owned_by": n.ns}))
+        data = [entry for _, entry in sorted(rows, key=lambda r: r[0], reverse=True)]  # newest first, as /api/tags
         self._json(200, {"object": "list", "data": data or None})
 
     def copy(self) -> None:
@@ -883,10 +892,12 @@ class _Handler(BaseHTTPRequestHandler):
         # every array is null unless `verbose` (this stand-in keeps none of their contents)
         info = {k: (None if isinstance(v, list) else v) for k, v in facts["kv"].items()
                 if k not in ("general.name", "tokenizer.chat_template")}
+        if facts["kv"]:
+            info.setdefault("general.parameter_count", facts["params"])  # counted from the tensors
         shown = {
             "modelfile": "\n".join(mf_lines) + "\n", "parameters": "\n".join(lines),
             "template": (facts.get("chat_template") if self.owner.native_chat(m) else m["template"]) or "{{ .Prompt }}",
-            "system": m["system"],
+            "system": m["system"], "license": "\n".join(m["licenses"]),
             "details": {"parent_model": "", "format": cfg.get("model_format", ""),
                         "family": cfg.get("model_family", ""), "families": cfg.get("model_families"),
                         "parameter_size": cfg.get("model_type", ""),
@@ -1254,6 +1265,8 @@ class _Handler(BaseHTTPRequestHandler):
                 system = body.get("system") or m["system"]
                 if system:
                     msgs.append({"role": "system", "content": system})
+                if body.get("context") is None:  # the model's MESSAGE history, as in chat
+                    msgs.extend(m["messages"])
                 msgs.append({"role": "user", "content": prompt_in})
                 prompt = render(body.get("template") or m["template"] or "{{ .Prompt }}", msgs)
             for text, final in self._generate(m, prompt, opts, body.get("format", _ABSENT)):
