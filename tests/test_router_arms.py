@@ -68,6 +68,13 @@ def test_arms_are_parsed_and_bad_ones_refused_in_one_clear_message():
     a = parse_arms("demo", ["demo:v2=90", "demo:v3=10@openai:127.0.0.1:8000/v1#demo-v3"], UP)
     assert a == [Arm("demo:v2", 90.0, "ollama", UP, "demo:v2"),
                  Arm("demo:v3", 10.0, "openai", "http://127.0.0.1:8000", "demo-v3")]
+    # every runtime that speaks OpenAI's API is an openai arm that remembers what serves it
+    on_apps = parse_arms("demo", ["demo:v2=1@lmstudio:127.0.0.1:1234#localserve/demo", "demo:v3=1@jan:"
+                                  "http://127.0.0.1:1337/v1#demo-q4", "demo:v4=1@llama-server:127.0.0.1:8080#t"], UP)
+    assert [(x.engine, x.runtime, x.url, x.model) for x in on_apps] == [
+        ("openai", "lmstudio", "http://127.0.0.1:1234", "localserve/demo"),
+        ("openai", "jan", "http://127.0.0.1:1337", "demo-q4"), ("openai", "llama-server", "http://127.0.0.1:8080", "t")]
+    assert [Arm.from_json(x.to_json()) for x in on_apps] == on_apps
     for bad, needle in [(["demo:v2=0", "demo:v3=0"], "do not sum to a positive number"),
                         (["demo:v2=-1"], "is not a number >= 0"), (["demo:v2"], "has no weight"),
                         (["other:v2=1"], "is not a version of demo"), (["demo:latest=1"], "is not a version"),

@@ -2,7 +2,8 @@
 serves a GGUF export and a tenants export at once; the front lists every name, sends every adapter's scale
 with every request (what llama-server echoes back in `generation_settings.lora` proves it), and refuses what
 it cannot serve in llama-server's own error shape. Answers are noise (random weights): only their shape and
-the scales matter here; tests/test_serve_embedded.py proves the tenants' answers on the embedded model."""
+the scales matter here; tests/test_tenants_embedded.py proves the tenants' answers on the embedded model.
+The same server is then reached as every other runtime is: an eval target, a `bench` target, router arms."""
 
 from __future__ import annotations
 
@@ -18,8 +19,10 @@ import llamaserver
 from localserve.cli import cli
 from localserve.errors import InputError
 from localserve.exports import TenantExportSpec, export_tenants
+from localserve.lifecycle.targets import open_target
 from localserve.lineage import read_record, write_record
 from localserve.llamacpp.server import Client, ServerModel, lora_scales, preset_ini
+from localserve.plan.bench import BenchSpec, bench
 from localserve.runtimes.llama_server import plan, serve
 
 
@@ -151,3 +154,44 @@ def test_the_scales_and_the_router_preset_say_every_adapter(tmp_path):
 def test_serve_refuses_a_folder_that_is_not_an_export(tmp_path):
     r = CliRunner().invoke(cli, ["serve", str(tmp_path), "--port", "0"])
     assert r.exit_code != 0 and r.output.startswith("error: ") and "localserve.json" in r.output
+
+
+# --- the served names as a runtime: eval target, bench target, router arm ----------------------------------
+
+def test_an_eval_target_names_a_tenant_on_the_server(serving, tiny_tenants):
+    tenant = read_record(tiny_tenants).tenants[0].tenant
+    with open_target(f"llama-server:{serving.url}/v1#{tenant}", max_tokens=3) as target:
+        answer = target.answer([{"role": "user", "content": "hello"}])
+        assert target.info == {"engine": "llama-server", "url": serving.url, "model": tenant}
+    assert answer.error is None and 1 <= answer.completion_tokens <= 3 and answer.ttft_s <= answer.latency_s
+    # without #MODEL only a server with one model will do; LM Studio and Jan always need it
+    with pytest.raises(InputError, match="name one: llama-server:"):
+        open_target(f"llama-server:{serving.url}")
+    with pytest.raises(InputError, match="lacks URL#MODEL"):
+        open_target("lmstudio:http://127.0.0.1:1234")
+
+
+def test_bench_times_the_server_through_the_front(serving, merged):
+    gguf = merged / read_record(merged).artifact().file
+    result = bench(BenchSpec(gguf, target="llama-server", url=serving.url, concurrency=2, prompt_tokens=16,
+                             max_tokens=4, store=False))
+    assert result["served_name"] == "tiny" and result["settings"]["end_of_generation_suppressed"]
+    assert result["decode_tokens_per_s"] > 0 and result["concurrent"]["decode_tokens_per_s"] > 0
+    assert result["concurrent"]["ttft_s"] > 0 and result["settings"]["prompt_tokens"] > 0
+
+
+def test_router_arms_on_the_server_get_their_own_model(serving, tiny_tenants):
+    from localserve.router.arms import assign
+    from routerhelpers import running_router
+
+    tenant = read_record(tiny_tenants).tenants[0].tenant
+    arms = [f"served:v1=50@llama-server:{serving.url}#tiny", f"served:v2=50@llama-server:{serving.url}#{tenant}"]
+    with running_router("served", arms, "http://127.0.0.1:9") as router:
+        assert [(a.runtime, a.engine, a.model) for a in router.arms] == [("llama-server", "openai", "tiny"),
+                                                                          ("llama-server", "openai", tenant)]
+        for version in ("served:v1", "served:v2"):
+            user = next(u for u in (f"u{i}" for i in range(200)) if assign("served", u, router.arms).version == version)
+            r = httpx.post(f"{router.url}/v1/chat/completions", timeout=120, json={
+                "model": "served", "user": user, "max_tokens": 3, "messages": [{"role": "user", "content": "hi"}]})
+            assert r.status_code == 200, r.text
+            assert r.headers["x-localserve-arm"] == version and r.json()["usage"]["completion_tokens"] <= 3

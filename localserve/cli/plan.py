@@ -93,11 +93,13 @@ def plan_cmd(model, quants, ctx, concurrency, kv_cache_type, devices, devices_fi
 
 @click.command("bench")
 @click.argument("model", type=click.Path(exists=True, path_type=Path))
-@click.option("--target", type=click.Choice(["llama.cpp", "ollama", "vllm"]), default="llama.cpp", show_default=True)
+@click.option("--target", type=click.Choice(["llama.cpp", "ollama", "vllm", "llama-server", "lmstudio", "jan"]),
+              default="llama.cpp", show_default=True)
 @click.option("--concurrency", type=int, default=4, show_default=True, help="N requests for the N-request throughput.")
 @click.option("--prompt-tokens", type=int, default=128, show_default=True)
 @click.option("--max-tokens", type=int, default=64, show_default=True, help="New tokens per request.")
-@click.option("--url", help="Server base URL for ollama/vllm (loopback only; default per target).")
+@click.option("--url", help="Server base URL for a server target (loopback only; default per target: Ollama 11434, "
+                            "vLLM 8000, llama-server 8080, LM Studio 1234, Jan 1337).")
 @click.option("--served-name", help="The model's name on the server (default: from localserve.json or the file name).")
 @click.option("--threads", type=int, help="CPU threads for llama.cpp (default: llama.cpp's choice).")
 @click.option("--no-store", is_flag=True, help="Do not write <model>.bench.json / localserve.json.")

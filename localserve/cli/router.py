@@ -38,9 +38,10 @@ def ab_group() -> None:
 
 @ab_group.command("start")
 @click.argument("name")
-@click.option("--arm", "arms", multiple=True, metavar="NAME:vN=WEIGHT[@openai:URL#MODEL]",
-              help="A version and its weight (the first is the control); @openai:URL#MODEL for a model on an "
-                   "OpenAI-compatible server such as vLLM. Without any, resume the experiment NAME.")
+@click.option("--arm", "arms", multiple=True, metavar="NAME:vN=WEIGHT[@RUNTIME:URL#MODEL]",
+              help="A version and its weight (the first is the control); @RUNTIME:URL#MODEL for a model on a server "
+                   "that speaks OpenAI's API: openai (or vllm), llama-server, lmstudio, jan. Without any, resume the "
+                   "experiment NAME.")
 @click.option("--port", type=click.IntRange(1, 65535), default=None,
               help="Port on 127.0.0.1 (default 11435, or the resumed experiment's).")
 @click.option("--upstream", metavar="URL", help="The Ollama server of the arms and of every request not routed "

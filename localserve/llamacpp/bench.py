@@ -98,8 +98,11 @@ def measure(gguf: Path, *, prompt_tokens: int = 128, max_tokens: int = 64, reque
     t_all = time.perf_counter()
     total_generated = 0
     queue = [prompt(i) for i in range(requests)]
+    queued_ttft = []  # from the moment all requests are queued: a request waits for those before it
     for tokens in queue:
+        started = time.perf_counter() - t_all
         first, rest, generated = complete(tokens)
+        queued_ttft.append(started + first)
         ttft.append(first)
         decode.append((generated - 1) / rest)
         total_generated += generated
@@ -116,6 +119,8 @@ def measure(gguf: Path, *, prompt_tokens: int = 128, max_tokens: int = 64, reque
             "label": "sequential, llama.cpp single context",
             "aggregate_output_tokens_per_s": total_generated / wall,
             "wall_s": wall,
+            "ttft_s": statistics.median(queued_ttft),
+            "decode_tokens_per_s": statistics.median(decode),
             "how": (f"sequential, llama.cpp single context: {requests} requests queued on one context and "
                     "served one after another, not decoded in parallel (llama-cpp-python's Llama decodes one "
                     "sequence per context); aggregate = all generated tokens / wall time including prompt "

@@ -2,8 +2,9 @@
 
 Targets:
 - `llama.cpp`: in-process with llama-cpp-python (see localserve/llamacpp/bench.py);
-- `ollama`, `vllm`: a server on loopback, through its OpenAI-compatible
-  `/v1/chat/completions` with streaming, so TTFT is the arrival of the first content chunk.
+- `ollama`, `vllm`, `llama-server`, `lmstudio`, `jan`: a server on loopback, through its OpenAI-compatible
+  `/v1/chat/completions` with streaming, so TTFT is the arrival of the first content chunk (the stream is
+  read by the runtimes' one parser of server-sent events, localserve.runtimes.openai).
 
 Results go to `<model>.bench.json` (one entry per target) and, when the model sits in an export
 folder, under "bench" in the sibling `localserve.json` (other keys untouched). Both writes are
@@ -18,6 +19,7 @@ import ipaddress
 import json
 import os
 import platform
+import secrets
 import socket
 import statistics
 import time
@@ -32,9 +34,15 @@ from ..errors import InputError, ToolError, UnknownName
 from ..fsutil import write_json
 from ..lineage import find_record, read_record, record_path, write_record
 from ..progress import step
+from ..runtimes.openai import sse_data
 
-TARGETS = ("llama.cpp", "ollama", "vllm")
-DEFAULT_URLS = {"ollama": "http://127.0.0.1:11434", "vllm": "http://127.0.0.1:8000"}
+TARGETS = ("llama.cpp", "ollama", "vllm", "llama-server", "lmstudio", "jan")
+DEFAULT_URLS = {"ollama": "http://127.0.0.1:11434", "vllm": "http://127.0.0.1:8000",
+                "llama-server": "http://127.0.0.1:8080", "lmstudio": "http://127.0.0.1:1234",
+                "jan": "http://127.0.0.1:1337"}
+# servers whose sampling takes `ignore_eos` (vLLM's extra parameter, llama.cpp's sampling option): they decode
+# exactly max_tokens, so decoding is timed over the same count everywhere
+IGNORE_EOS = ("vllm", "llama-server", "jan")
 MAX_PROMPT_TOKENS = 4096
 MAX_NEW_TOKENS = 1024
 MAX_REQUESTS = 32
@@ -241,8 +249,8 @@ def _stream_chat(spec: BenchSpec, model: str, prompt: str) -> dict[str, Any]:
         "messages": [{"role": "user", "content": prompt}],
         "stream_options": {"include_usage": True},
     }
-    if spec.target == "vllm":
-        body["ignore_eos"] = True  # vLLM's extra sampling parameter: decode exactly max_tokens
+    if spec.target in IGNORE_EOS:
+        body["ignore_eos"] = True
     request = urllib.request.Request(f"{spec.url}/v1/chat/completions", data=json.dumps(body).encode(),
                                      headers={"Content-Type": "application/json"}, method="POST")
     t0 = time.perf_counter()
@@ -251,14 +259,8 @@ def _stream_chat(spec: BenchSpec, model: str, prompt: str) -> dict[str, Any]:
     usage: dict[str, Any] = {}
     try:
         with urllib.request.urlopen(request, timeout=spec.timeout_s) as response:
-            for raw in response:
-                line = raw.decode("utf-8", "replace").strip()
-                if not line.startswith("data:"):
-                    continue
-                payload = line[5:].strip()
-                if payload == "[DONE]":
-                    break
-                event = json.loads(payload)
+            lines = (raw.decode("utf-8", "replace").strip() for raw in response)
+            for event in sse_data(lines):
                 usage = event.get("usage") or usage
                 for choice in event.get("choices") or []:
                     if (choice.get("delta") or {}).get("content"):
@@ -285,7 +287,14 @@ def _stream_chat(spec: BenchSpec, model: str, prompt: str) -> dict[str, Any]:
 def _measure_http(spec: BenchSpec) -> dict[str, Any]:
     model = _served_name(spec)
     words = " ".join(["river copper harvest report market shipping price review"] * (spec.prompt_tokens // 8 + 1))
-    prompt = lambda i: f"Request {i}. Summarise: " + " ".join(words.split()[: max(1, int(spec.prompt_tokens * 0.75))])  # noqa: E731
+    # a run of its own: a server keeps earlier prompts in its cache (llama-server's slots, Ollama's runner), and
+    # the same prompts again would time a cache hit instead of prompt processing
+    run = secrets.token_hex(3)
+    text = " ".join(words.split()[: max(1, int(spec.prompt_tokens * 0.75))])
+
+    def prompt(i: int) -> str:
+        return f"Request {run}-{i}. Summarise: {text}"
+
     _stream_chat(spec, model, prompt(-1))  # warm-up: the server may load the model on first use
     single = [_stream_chat(spec, model, prompt(i)) for i in range(2)]
     t0 = time.perf_counter()
@@ -302,19 +311,24 @@ def _measure_http(spec: BenchSpec) -> dict[str, Any]:
         "ttft_s": ttft,
         "prompt_tokens_per_s": (statistics.median(prompt_counts) / ttft) if prompt_counts else None,
         "decode_tokens_per_s": statistics.median(decode),
+        "generated_tokens": [r["generated"] for r in single],  # fewer than max_tokens: the model stopped itself
         "concurrent": {
             "requests": spec.concurrency,
             "mode": "concurrent",
             "label": f"concurrent, {spec.concurrency} requests in flight on the server",
             "aggregate_output_tokens_per_s": sum(r["generated"] for r in parallel) / wall,
             "wall_s": wall,
+            "generated_tokens": [r["generated"] for r in parallel],
+            "ttft_s": statistics.median(r["ttft"] for r in parallel),
+            "decode_tokens_per_s": statistics.median((r["generated"] - 1) / r["decode"] for r in parallel
+                                                     if r["generated"] > 1 and r["decode"] > 0),
             "how": f"{spec.concurrency} streaming requests sent at once from {spec.concurrency} threads; "
-                   "aggregate = all generated tokens / wall time",
+                   "aggregate = all generated tokens / wall time; ttft and decode: medians over the requests",
         },
         "notes": ["prompt tokens/s over HTTP is prompt tokens / TTFT (includes queueing and the first "
                   "decode step), a lower bound on the server's prompt processing rate",
                   f"token counts from the server's usage report when sent, else one per content chunk "
                   f"(here: {single[0]['counted_from']})"],
         "settings": {"prompt_tokens": prompt_counts[0] if prompt_counts else None, "max_tokens": spec.max_tokens,
-                     "temperature": 0.0, "end_of_generation_suppressed": spec.target == "vllm"},
+                     "temperature": 0.0, "end_of_generation_suppressed": spec.target in IGNORE_EOS},
     }

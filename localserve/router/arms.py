@@ -4,8 +4,9 @@
     arm = assign("demo", "alice", arms)          # the same user, the same arm, on every request and restart
 
 An arm is a version (NAME:vN) with a weight and where it is served: a model on the Ollama upstream
-(the default: the model NAME:vN, as `localserve register` names it) or a model on an OpenAI-compatible
-server such as vLLM (`@openai:URL#MODEL`).
+(the default: the model NAME:vN, as `localserve register` names it) or a model on a runtime that speaks
+OpenAI's API: vLLM (`@openai:URL#MODEL`, `@vllm:URL#MODEL`), llama-server (`@llama-server:URL#MODEL`, e.g.
+`localserve serve` with MODEL an export or a tenant), LM Studio (`@lmstudio:URL#MODEL`), Jan (`@jan:URL#MODEL`).
 
 Assignment is weighted rendezvous hashing: every (user, arm) pair gets a uniform number u from
 sha256(experiment, user key, arm), the arm's score is -ln(u) / weight, and the user goes to the arm with
@@ -27,26 +28,31 @@ from typing import Iterable, Mapping, Sequence
 from ..errors import InputError, UnknownName
 from ..lifecycle.store import parse_version_ref
 
-ENGINES = ("ollama", "openai")
-ARM_FORM = "NAME:vN=WEIGHT, or NAME:vN=WEIGHT@openai:URL#MODEL for a model on an OpenAI-compatible server (vLLM)"
+ENGINES = ("ollama", "openai")  # the protocol the router speaks to an arm's server
+# where an arm may live -> its protocol
+RUNTIMES = {"ollama": "ollama", "openai": "openai", "vllm": "openai", "llama-server": "openai", "lmstudio": "openai",
+            "jan": "openai"}
+ARM_FORM = ("NAME:vN=WEIGHT, or NAME:vN=WEIGHT@RUNTIME:URL#MODEL for a model on a server that speaks OpenAI's API "
+            "(RUNTIME: openai or vllm, llama-server, lmstudio, jan)")
 
 
 @dataclass(frozen=True)
 class Arm:
     version: str  # NAME:vN
     weight: float
-    engine: str  # ollama | openai
+    engine: str  # the protocol: ollama | openai
     url: str  # the server's root URL
     model: str  # the model name the server knows
+    runtime: str | None = None  # what serves it when that is not the protocol's name (vllm, llama-server, ...)
 
     def to_json(self) -> dict:
         return {"version": self.version, "weight": self.weight, "engine": self.engine, "url": self.url,
-                "model": self.model}
+                "model": self.model, **({"runtime": self.runtime} if self.runtime else {})}
 
     @classmethod
     def from_json(cls, data: Mapping) -> "Arm":
         return cls(str(data["version"]), float(data["weight"]), str(data["engine"]), str(data["url"]),
-                   str(data["model"]))
+                   str(data["model"]), data.get("runtime"))
 
 
 def parse_weight(text: str, what: str) -> float:
@@ -60,7 +66,8 @@ def parse_weight(text: str, what: str) -> float:
 
 
 def parse_arm(name: str, text: str, upstream: str) -> Arm:
-    """'demo:v3=10' (on the Ollama `upstream`) or 'demo:v3=10@openai:http://host:8000#served-name'."""
+    """'demo:v3=10' (on the Ollama `upstream`) or 'demo:v3=10@openai:http://host:8000#served-name' (any of
+    RUNTIMES in place of openai)."""
     spec, at, where = text.partition("@")
     version, eq, weight_text = spec.partition("=")
     version = version.strip()
@@ -72,15 +79,16 @@ def parse_arm(name: str, text: str, upstream: str) -> Arm:
     weight = parse_weight(weight_text.strip(), f"arm {text!r}")
     if not at:
         return Arm(version, weight, "ollama", upstream, version)
-    engine, colon, rest = where.partition(":")
-    if engine not in ENGINES or not colon:
-        raise UnknownName("arm server", where, [f"{e}:URL..." for e in ENGINES], f"write {ARM_FORM}")
-    if engine == "ollama":
+    runtime, colon, rest = where.partition(":")
+    if runtime not in RUNTIMES or not colon:
+        raise UnknownName("arm server", where, [f"{r}:URL..." for r in RUNTIMES], f"write {ARM_FORM}")
+    if runtime == "ollama":
         return Arm(version, weight, "ollama", normalise_url(rest), version)
     url, hash_, model = rest.rpartition("#")
     if not hash_ or not url or not model:
         raise InputError(f"arm {text!r} lacks the served model's name", f"write {ARM_FORM}")
-    return Arm(version, weight, "openai", normalise_url(url).removesuffix("/v1"), model)
+    return Arm(version, weight, RUNTIMES[runtime], normalise_url(url).removesuffix("/v1"), model,
+               None if runtime == "openai" else runtime)
 
 
 def parse_arms(name: str, texts: Iterable[str], upstream: str) -> list[Arm]:
