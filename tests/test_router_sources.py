@@ -248,12 +248,18 @@ def test_binned_mann_whitney_tells_shifted_histograms_apart_and_not_equal_ones()
 
 
 def test_a_bad_metrics_place_or_text_is_refused_in_one_line(tmp_path):
+    from localserve.errors import LocalserveError
+    from routerhelpers import free_port
+
     (tmp_path / "bad.prom").write_text('vllm:request_success_total{model_name="x" 1\n')
+    nobody = f"http://127.0.0.1:{free_port()}"
     for place, needle in ((str(tmp_path / "none.prom"), "no metrics file"),
-                          (str(tmp_path / "bad.prom"), "is not Prometheus metrics text")):
-        with pytest.raises(InputError, match=needle) as e:
+                          (str(tmp_path / "bad.prom"), "is not Prometheus metrics text"),
+                          (nobody, "not reachable")):
+        with pytest.raises(LocalserveError, match=needle) as e:
             VllmMetrics((place,)).snapshots()
         assert "\n" not in str(e.value)
+    assert e.value.hint.startswith(f"check --metrics {nobody}")
 
 
 # --- the command ----------------------------------------------------------------------------------------------

@@ -220,9 +220,14 @@ def sample_totals(text: str) -> dict[str, float]:
 def read_text(place: str) -> str:
     """The metrics text at `place`: a server's URL (its /metrics is read) or a file of Prometheus text."""
     if place.startswith(("http://", "https://")):
+        from ..errors import VllmError
         from .client import VllmClient
 
-        return VllmClient(place.rstrip("/").removesuffix("/metrics")).metrics_text()
+        try:
+            return VllmClient(place.rstrip("/").removesuffix("/metrics")).metrics_text()
+        except VllmError as e:
+            raise type(e)(e.message, f"check --metrics {place}: a running vLLM server's root URL, or a saved scrape "
+                                     "(`curl URL/metrics > FILE`)") from None
     path = Path(place)
     if not path.is_file():
         raise InputError(f"no metrics file {place}", "give a vLLM server's URL (http://HOST:PORT) or a file saved with "
