@@ -91,8 +91,9 @@ class HFChat:
         return self._cache["tok"]
 
     def render(self, messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]] | None = None,
-               add_generation_prompt: bool = True) -> str:
-        """What `apply_chat_template(messages, tools=tools, add_generation_prompt=True)` returns.
+               add_generation_prompt: bool = True, context: Mapping[str, Any] | None = None) -> str:
+        """What `apply_chat_template(messages, tools=tools, add_generation_prompt=True)` returns
+        (`context`: more variables for the template, as apply_chat_template's keyword arguments).
 
         Raises jinja2's TemplateError when the template itself refuses the conversation
         (e.g. Gemma 2 raising on a system message).
@@ -103,11 +104,12 @@ class HFChat:
         if tok is not None:
             return tok.apply_chat_template(msgs, tools=tools_list, tokenize=False,
                                            add_generation_prompt=add_generation_prompt,
-                                           chat_template=self.template)
+                                           chat_template=self.template, **(context or {}))
         from transformers.utils.chat_template_utils import render_jinja_template
 
         rendered, _ = render_jinja_template(conversations=[msgs], tools=tools_list, chat_template=self.template,
-                                            add_generation_prompt=add_generation_prompt, **self.special)
+                                            add_generation_prompt=add_generation_prompt,
+                                            **{**self.special, **(context or {})})
         return rendered[0]
 
     def decode_id(self, token_id: int) -> str | None:
