@@ -213,6 +213,7 @@ def _unit(nodeid: str) -> str:
     return _UNIT_OF_FILE.get(Path(path).name, path)
 
 
+@pytest.hookimpl(optionalhook=True)  # -p no:xdist runs without it
 def pytest_xdist_make_scheduler(config, log):
     from xdist.scheduler import LoadScopeScheduling
 

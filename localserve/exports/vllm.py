@@ -224,9 +224,10 @@ def _resolve(spec: VllmExportSpec) -> _Plan:
     else:
         source = adapter_source(spec.adapters[0], spec.base, spec.allow_pickle, spec.merge_engine)
         base = source.base
-        step(source.describe())
     config = read_json(base.path / "config.json")
-    _check_ctx(spec, config)
+    _check_ctx(spec, config)  # before any progress line: a refused --ctx is the run's only line
+    if source is not None:
+        step(source.describe())
     architecture = (config.get("architectures") or ["?"])[0]
     name = spec.name or name_from_path(base.path)
     if spec.lora:
