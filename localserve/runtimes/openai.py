@@ -7,6 +7,7 @@ import json
 import time
 
 from ..errors import InputError
+from ..llamacpp.server import error_message
 from .chat import Answer, Closing, TargetUnreachable, failed
 
 
@@ -119,13 +120,5 @@ def sse_data(lines):
         yield json.loads(data)
 
 
-def error_message(text: str) -> str:
-    try:
-        err = json.loads(text).get("error")
-    except (ValueError, AttributeError):
-        return text.strip()[:300] or "(no body)"
-    if isinstance(err, dict):
-        return str(err.get("message"))
-    return str(err or text.strip()[:300])
 
 
